@@ -1,0 +1,361 @@
+"""The `sandbox` command: operator and auditor commands over one home directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .catalog import Catalog
+from .errors import SandboxError, SpecError
+from .keys import FileKeyStore, Kms, key_info_dicts, load_kms
+from .settings import Paths
+
+EXIT_ERROR = 2
+EXIT_INTERNAL = 70
+
+
+@dataclass
+class Context:
+    paths: Paths
+
+    def catalog(self) -> Catalog:
+        self.paths.ensure_home()
+        return Catalog(self.paths.catalog_db, self.paths.vault_dir)
+
+    def kms(self) -> Kms:
+        return load_kms(self.paths.keystore)
+
+    def file_keystore(self) -> FileKeyStore:
+        kms = self.kms()
+        if not isinstance(kms, FileKeyStore):
+            raise kms._read_only()
+        return kms
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+class SandboxGroup(click.Group):
+    """Turns every SandboxError into a one-line message and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SandboxError as exc:
+            click.secho(f"error [{exc.code}]: {exc.message}", fg="red", err=True)
+            if isinstance(exc, SpecError) and len(exc.problems) > 1:
+                for p in exc.problems:
+                    click.echo(f"  - {p}", err=True)
+            if exc.hint:
+                click.echo(f"hint: {exc.hint}", err=True)
+            ctx.exit(EXIT_ERROR)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted; nothing was registered", err=True)
+            ctx.exit(130)
+        except Exception as exc:
+            if os.environ.get("SANDBOX_DEBUG") == "1":
+                traceback.print_exc()
+            click.secho(f"internal error: {type(exc).__name__}", fg="red", err=True)
+            click.echo("hint: set SANDBOX_DEBUG=1 to see the traceback, and report it", err=True)
+            ctx.exit(EXIT_INTERNAL)
+
+
+@click.group(cls=SandboxGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sandbox")
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="State directory (catalog, vault). Default: $SANDBOX_HOME or "
+                   "~/.local/share/sandbox.")
+@click.option("--keystore", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Key store directory, outside the home. Default: $SANDBOX_KEYSTORE or "
+                   "~/.config/sandbox/keystore.")
+@click.pass_context
+def main(ctx: click.Context, home: Path | None, keystore: Path | None) -> None:
+    """Privacy-preserving data sandbox (数据沙箱): usable but invisible data (可用不可见)."""
+    try:
+        ctx.obj = Context(Paths.resolve(home, keystore))
+    except SandboxError as exc:
+        click.secho(f"error [{exc.code}]: {exc.message}", fg="red", err=True)
+        if exc.hint:
+            click.echo(f"hint: {exc.hint}", err=True)
+        ctx.exit(EXIT_ERROR)
+
+
+def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    if not rows:
+        click.echo("(none)")
+        return
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in rows:
+        click.echo("  ".join(str(r.get(c, "")).ljust(w)
+                             for c, w in zip(columns, widths, strict=True)).rstrip())
+
+
+def _emit(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(list(rows), ensure_ascii=False, indent=2))
+    else:
+        _print_table(rows, columns)
+
+
+format_option = click.option("--format", "fmt", type=click.Choice(["table", "json"]),
+                             default="table", show_default=True, help="Output format.")
+
+
+# -- keys ------------------------------------------------------------------------
+@main.group()
+def keys() -> None:
+    """Master keys: create, list, rotate, destroy (密钥管理)."""
+
+
+@keys.command("init")
+@pass_ctx
+def keys_init(c: Context) -> None:
+    """Create the file key store with a first master key."""
+    key_id = FileKeyStore(c.paths.keystore).init()
+    click.echo(f"key store created at {c.paths.keystore}; active master key {key_id}")
+    click.echo("back up this directory separately from the data: without it the data is lost")
+
+
+@keys.command("list")
+@format_option
+@pass_ctx
+def keys_list(c: Context, fmt: str) -> None:
+    """List master keys and their states (never their material)."""
+    rows = key_info_dicts(c.kms())
+    from .operations import keys_in_use
+
+    use = keys_in_use(c.catalog())
+    for r in rows:
+        r["datasets"] = ", ".join(use.get(r["id"], [])) or "-"
+    _emit(rows, ["id", "state", "created", "changed", "datasets"], fmt)
+
+
+@keys.command("rotate")
+@pass_ctx
+def keys_rotate(c: Context) -> None:
+    """New master key; re-wrap every data key (no data rewritten); retire the old key."""
+    from .operations import rotate_master_key
+
+    result = rotate_master_key(c.catalog(), c.file_keystore())
+    click.echo(f"active master key is now {result.new_key}; re-wrapped {result.rewrapped} data "
+               f"key(s); every file opens; retired: {', '.join(result.retired) or '-'}")
+
+
+@keys.command("destroy")
+@click.argument("key_id")
+@click.option("--force", is_flag=True,
+              help="Destroy even if datasets still depend on the key (they become unreadable).")
+@pass_ctx
+def keys_destroy(c: Context, key_id: str, force: bool) -> None:
+    """Erase a retired master key (crypto-shredding of data still wrapped under it)."""
+    from .operations import keys_in_use
+
+    users = keys_in_use(c.catalog()).get(key_id, [])
+    if users and not force:
+        raise SandboxError(
+            f"master key {key_id} still wraps data keys of {', '.join(users)}",
+            "run `sandbox keys rotate` first, or pass --force to make that data unreadable",
+        )
+    c.file_keystore().destroy(key_id)
+    click.echo(f"master key {key_id} destroyed")
+
+
+# -- datasets --------------------------------------------------------------------
+@main.group()
+def dataset() -> None:
+    """Encrypted datasets and their catalog (数据目录)."""
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[int], None]]:
+    started = time.monotonic()
+    shown = [0.0]
+
+    def update(rows: int) -> None:
+        now = time.monotonic()
+        if sys.stderr.isatty() and now - shown[0] > 0.2:
+            shown[0] = now
+            rate = rows / max(now - started, 1e-9)
+            click.echo(f"\r{label}: {rows:,} rows ({rate:,.0f} rows/s)", err=True, nl=False)
+
+    yield update
+    if sys.stderr.isatty():
+        click.echo("", err=True)
+
+
+@dataset.command("add")
+@click.argument("name")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--spec", "spec_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML spec classifying every column (see docs/dataset-spec.md).")
+@pass_ctx
+def dataset_add(c: Context, name: str, path: Path, spec_path: Path) -> None:
+    """Encrypt a CSV or Parquet file and register it as NAME (re-adding makes a new version)."""
+    from .ingest import ingest
+    from .spec import load_spec, validate_name
+
+    validate_name(name)
+    spec = load_spec(spec_path, name_override=name)
+    catalog, kms = c.catalog(), c.kms()
+    with _progress(f"ingesting {name}") as progress:
+        dv = ingest(catalog, kms, path, spec, progress)
+    click.echo(f"added {dv.name} version {dv.version}: {dv.row_count:,} rows, "
+               f"{len(dv.spec.identifier_columns)} identifier column(s) under their own key")
+
+
+@dataset.command("list")
+@format_option
+@pass_ctx
+def dataset_list(c: Context, fmt: str) -> None:
+    """List datasets (latest version of each)."""
+    catalog = c.catalog()
+    rows = []
+    for name in catalog.names():
+        dv = catalog.get(name)
+        rows.append({"name": name, "version": dv.version, "rows": dv.row_count,
+                     "columns": len(dv.spec.columns), "public": dv.spec.public,
+                     "title": dv.spec.title, "owner": dv.spec.owner})
+    _emit(rows, ["name", "version", "rows", "columns", "public", "title", "owner"], fmt)
+
+
+@dataset.command("show")
+@click.argument("name")
+@click.option("--version", "version", type=click.IntRange(min=1), default=None,
+              help="Version to show (default: latest).")
+@format_option
+@pass_ctx
+def dataset_show(c: Context, name: str, version: int | None, fmt: str) -> None:
+    """Show a dataset's metadata, files and column classification."""
+    dv = c.catalog().get(name, version)
+    if fmt == "json":
+        click.echo(json.dumps(dv.to_dict(), ensure_ascii=False, indent=2))
+        return
+    d = dv.to_dict()
+    for key in ("name", "version", "title", "description", "owner", "source", "public",
+                "row_count", "created_at"):
+        click.echo(f"{key + ':':<12} {d[key]}")
+    click.echo("files:")
+    for f in dv.files:
+        click.echo(f"  {f.file_name}  {f.size:,} bytes  {f.rows:,} rows  sha256 {f.sha256}")
+    click.echo("columns:")
+    _print_table([c.__dict__ for c in dv.spec.columns],
+                 ["name", "type", "role", "grade", "description"])
+
+
+@dataset.command("verify")
+@click.argument("name", required=False)
+@click.option("--version", "version", type=click.IntRange(min=1), default=None)
+@pass_ctx
+def dataset_verify(c: Context, name: str | None, version: int | None) -> None:
+    """Check every file's SHA-256 and decrypt every page; non-zero exit on any problem."""
+    from .ingest import gc_orphans
+    from .operations import verify_dataset
+
+    catalog, kms = c.catalog(), c.kms()
+    targets = [catalog.get(name, version)] if name else catalog.all_versions()
+    bad = 0
+    for dv in targets:
+        result = verify_dataset(catalog, kms, dv)
+        status = "ok" if result.ok else "FAILED"
+        click.echo(f"{dv.name}@{dv.version}: {status}")
+        for p in result.problems:
+            click.echo(f"  - {p}")
+        bad += not result.ok
+    if not name:
+        for orphan in gc_orphans(catalog):
+            click.echo(f"removed leftover of an interrupted ingest: {orphan}")
+    if bad:
+        raise SandboxError(f"{bad} dataset version(s) failed verification",
+                           "restore the named files from a backup or ingest the dataset again")
+
+
+@dataset.command("remove")
+@click.argument("name")
+@click.option("--version", "version", type=click.IntRange(min=1), default=None,
+              help="Remove only this version (default: all versions).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+def dataset_remove(c: Context, name: str, version: int | None, yes: bool) -> None:
+    """Remove a dataset (or one version) from the catalog and delete its encrypted files."""
+    from .operations import remove_dataset
+
+    catalog = c.catalog()
+    catalog.get(name, version)
+    what = f"{name} version {version}" if version else f"every version of {name}"
+    if not yes and not click.confirm(f"remove {what}?", default=False):
+        raise SandboxError("nothing removed", "pass --yes to confirm without a prompt")
+    removed = remove_dataset(catalog, name, version)
+    click.echo(f"removed {name} version(s) {', '.join(map(str, removed))}")
+
+
+# -- demo ------------------------------------------------------------------------
+@main.command("demo-data")
+@click.option("--size", type=click.Choice(["tiny", "small", "large"]), default="small",
+              show_default=True,
+              help="tiny: 2k persons; small: 100k; large: 2M persons and 10M loans.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory for the plaintext Parquet files and their specs.")
+@click.option("--seed", type=int, default=20261123, show_default=True)
+def demo_data(size: str, out: Path, seed: int) -> None:
+    """Generate a deterministic synthetic city dataset (persons, loans, districts)."""
+    from .demo import generate
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SandboxError(f"cannot create {out}: {exc.strerror or exc}",
+                           "choose a writable --out directory") from None
+    paths = generate(out, size=size, seed=seed)
+    for p in paths:
+        click.echo(str(p))
+
+
+@main.command("demo")
+@click.option("--size", type=click.Choice(["tiny", "small", "large"]), default="small",
+              show_default=True)
+@pass_ctx
+def demo(c: Context, size: str) -> None:
+    """Set up the demo: key store, synthetic data, encrypted ingest, catalog."""
+    from .demo import generate
+    from .ingest import ingest
+    from .spec import load_spec
+
+    c.paths.ensure_home()
+    kms = c.kms()
+    if isinstance(kms, FileKeyStore) and not kms.path.exists():
+        click.echo(f"created key store, master key {kms.init()}")
+    catalog = c.catalog()
+    source = c.paths.home / "demo-source" / size
+    names = ["districts", "persons", "loans"]
+    missing = [n for n in names if n not in catalog.names()]
+    if missing:
+        if not all((source / f"{n}.parquet").exists() for n in names):
+            source.mkdir(parents=True, exist_ok=True)
+            click.echo(f"generating {size} demo data in {source}")
+            generate(source, size=size)
+        for n in missing:
+            with _progress(f"ingesting {n}") as progress:
+                dv = ingest(catalog, kms, source / f"{n}.parquet",
+                            load_spec(source / f"{n}.yaml"), progress)
+            click.echo(f"ingested {n}: {dv.row_count:,} rows (encrypted)")
+    c_ctx = click.get_current_context()
+    c_ctx.invoke(dataset_list, fmt="table")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,154 @@
+"""The query engine: decrypted analytic columns in a compressed in-memory DuckDB.
+
+The engine is the only place decrypted data lives. It is locked down before
+anyone can send it SQL: no file system, no extensions, no setting changes, no
+spilling to disk, no Python object scans. As a last line behind the policy
+gate it executes exactly one SELECT statement per call, and never passes the
+engine's own error text on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+
+from .catalog import Catalog, DatasetVersion
+from .errors import EngineError
+from .keys import Kms
+from .vault import open_encrypted, read_batches
+
+log = logging.getLogger(__name__)
+DB = "vault"
+
+# Applied in this order: each later setting may forbid changing the earlier ones.
+LOCKDOWN = (
+    "SET enable_external_access=false",
+    "SET autoinstall_known_extensions=false",
+    "SET autoload_known_extensions=false",
+    "SET allow_community_extensions=false",
+    "SET allow_persistent_secrets=false",
+    "SET python_enable_replacements=false",
+    "SET disabled_filesystems='LocalFileSystem'",
+)
+
+
+@dataclass(frozen=True)
+class EngineTable:
+    name: str
+    dataset: str
+    version: int
+    rows: int
+    columns: tuple[tuple[str, str], ...]  # (column, DuckDB type)
+
+
+class Engine:
+    """Load tables, then ``lock()``; after that only ``execute`` of single SELECTs."""
+
+    def __init__(self, memory_limit: str = "4GB", threads: int = 2) -> None:
+        self._con = duckdb.connect(":memory:", config={
+            "threads": threads, "memory_limit": memory_limit, "temp_directory": ""})
+        for stmt in LOCKDOWN:
+            self._con.execute(stmt)
+        self._con.execute(f"ATTACH ':memory:' AS {DB} (COMPRESS)")
+        self._locked = False
+        self._lock = threading.Lock()
+        self.tables: dict[str, EngineTable] = {}
+
+    # -- loading (before lock) -------------------------------------------------
+    def load_arrow(self, name: str, schema: pa.Schema, batches: Iterable[pa.Table],
+                   dataset: str = "", version: int = 0) -> EngineTable:
+        if self._locked:
+            raise EngineError("the engine is locked; tables can only be loaded before lock()")
+        if not name.isidentifier() or name in self.tables:
+            raise EngineError(f"invalid or duplicate engine table name {name!r}")
+
+        def stream() -> Iterator[pa.RecordBatch]:
+            for t in batches:
+                yield from t.cast(schema).to_batches()
+
+        reader = pa.RecordBatchReader.from_batches(schema, stream())
+        self._con.register("_sandbox_load", reader)
+        try:
+            self._con.execute(f'CREATE TABLE {DB}.main."{name}" AS SELECT * FROM _sandbox_load')
+        finally:
+            self._con.unregister("_sandbox_load")
+        (rows,) = self._con.execute(f'SELECT count(*) FROM {DB}.main."{name}"').fetchone()
+        cols = tuple((c[0], str(c[1])) for c in self._con.execute(
+            f'DESCRIBE {DB}.main."{name}"').fetchall())
+        table = EngineTable(name, dataset, version, rows, cols)
+        self.tables[name] = table
+        return table
+
+    def load_dataset(self, catalog: Catalog, kms: Kms, dv: DatasetVersion,
+                     name: str | None = None) -> EngineTable:
+        """Decrypt only the analytic columns (identifier keys are never unwrapped)."""
+        columns = dv.spec.analytic_columns
+        schema = dv.spec.arrow_schema(columns)
+        base = catalog.storage_dir(dv.name, dv.storage_id)
+
+        def batches() -> Iterator[pa.Table]:
+            for f in dv.files:
+                ref = dv.file_ref(f)
+                pf = open_encrypted(base / f.file_name, ref, list(f.keys), kms)
+                yield from read_batches(pf, ref, columns)
+
+        return self.load_arrow(name or dv.name, schema, batches(), dv.name, dv.version)
+
+    def lock(self) -> None:
+        """Compress the loaded data and freeze every setting."""
+        self._con.execute(f"CHECKPOINT {DB}")
+        self._con.execute(f"USE {DB}")
+        self._con.execute("SET lock_configuration=true")
+        self._locked = True
+
+    @classmethod
+    def from_catalog(cls, catalog: Catalog, kms: Kms,
+                     datasets: Mapping[str, tuple[str, int | None]],
+                     memory_limit: str = "4GB", threads: int = 2) -> Engine:
+        """Load ``{table name: (dataset, version or None for latest)}`` and lock."""
+        engine = cls(memory_limit=memory_limit, threads=threads)
+        for table, (dataset, version) in datasets.items():
+            engine.load_dataset(catalog, kms, catalog.get(dataset, version), table)
+        engine.lock()
+        return engine
+
+    # -- querying (after lock) -------------------------------------------------
+    def execute(self, sql: str, params: list[object] | None = None,
+                timeout_s: float | None = None) -> pa.Table:
+        """Run one SELECT; engine messages are logged, never returned."""
+        if not self._locked:
+            raise EngineError("the engine must be locked before it answers queries")
+        try:
+            statements = self._con.cursor().extract_statements(sql)
+        except duckdb.Error:
+            raise EngineError("the query could not be prepared") from None
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            raise EngineError("the engine runs exactly one SELECT statement")
+        cursor = self._con.cursor()
+        cursor.execute(f"USE {DB}")
+        timer = None
+        timed_out = threading.Event()
+        if timeout_s is not None:
+            def stop() -> None:
+                timed_out.set()
+                cursor.interrupt()
+            timer = threading.Timer(timeout_s, stop)
+            timer.start()
+        try:
+            return cursor.execute(sql, params or []).fetch_arrow_table()
+        except duckdb.Error as exc:
+            if timed_out.is_set():
+                raise EngineError("the query ran past its time limit and was stopped",
+                                  "ask a narrower question or try again later") from None
+            log.warning("engine error (not shown to users): %s", exc)
+            raise EngineError("the query failed during execution",
+                              "rephrase the query; the failure was logged for operators") from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+            cursor.close()

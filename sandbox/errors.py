@@ -1,0 +1,118 @@
+"""The one exception tree of the sandbox.
+
+Every error carries a stable ``code`` (for machines and the audit log), a
+``message`` that names the problem, and a ``hint`` that says what to do. Messages
+never contain data values, key material or engine internals.
+
+    SandboxError                      sandbox.error
+    ├── ConfigError                   config.invalid
+    ├── InputError                    input.invalid
+    │   ├── SpecError                 spec.invalid
+    │   └── IngestError               ingest.failed
+    │       ├── MalformedRowError     ingest.malformed_row
+    │       └── TypeMismatchError     ingest.type_mismatch
+    ├── KeyStoreError                 keys.error
+    │   ├── KeyStoreMissingError      keys.not_initialised
+    │   ├── KeyNotFoundError          keys.not_found
+    │   ├── KeyDestroyedError         keys.destroyed
+    │   └── KeyUnwrapError            keys.unwrap_failed
+    ├── VaultError                    vault.error
+    │   └── IntegrityError            vault.integrity
+    ├── CatalogError                  catalog.error
+    │   ├── DatasetNotFoundError      catalog.not_found
+    │   └── CatalogCorruptError       catalog.corrupt
+    └── EngineError                   engine.error
+"""
+
+from __future__ import annotations
+
+
+class SandboxError(Exception):
+    """Base of every error the sandbox raises on purpose."""
+
+    code = "sandbox.error"
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"code": self.code, "message": self.message, "hint": self.hint}
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} ({self.hint})"
+
+
+class ConfigError(SandboxError):
+    code = "config.invalid"
+
+
+class InputError(SandboxError):
+    code = "input.invalid"
+
+
+class SpecError(InputError):
+    """A dataset spec file is invalid; ``problems`` lists every problem found."""
+
+    code = "spec.invalid"
+
+    def __init__(self, message: str, hint: str | None = None, problems: list[str] | None = None):
+        super().__init__(message, hint)
+        self.problems = problems or [message]
+
+
+class IngestError(InputError):
+    code = "ingest.failed"
+
+
+class MalformedRowError(IngestError):
+    code = "ingest.malformed_row"
+
+
+class TypeMismatchError(IngestError):
+    code = "ingest.type_mismatch"
+
+
+class KeyStoreError(SandboxError):
+    code = "keys.error"
+
+
+class KeyStoreMissingError(KeyStoreError):
+    code = "keys.not_initialised"
+
+
+class KeyNotFoundError(KeyStoreError):
+    code = "keys.not_found"
+
+
+class KeyDestroyedError(KeyStoreError):
+    code = "keys.destroyed"
+
+
+class KeyUnwrapError(KeyStoreError):
+    code = "keys.unwrap_failed"
+
+
+class VaultError(SandboxError):
+    code = "vault.error"
+
+
+class IntegrityError(VaultError):
+    code = "vault.integrity"
+
+
+class CatalogError(SandboxError):
+    code = "catalog.error"
+
+
+class DatasetNotFoundError(CatalogError):
+    code = "catalog.not_found"
+
+
+class CatalogCorruptError(CatalogError):
+    code = "catalog.corrupt"
+
+
+class EngineError(SandboxError):
+    code = "engine.error"

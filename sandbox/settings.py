@@ -1,0 +1,99 @@
+"""Where the sandbox keeps its state, and how that is configured.
+
+All state lives under one home directory; keys live in a separate key store so
+that a copy of the data directory alone is useless. Each setting is documented
+once here (name, default, help) and ``docs/settings.md`` is checked against it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    default: str
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "SANDBOX_HOME",
+        "~/.local/share/sandbox",
+        "Directory holding all state: the catalog and the encrypted vault. "
+        "The `--home` option overrides it.",
+    ),
+    Setting(
+        "SANDBOX_KEYSTORE",
+        "~/.config/sandbox/keystore",
+        "Directory of the file key store (master keys, mode 0700/0600). Must lie "
+        "outside the home directory. The `--keystore` option overrides it.",
+    ),
+    Setting(
+        "SANDBOX_MASTER_KEY",
+        "(unset)",
+        "A base64-encoded 32-byte master key given by the environment (containers). "
+        "When set, it replaces the file key store.",
+    ),
+    Setting(
+        "SANDBOX_MASTER_KEY_FILE",
+        "(unset)",
+        "Path of a mounted secret file holding a base64-encoded 32-byte master key. "
+        "When set, it replaces the file key store.",
+    ),
+    Setting(
+        "SANDBOX_DEBUG",
+        "(unset)",
+        "Set to 1 to print tracebacks of unexpected errors in the CLI (operators only).",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Resolved locations of the sandbox state."""
+
+    home: Path
+    keystore: Path
+
+    @property
+    def catalog_db(self) -> Path:
+        return self.home / "catalog.sqlite"
+
+    @property
+    def vault_dir(self) -> Path:
+        return self.home / "vault"
+
+    @classmethod
+    def resolve(cls, home: str | os.PathLike[str] | None = None,
+                keystore: str | os.PathLike[str] | None = None) -> Paths:
+        home_s = home or os.environ.get("SANDBOX_HOME") or "~/.local/share/sandbox"
+        ks_s = keystore or os.environ.get("SANDBOX_KEYSTORE") or "~/.config/sandbox/keystore"
+        home_p = Path(home_s).expanduser().absolute()
+        ks_p = Path(ks_s).expanduser().absolute()
+        if ks_p == home_p or home_p in ks_p.parents:
+            raise ConfigError(
+                f"the key store {ks_p} lies inside the home directory {home_p}",
+                "keep keys apart from the data they protect: set SANDBOX_KEYSTORE or "
+                "--keystore to a directory outside the home",
+            )
+        return cls(home=home_p, keystore=ks_p)
+
+    def ensure_home(self) -> None:
+        """Create the home (0700) and prove it is writable, or fail with a clear error."""
+        try:
+            self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.vault_dir.mkdir(mode=0o700, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.home, prefix=".probe-"):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write to the home directory {self.home}: {exc.strerror or exc}",
+                "choose a writable directory with --home or SANDBOX_HOME",
+            ) from None
