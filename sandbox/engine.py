@@ -18,7 +18,8 @@ import duckdb
 import pyarrow as pa
 
 from .catalog import Catalog, DatasetVersion
-from .errors import EngineError
+from .errors import EngineError, IntegrityError, SandboxError
+from .fsutil import sha256_file
 from .keys import Kms
 from .vault import open_encrypted, read_batches
 
@@ -67,14 +68,26 @@ class Engine:
         if not name.isidentifier() or name in self.tables:
             raise EngineError(f"invalid or duplicate engine table name {name!r}")
 
+        failures: list[Exception] = []
+
         def stream() -> Iterator[pa.RecordBatch]:
-            for t in batches:
-                yield from t.cast(schema).to_batches()
+            try:
+                for t in batches:
+                    yield from t.cast(schema).to_batches()
+            except Exception as exc:  # DuckDB would replace it with its own error text
+                failures.append(exc)
+                raise
 
         reader = pa.RecordBatchReader.from_batches(schema, stream())
         self._con.register("_sandbox_load", reader)
         try:
             self._con.execute(f'CREATE TABLE {DB}.main."{name}" AS SELECT * FROM _sandbox_load')
+        except duckdb.Error as exc:
+            if failures and isinstance(failures[0], SandboxError):
+                raise failures[0] from None
+            log.warning("engine load error (not shown to users): %s", exc)
+            raise EngineError(f"table {name!r} could not be loaded",
+                              "the failure was logged for operators") from None
         finally:
             self._con.unregister("_sandbox_load")
         (rows,) = self._con.execute(f'SELECT count(*) FROM {DB}.main."{name}"').fetchone()
@@ -94,7 +107,16 @@ class Engine:
         def batches() -> Iterator[pa.Table]:
             for f in dv.files:
                 ref = dv.file_ref(f)
-                pf = open_encrypted(base / f.file_name, ref, list(f.keys), kms)
+                path = base / f.file_name
+                # Authenticate the whole file first: decryption checks only the pages it reads,
+                # not the identifier columns or the leading magic bytes.
+                if path.exists() and (path.stat().st_size != f.size
+                                      or sha256_file(path) != f.sha256):
+                    raise IntegrityError(
+                        f"{ref.describe()} does not match its catalog record (SHA-256 differs)",
+                        "run `sandbox dataset verify`; restore the file from a backup or "
+                        "ingest the dataset again")
+                pf = open_encrypted(path, ref, list(f.keys), kms)
                 yield from read_batches(pf, ref, columns)
 
         return self.load_arrow(name or dv.name, schema, batches(), dv.name, dv.version)
@@ -140,7 +162,7 @@ class Engine:
             timer = threading.Timer(timeout_s, stop)
             timer.start()
         try:
-            return cursor.execute(sql, params or []).fetch_arrow_table()
+            return cursor.sql(sql, params=params or None).to_arrow_table()
         except duckdb.Error as exc:
             if timed_out.is_set():
                 raise EngineError("the query ran past its time limit and was stopped",

@@ -206,6 +206,8 @@ def _diagnose_csv(source: Path, spec: DatasetSpec) -> IngestError:
         ranges = {"int16": 2**15, "int32": 2**31, "int64": 2**63}
         for row in reader:
             line = reader.line_num
+            if not row:
+                continue  # pyarrow skips blank lines too
             if len(row) != len(header):
                 return MalformedRowError(
                     f"{source}:{line}: expected {len(header)} fields, found {len(row)}",
@@ -232,9 +234,10 @@ def _diagnose_csv(source: Path, spec: DatasetSpec) -> IngestError:
 
 
 def _parse_bool(value: str) -> bool:
-    if value.lower() in ("true", "1"):
+    # Exactly the true_values/false_values given to pyarrow (which are case-sensitive).
+    if value in ("true", "1"):
         return True
-    if value.lower() in ("false", "0"):
+    if value in ("false", "0"):
         return False
     raise ValueError(value)
 

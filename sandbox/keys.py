@@ -128,7 +128,7 @@ class Kms(ABC):
 def _decode_key(text: str, where: str) -> bytes:
     try:
         key = base64.b64decode(text.strip(), validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or non-ASCII text
         key = b""
     if len(key) != KEY_BYTES:
         raise KeyStoreError(
@@ -153,7 +153,8 @@ class StaticKms(Kms):
             return cls(_decode_key(value, "SANDBOX_MASTER_KEY"))
         if path := os.environ.get("SANDBOX_MASTER_KEY_FILE"):
             try:
-                text = Path(path).read_text()
+                # Never decode errors that would quote bytes of the secret in the message.
+                text = Path(path).read_bytes().decode("ascii", errors="replace")
             except OSError as exc:
                 raise KeyStoreError(
                     f"cannot read the master key file {path}: {exc.strerror or exc}",
@@ -190,6 +191,11 @@ class FileKeyStore(Kms):
     # -- storage -------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        if not self.directory.is_dir():
+            raise KeyStoreMissingError(
+                f"no key store at {self.directory}",
+                "run `sandbox keys init`, or set SANDBOX_KEYSTORE / --keystore to the right place",
+            )
         lock_path = self.directory / ".lock"
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:

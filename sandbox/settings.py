@@ -75,8 +75,9 @@ class Paths:
                 keystore: str | os.PathLike[str] | None = None) -> Paths:
         home_s = home or os.environ.get("SANDBOX_HOME") or "~/.local/share/sandbox"
         ks_s = keystore or os.environ.get("SANDBOX_KEYSTORE") or "~/.config/sandbox/keystore"
-        home_p = Path(home_s).expanduser().absolute()
-        ks_p = Path(ks_s).expanduser().absolute()
+        # normpath: a '..' must not hide that the key store lies inside the home
+        home_p = Path(os.path.normpath(Path(home_s).expanduser().absolute()))
+        ks_p = Path(os.path.normpath(Path(ks_s).expanduser().absolute()))
         if ks_p == home_p or home_p in ks_p.parents:
             raise ConfigError(
                 f"the key store {ks_p} lies inside the home directory {home_p}",

@@ -2,11 +2,11 @@
 
 Every file has three key groups: the footer, the analytic columns, and the
 identifier columns, which are kept under keys of their own. pyarrow generates a
-data key per column and one for the footer; each is wrapped by the ``Kms`` with associated data naming the dataset,
-storage id, file and group, and stored wrapped in the catalog (the file's
-footer holds only an opaque reference). Rotation therefore re-wraps catalog
-rows and never rewrites data; a file or wrapped key moved elsewhere fails
-authentication.
+data key per column and one for the footer; each is wrapped by the ``Kms`` with
+associated data naming the dataset, storage id, file and group, and stored
+wrapped in the catalog (the file's footer holds only an opaque reference).
+Rotation therefore re-wraps catalog rows and never rewrites data; a file or
+wrapped key moved elsewhere fails authentication.
 """
 
 from __future__ import annotations

@@ -57,13 +57,16 @@ def load_yaml(path: Path, what: str) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise InputError(f"{what} file not found: {path}") from None
+        raise InputError(f"{what} file not found: {path}",
+                         f"check the path of the {what}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read {what} file {path}: {exc}") from None
+        raise InputError(f"cannot read {what} file {path}: {exc}",
+                         "check the file's permissions and that it is UTF-8 text") from None
     try:
         return yaml.load(text, Loader=_Loader)
     except InputError as exc:
-        raise InputError(f"{path}:{exc.message.removeprefix('line ')}") from None
+        raise InputError(f"{path}:{exc.message.removeprefix('line ')}",
+                         "give every key in a mapping a unique name") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -1,0 +1,457 @@
+"""Scenario policies: what one reviewed kind of use (一类场景) may see and ask.
+
+A policy exposes tables (alias -> catalog dataset and version) and, per table,
+only the columns it lists, each with a role: ``dimension`` (group and filter;
+optional public ``keys``), ``measure`` (numeric with ``bounds``), ``filter``
+(WHERE only). The table's privacy unit column is implied and may only be used
+to join and in ``COUNT(DISTINCT unit)``. Everything not listed does not exist.
+
+This module is pure: it validates against dataset specs handed in by the caller.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import SandboxError
+from .spec import NUMERIC_TYPES, DatasetSpec
+from .yamlio import LineDict, LineList, line_of, load_yaml
+
+ROLES = ("dimension", "measure", "filter")
+UNIT = "unit"  # the implied role of a table's privacy unit column
+MECHANISMS = ("laplace", "gaussian")
+REFRESH = ("none", "monthly")
+ID_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+ALIAS_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+MAX_ROWS_PER_UNIT_LIMIT = 1000
+MAX_KEYS = 1000
+
+TOP_KEYS = {"policy_version", "id", "title", "purpose", "review", "tables", "joins", "privacy",
+            "budget"}
+TABLE_KEYS = {"dataset", "version", "description", "privacy_unit", "max_rows_per_unit",
+              "columns"}
+COLUMN_KEYS = {"role", "keys", "bounds", "description"}
+PRIVACY_KEYS = {"epsilon_default", "epsilon_max", "delta", "max_groups_per_unit", "mechanism"}
+BUDGET_KEYS = {"epsilon", "delta", "refresh"}
+REVIEW_KEYS = {"reviewer", "reference", "date"}
+
+# (dataset, version or None for latest) -> (spec, resolved version), or None if unknown
+DatasetResolver = Callable[[str, int | None], tuple[DatasetSpec, int] | None]
+
+
+class PolicyError(SandboxError):
+    """A policy file is invalid; ``problems`` lists every problem with file:line."""
+
+    code = "policy.invalid"
+
+    def __init__(self, message: str, hint: str | None = None, problems: list[str] | None = None):
+        super().__init__(message, hint)
+        self.problems = problems or [message]
+
+
+@dataclass(frozen=True)
+class ColumnPolicy:
+    name: str
+    role: str  # dimension | measure | filter | unit
+    type: str  # the catalog type
+    keys: tuple[Any, ...] | None = None
+    bounds: tuple[float, float] | None = None
+    description: str = ""
+
+    @property
+    def numeric(self) -> bool:
+        return self.type in NUMERIC_TYPES
+
+
+@dataclass(frozen=True)
+class TablePolicy:
+    alias: str
+    dataset: str
+    version: int
+    public: bool
+    privacy_unit: str | None
+    max_rows_per_unit: int
+    columns: dict[str, ColumnPolicy]
+    description: str = ""
+
+    @property
+    def engine_table(self) -> str:
+        """The table's name in the query engine (one per dataset version)."""
+        return f"{self.dataset}_v{self.version}"
+
+
+@dataclass(frozen=True)
+class JoinPolicy:
+    left: tuple[str, str]
+    right: tuple[str, str]
+    kind: str  # "unit" (between private tables on their units) | "lookup" (to a public table)
+
+    def matches(self, a: tuple[str, str], b: tuple[str, str]) -> bool:
+        return {a, b} == {self.left, self.right}
+
+
+@dataclass(frozen=True)
+class PrivacyParams:
+    epsilon_default: float
+    epsilon_max: float
+    delta: float
+    max_groups_per_unit: int
+    mechanism: str
+
+
+@dataclass(frozen=True)
+class BudgetPolicy:
+    epsilon: float
+    delta: float
+    refresh: str
+
+
+@dataclass(frozen=True)
+class Policy:
+    id: str
+    title: str
+    purpose: str
+    tables: dict[str, TablePolicy]
+    joins: tuple[JoinPolicy, ...]
+    privacy: PrivacyParams
+    budget: BudgetPolicy
+    review: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+    content_hash: str = ""
+
+    def join_for(self, a: tuple[str, str], b: tuple[str, str]) -> JoinPolicy | None:
+        return next((j for j in self.joins if j.matches(a, b)), None)
+
+
+class _Problems:
+    def __init__(self, path: Path) -> None:
+        self.path, self.items = path, []
+
+    def add(self, line: int, msg: str) -> None:
+        self.items.append(f"{self.path}:{line}: {msg}")
+
+    def unknown_keys(self, doc: LineDict, allowed: set[str], where: str) -> None:
+        for key in doc:
+            if key not in allowed:
+                self.add(line_of(doc, key), f"unknown key '{key}' in {where} (allowed: "
+                         f"{', '.join(sorted(allowed))})")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(float(value)) else None
+
+
+def _mapping(doc: Any, key: str, p: _Problems, parent: LineDict, required: bool) -> LineDict:
+    value = doc.get(key) if isinstance(doc, dict) else None
+    if value is None:
+        if required:
+            p.add(parent.line, f"missing '{key}' section")
+        return LineDict()
+    if not isinstance(value, LineDict):
+        p.add(line_of(parent, key), f"'{key}' must be a mapping")
+        return LineDict()
+    return value
+
+
+def load_policy(path: Path, resolve: DatasetResolver) -> Policy:
+    """Load a policy and check it against the catalog; every problem is reported at once."""
+    raw = path.read_bytes() if path.is_file() else b""
+    doc = load_yaml(path, "policy")
+    p = _Problems(path)
+    if not isinstance(doc, LineDict):
+        raise PolicyError(f"{path}: a policy must be a YAML mapping", "see docs/policy.md")
+    p.unknown_keys(doc, TOP_KEYS, "the policy")
+    if doc.get("policy_version", 1) != 1:
+        p.add(line_of(doc, "policy_version"), "policy_version must be 1")
+    pid = doc.get("id")
+    if not isinstance(pid, str) or not ID_RE.match(pid):
+        p.add(line_of(doc, "id"), f"invalid or missing policy id {pid!r}: use lower-case "
+              "letters, digits, '-' and '_'")
+    title = doc.get("title")
+    if not isinstance(title, str) or not title.strip():
+        p.add(line_of(doc, "title"), "missing 'title'")
+    purpose = doc.get("purpose", "")
+    if not isinstance(purpose, str):
+        p.add(line_of(doc, "purpose"), "'purpose' must be text")
+
+    review = _mapping(doc, "review", p, doc, required=False)
+    p.unknown_keys(review, REVIEW_KEYS, "review")
+
+    tables: dict[str, TablePolicy] = {}
+    tables_doc = _mapping(doc, "tables", p, doc, required=True)
+    if "tables" in doc and not tables_doc:
+        p.add(line_of(doc, "tables"), "'tables' must expose at least one table")
+    for alias, tdoc in tables_doc.items():
+        table = _load_table(alias, tdoc, tables_doc, p, resolve)
+        if table is not None:
+            tables[alias] = table
+
+    joins = _load_joins(doc, tables, p)
+    privacy = _load_privacy(doc, p)
+    budget = _load_budget(doc, p, privacy)
+
+    if p.items:
+        raise PolicyError(
+            f"{len(p.items)} problem(s) in policy {path}: " + "; ".join(p.items),
+            "fix the policy; see docs/policy.md", p.items,
+        )
+    assert privacy is not None and budget is not None
+    return Policy(
+        id=str(pid), title=str(title), purpose=str(purpose), tables=tables, joins=joins,
+        privacy=privacy, budget=budget, review={k: review.get(k) for k in REVIEW_KEYS},
+        source=str(path), content_hash=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def _load_table(alias: str, tdoc: Any, parent: LineDict, p: _Problems,
+                resolve: DatasetResolver) -> TablePolicy | None:
+    line = line_of(parent, alias)
+    if not ALIAS_RE.match(alias):
+        p.add(line, f"invalid table alias '{alias}': use lower-case letters, digits and '_'")
+        return None
+    if not isinstance(tdoc, LineDict):
+        p.add(line, f"table '{alias}' must be a mapping with dataset and columns")
+        return None
+    p.unknown_keys(tdoc, TABLE_KEYS, f"table '{alias}'")
+    dataset = tdoc.get("dataset")
+    version = tdoc.get("version")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)
+                                or version < 1):
+        p.add(line_of(tdoc, "version"), f"table '{alias}': version must be a positive integer")
+        return None
+    if not isinstance(dataset, str):
+        p.add(line_of(tdoc, "dataset"), f"table '{alias}': missing 'dataset' (a catalog name)")
+        return None
+    resolved = resolve(dataset, version)
+    if resolved is None:
+        what = f"dataset '{dataset}'" + (f" version {version}" if version else "")
+        p.add(line_of(tdoc, "dataset"), f"table '{alias}': {what} is not in the catalog "
+              "(see `sandbox dataset list`)")
+        return None
+    spec, version = resolved
+    unit = tdoc.get("privacy_unit")
+    if spec.public:
+        if unit is not None:
+            p.add(line_of(tdoc, "privacy_unit"), f"table '{alias}': dataset '{dataset}' is "
+                  "public and has no privacy unit")
+    elif unit != spec.privacy_unit:
+        p.add(line_of(tdoc, "privacy_unit"), f"table '{alias}': privacy_unit must be "
+              f"'{spec.privacy_unit}', the column the catalog classifies as privacy_unit")
+    mrpu = tdoc.get("max_rows_per_unit", 1)
+    if spec.public:
+        mrpu = 1
+    elif not isinstance(mrpu, int) or isinstance(mrpu, bool) or \
+            not 1 <= mrpu <= MAX_ROWS_PER_UNIT_LIMIT:
+        p.add(line_of(tdoc, "max_rows_per_unit"), f"table '{alias}': max_rows_per_unit must "
+              f"be an integer from 1 to {MAX_ROWS_PER_UNIT_LIMIT}")
+        mrpu = 1
+
+    columns: dict[str, ColumnPolicy] = {}
+    cols_doc = tdoc.get("columns")
+    if not isinstance(cols_doc, LineDict) or not cols_doc:
+        p.add(line_of(tdoc, "columns"), f"table '{alias}': 'columns' must map column names "
+              "to roles")
+        cols_doc = LineDict()
+    for cname, cdoc in cols_doc.items():
+        col = _load_column(alias, cname, cdoc, cols_doc, spec, p)
+        if col is not None:
+            columns[cname] = col
+    if not spec.public and spec.privacy_unit and unit == spec.privacy_unit:
+        if spec.privacy_unit in cols_doc:
+            p.add(line_of(cols_doc, spec.privacy_unit), f"table '{alias}': the privacy unit "
+                  f"'{spec.privacy_unit}' is implied; do not list it under columns")
+        columns[spec.privacy_unit] = ColumnPolicy(
+            spec.privacy_unit, UNIT, spec.column(spec.privacy_unit).type,
+            description=spec.column(spec.privacy_unit).description)
+    description = tdoc.get("description", spec.description)
+    return TablePolicy(alias, dataset, version, spec.public,
+                       None if spec.public else spec.privacy_unit, int(mrpu), columns,
+                       str(description))
+
+
+def _load_column(alias: str, cname: str, cdoc: Any, parent: LineDict, spec: DatasetSpec,
+                 p: _Problems) -> ColumnPolicy | None:
+    line = line_of(parent, cname)
+    where = f"column '{alias}.{cname}'"
+    if isinstance(cdoc, str):  # shorthand: `district: dimension`
+        cdoc = LineDict({"role": cdoc})
+        cdoc.line, cdoc.key_lines = line, {"role": line}
+    if not isinstance(cdoc, LineDict):
+        p.add(line, f"{where}: give a role (dimension, measure or filter)")
+        return None
+    p.unknown_keys(cdoc, COLUMN_KEYS, where)
+    try:
+        cspec = spec.column(cname)
+    except KeyError:
+        p.add(line, f"{where}: dataset '{spec.name}' has no column '{cname}'")
+        return None
+    if cspec.role == "identifier":
+        p.add(line, f"{where} is an identifier column (直接标识符) and can never be "
+              "exposed; remove it from the policy")
+        return None
+    if cspec.role == "privacy_unit":
+        return None  # reported by the caller (implied column)
+    role = cdoc.get("role")
+    if role not in ROLES:
+        p.add(line_of(cdoc, "role"), f"{where}: unknown role {role!r} (allowed: "
+              f"{', '.join(ROLES)})")
+        return None
+    numeric = cspec.type in NUMERIC_TYPES
+    bounds = None
+    if role == "measure":
+        if not numeric:
+            p.add(line_of(cdoc, "role"), f"{where}: a measure must be numeric, but the "
+                  f"column is {cspec.type}; make it a dimension or a filter")
+        b = cdoc.get("bounds")
+        lo_hi = [_number(x) for x in b] if isinstance(b, list) and len(b) == 2 else None
+        if lo_hi is None or None in lo_hi:
+            p.add(line_of(cdoc, "bounds") if "bounds" in cdoc else cdoc.line,
+                  f"{where}: a measure needs bounds: [lo, hi] with two numbers")
+        elif lo_hi[0] >= lo_hi[1]:  # type: ignore[operator]
+            p.add(line_of(cdoc, "bounds"), f"{where}: bounds are reversed or empty "
+                  f"({b[0]} >= {b[1]}); write [lo, hi] with lo < hi")
+        else:
+            bounds = (float(lo_hi[0]), float(lo_hi[1]))  # type: ignore[arg-type]
+    elif "bounds" in cdoc:
+        p.add(line_of(cdoc, "bounds"), f"{where}: only measures have bounds")
+    keys = None
+    if "keys" in cdoc:
+        k = cdoc["keys"]
+        if role != "dimension":
+            p.add(line_of(cdoc, "keys"), f"{where}: only dimensions have public keys")
+        elif not isinstance(k, list) or not k or len(k) > MAX_KEYS:
+            p.add(line_of(cdoc, "keys"), f"{where}: keys must be a list of 1 to {MAX_KEYS} "
+                  "values")
+        elif not all(_key_fits(x, cspec.type) for x in k):
+            p.add(line_of(cdoc, "keys"), f"{where}: every key must be a {cspec.type} value")
+        elif len(set(map(str, k))) != len(k):
+            p.add(line_of(cdoc, "keys"), f"{where}: keys repeat a value")
+        else:
+            keys = tuple(_key_value(x, cspec.type) for x in k)
+    desc = cdoc.get("description", cspec.description)
+    return ColumnPolicy(cname, role, cspec.type, keys, bounds, str(desc))
+
+
+def _key_fits(value: Any, ctype: str) -> bool:
+    if ctype == "string":
+        return isinstance(value, str)
+    if ctype in ("int16", "int32", "int64"):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if ctype == "float64":
+        return _number(value) is not None
+    if ctype == "bool":
+        return isinstance(value, bool)
+    if ctype == "date":
+        return isinstance(value, dt.date) and not isinstance(value, dt.datetime)
+    return False
+
+
+def _key_value(value: Any, ctype: str) -> Any:
+    return float(value) if ctype == "float64" else value
+
+
+def _load_joins(doc: LineDict, tables: dict[str, TablePolicy],
+                p: _Problems) -> tuple[JoinPolicy, ...]:
+    joins_doc = doc.get("joins", [])
+    if joins_doc is None:
+        return ()
+    if not isinstance(joins_doc, LineList):
+        p.add(line_of(doc, "joins"), "'joins' must be a list of [table.column, table.column]")
+        return ()
+    out = []
+    for i, j in enumerate(joins_doc):
+        line = joins_doc.item_lines[i]
+        if not (isinstance(j, list) and len(j) == 2 and all(isinstance(x, str) for x in j)):
+            p.add(line, "a join is a pair: [table.column, table.column]")
+            continue
+        sides = []
+        for ref in j:
+            t, _, c = ref.partition(".")
+            tp = tables.get(t)
+            if tp is None or c not in tp.columns:
+                p.add(line, f"join side '{ref}' is not an exposed table.column")
+                break
+            sides.append((t, c))
+        if len(sides) != 2:
+            continue
+        (lt, lc), (rt, rc) = sides
+        left, right = tables[lt], tables[rt]
+        if not left.public and not right.public:
+            if lc != left.privacy_unit or rc != right.privacy_unit:
+                p.add(line, f"join {j[0]} = {j[1]}: private tables may only be joined on "
+                      "their privacy units")
+                continue
+            kind = "unit"
+        elif left.public and right.public:
+            p.add(line, f"join {j[0]} = {j[1]}: joins between two public tables are not "
+                  "needed; join each to the private table")
+            continue
+        else:
+            priv_t, priv_c = (lt, lc) if not left.public else (rt, rc)
+            if tables[priv_t].columns[priv_c].role != "dimension":
+                p.add(line, f"join {j[0]} = {j[1]}: a lookup join must use a dimension of "
+                      f"'{priv_t}'")
+                continue
+            kind = "lookup"
+        out.append(JoinPolicy((lt, lc), (rt, rc), kind))
+    return tuple(out)
+
+
+def _positive(doc: LineDict, key: str, p: _Problems, where: str, default: Any = None) -> float:
+    value = _number(doc.get(key, default))
+    if value is None or value <= 0:
+        p.add(line_of(doc, key), f"{where}.{key} must be a positive number")
+        return 1.0
+    return value
+
+
+def _load_privacy(doc: LineDict, p: _Problems) -> PrivacyParams:
+    pd = _mapping(doc, "privacy", p, doc, required=True)
+    p.unknown_keys(pd, PRIVACY_KEYS, "privacy")
+    eps_default = _positive(pd, "epsilon_default", p, "privacy")
+    eps_max = _positive(pd, "epsilon_max", p, "privacy")
+    if eps_default > eps_max:
+        p.add(line_of(pd, "epsilon_default"), "privacy.epsilon_default is larger than "
+              "privacy.epsilon_max")
+    delta = _number(pd.get("delta", 1e-6))
+    if delta is None or not 0 <= delta <= 1e-3:
+        p.add(line_of(pd, "delta"), "privacy.delta must be a number from 0 to 0.001")
+        delta = 1e-6
+    mgpu = pd.get("max_groups_per_unit", 1)
+    if not isinstance(mgpu, int) or isinstance(mgpu, bool) or not 1 <= mgpu <= 1000:
+        p.add(line_of(pd, "max_groups_per_unit"), "privacy.max_groups_per_unit must be an "
+              "integer from 1 to 1000")
+        mgpu = 1
+    mech = pd.get("mechanism", "laplace")
+    if mech not in MECHANISMS:
+        p.add(line_of(pd, "mechanism"), f"privacy.mechanism must be one of "
+              f"{', '.join(MECHANISMS)}")
+        mech = "laplace"
+    return PrivacyParams(eps_default, eps_max, float(delta), int(mgpu), str(mech))
+
+
+def _load_budget(doc: LineDict, p: _Problems, privacy: PrivacyParams) -> BudgetPolicy:
+    bd = _mapping(doc, "budget", p, doc, required=True)
+    p.unknown_keys(bd, BUDGET_KEYS, "budget")
+    eps = _positive(bd, "epsilon", p, "budget")
+    if eps < privacy.epsilon_default:
+        p.add(line_of(bd, "epsilon"), "budget.epsilon is smaller than one query's "
+              "privacy.epsilon_default")
+    delta = _number(bd.get("delta", 1e-5))
+    if delta is None or not 0 <= delta < 1:
+        p.add(line_of(bd, "delta"), "budget.delta must be a number from 0 to 1")
+        delta = 0.0
+    refresh = bd.get("refresh", "none")
+    if refresh not in REFRESH:
+        p.add(line_of(bd, "refresh"), f"budget.refresh must be one of {', '.join(REFRESH)}")
+        refresh = "none"
+    return BudgetPolicy(eps, float(delta), str(refresh))

@@ -1,0 +1,206 @@
+"""Pass 2: every node of the tree must be of a kind the gate understands.
+
+Allowlists, not denylists: a construct or function not named here is refused,
+whatever new feature the engine grows.
+"""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+from .refusal import Refusal
+
+STRUCTURE: tuple[type[exp.Expression], ...] = (
+    exp.Select, exp.From, exp.Join, exp.Where, exp.Group, exp.Having, exp.Order, exp.Ordered,
+    exp.Limit, exp.Offset, exp.With, exp.CTE, exp.Subquery, exp.TableAlias, exp.Table,
+    exp.Identifier, exp.Column, exp.Alias, exp.Paren, exp.Literal, exp.Boolean, exp.Null,
+    exp.DataType, exp.Var, exp.Distinct, exp.Star, exp.Filter,
+)
+OPERATORS: tuple[type[exp.Expression], ...] = (
+    exp.Neg, exp.Not, exp.And, exp.Or, exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE,
+    exp.Is, exp.In, exp.Between, exp.Like, exp.ILike, exp.Add, exp.Sub, exp.Mul, exp.Div,
+    exp.Mod, exp.Case, exp.If, exp.Coalesce, exp.Nullif, exp.Cast,
+)
+SCALAR_FUNCTIONS: tuple[type[exp.Expression], ...] = (
+    exp.Floor, exp.Ceil, exp.Round, exp.Abs, exp.Least, exp.Greatest,
+    exp.TimestampTrunc, exp.DateTrunc, exp.Extract, exp.Year, exp.Month, exp.Quarter,
+    exp.DayOfWeek, exp.Lower, exp.Upper, exp.Length,
+)
+AGGREGATES: tuple[type[exp.Expression], ...] = (
+    exp.Count, exp.Sum, exp.Avg, exp.Variance, exp.VariancePop, exp.Stddev, exp.StddevPop,
+    exp.StddevSamp, exp.Median, exp.PercentileCont, exp.PercentileDisc, exp.Quantile,
+)
+ALLOWED = STRUCTURE + OPERATORS + SCALAR_FUNCTIONS + AGGREGATES
+EXTRACT_PARTS = {"YEAR", "QUARTER", "MONTH", "DAY", "DOW", "DAYOFWEEK", "ISODOW", "WEEK",
+                 "DOY", "DAYOFYEAR", "HOUR"}
+TRUNC_UNITS = {"YEAR", "QUARTER", "MONTH", "WEEK", "DAY", "HOUR"}
+
+MINMAX_HINT = ("single values are never released; use QUANTILE_CONT(x, 0.95) or "
+               "MEDIAN(x) for a noisy order statistic")
+
+
+def check(tree: exp.Select, table_names: set[str]) -> None:
+    """Refuse the first node that is not allowed. ``table_names`` are the scenario's tables."""
+    ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+    for node in tree.walk():
+        _check_node(node, tree, table_names, ctes)
+
+
+def _check_node(node: exp.Expression, root: exp.Select, tables: set[str],
+                ctes: set[str]) -> None:
+    if isinstance(node, exp.Identifier) and node.name.startswith("__"):
+        raise Refusal("gate.reserved_name", f"the name '{node.name}' is reserved",
+                      "rename it without the leading underscores", node)
+    if isinstance(node, exp.Window | exp.Qualify):
+        raise Refusal("gate.window", "window functions and QUALIFY are not answered",
+                      "aggregate with GROUP BY instead", node)
+    if isinstance(node, exp.AggFunc) and not isinstance(node, AGGREGATES):
+        raise Refusal("gate.aggregate_not_allowed",
+                      f"the aggregate {node.sql_name()} is not answered", _agg_hint(node), node)
+    if not isinstance(node, ALLOWED):
+        raise _not_allowed(node)
+
+    if isinstance(node, exp.Select):
+        _check_select(node, root)
+    elif isinstance(node, exp.Table):
+        _check_table(node, tables, ctes)
+    elif isinstance(node, exp.TableAlias) and node.args.get("columns"):
+        raise Refusal("gate.column_alias_list", "table aliases that rename columns are refused",
+                      "alias columns in the SELECT list instead (col AS name)", node)
+    elif isinstance(node, exp.Join):
+        _check_join(node)
+    elif isinstance(node, exp.Star):
+        if not isinstance(node.parent, exp.Count):
+            raise Refusal("gate.star", "SELECT * returns rows and is not answered",
+                          "name the aggregates you need, e.g. SELECT COUNT(*) FROM t", node)
+    elif isinstance(node, exp.Column) and isinstance(node.this, exp.Star):
+        raise Refusal("gate.star", "t.* returns rows and is not answered",
+                      "name the aggregates you need", node)
+    elif isinstance(node, exp.Distinct) and not isinstance(node.parent, exp.Count):
+        raise Refusal("gate.distinct_rows", "DISTINCT is only answered inside COUNT(DISTINCT "
+                      "<privacy unit>)", "use GROUP BY with COUNT(*)", node)
+    elif type(node) is exp.Cast and not isinstance(node.this, exp.Literal):
+        raise Refusal("gate.strict_cast", "CAST of a column can fail on a value and is refused",
+                      f"write TRY_CAST({node.this.sql('duckdb')} AS "
+                      f"{node.to.sql('duckdb')}) instead", node)
+    elif isinstance(node, exp.Subquery) and not isinstance(node.parent, exp.From | exp.Join):
+        raise Refusal("gate.subquery", "subqueries inside expressions are not answered",
+                      "join the table on a declared key, or filter in WHERE directly", node)
+    elif isinstance(node, exp.In) and node.args.get("query"):
+        raise Refusal("gate.subquery", "IN (SELECT ...) is not answered",
+                      "join the table on a declared key instead", node)
+    elif isinstance(node, exp.Extract):
+        part = node.this.name.upper() if isinstance(node.this, exp.Var | exp.Literal) else ""
+        if part not in EXTRACT_PARTS:
+            raise Refusal("gate.function_not_allowed", f"EXTRACT({part or '?'} ...) is not "
+                          "answered", f"use one of {', '.join(sorted(EXTRACT_PARTS))}", node)
+    elif isinstance(node, exp.TimestampTrunc | exp.DateTrunc):
+        unit = node.args.get("unit")
+        name = unit.name.upper() if isinstance(unit, exp.Var | exp.Literal) else ""
+        if name not in TRUNC_UNITS:
+            raise Refusal("gate.function_not_allowed", "date_trunc needs a constant unit",
+                          f"use one of {', '.join(sorted(TRUNC_UNITS))}", node)
+    elif isinstance(node, exp.Group):
+        for arg in ("all", "rollup", "cube", "grouping_sets", "totals"):
+            if node.args.get(arg):
+                raise Refusal("gate.group_by", f"GROUP BY {arg.upper().replace('_', ' ')} is "
+                              "not answered", "list the grouping expressions explicitly", node)
+
+
+def _check_select(node: exp.Select, root: exp.Select) -> None:
+    if node.args.get("distinct"):
+        raise Refusal("gate.distinct_rows", "SELECT DISTINCT returns rows",
+                      "use GROUP BY with COUNT(*) to count each combination", node)
+    for arg in ("into", "locks", "sample", "laterals", "pivots", "windows", "connect",
+                "prewhere", "cluster", "distribute", "sort", "settings", "format", "kind",
+                "operation_modifiers", "exclude", "match", "options", "for_", "hint"):
+        if node.args.get(arg):
+            raise Refusal("gate.construct_not_allowed", f"SELECT ... {arg.upper()} is not "
+                          "answered", "use plain SELECT ... FROM ... WHERE ... GROUP BY", node)
+    if node is not root:
+        for arg, what in (("order", "ORDER BY"), ("limit", "LIMIT"), ("offset", "OFFSET"),
+                          ("having", "HAVING"), ("group", "GROUP BY")):
+            if node.args.get(arg):
+                raise Refusal("gate.subquery", f"{what} inside a subquery or CTE is not "
+                              "answered: subqueries may only filter, join and derive columns",
+                              "aggregate once, in the outer query", node.args[arg])
+        if node.find(*AGGREGATES):
+            raise Refusal("gate.subquery", "aggregates inside a subquery or CTE (nested "
+                          "aggregation) are not answered",
+                          "aggregate once, in the outer query", node.find(*AGGREGATES))
+    with_ = node.args.get("with_") or node.args.get("with")
+    if with_ is not None and with_.args.get("recursive"):
+        raise Refusal("gate.subquery", "WITH RECURSIVE is not answered",
+                      "use plain CTEs", with_)
+
+
+def _check_table(node: exp.Table, tables: set[str], ctes: set[str]) -> None:
+    if not isinstance(node.this, exp.Identifier):
+        raise Refusal("gate.table_function", "table functions are not answered (no file, "
+                      "network, settings or metadata access)",
+                      f"query one of the scenario's tables: {', '.join(sorted(tables))}", node)
+    if node.args.get("db") or node.args.get("catalog"):
+        raise Refusal("gate.unknown_table", f"'{node.sql('duckdb')}' is not a table of this "
+                      "scenario", f"use one of: {', '.join(sorted(tables))}", node)
+    for arg in ("joins", "pivots", "laterals", "version", "sample", "changes", "when",
+                "partition", "hints", "system_time", "format", "pattern", "ordinality", "only",
+                "rows_from", "indexed"):
+        if node.args.get(arg):
+            raise Refusal("gate.construct_not_allowed", "this table modifier is not answered",
+                          "reference the table by name only", node)
+    if node.name not in tables and node.name not in ctes:
+        raise Refusal("gate.unknown_table", f"'{node.name}' is not a table of this scenario",
+                      f"use one of: {', '.join(sorted(tables))}", node)
+
+
+def _check_join(node: exp.Join) -> None:
+    side = (node.side or "").upper()
+    kind = (node.kind or "").upper()
+    method = (node.method or "").upper() if node.args.get("method") else ""
+    if method or kind not in ("", "INNER", "OUTER") or side not in ("", "LEFT"):
+        what = " ".join(x for x in (method, side, kind) if x) + " JOIN"
+        raise Refusal("gate.join", f"{what} is not answered",
+                      "use [INNER] JOIN or LEFT JOIN ... ON a declared key", node)
+    for arg in ("global_", "hint", "match_condition", "nearest", "directed", "expressions",
+                "pivots"):
+        if node.args.get(arg):
+            raise Refusal("gate.join", "this join form is not answered",
+                          "use [INNER] JOIN or LEFT JOIN ... ON a declared key", node)
+    if node.args.get("using"):
+        raise Refusal("gate.join", "JOIN ... USING is not answered",
+                      "write JOIN ... ON a.key = b.key", node)
+    if not node.args.get("on"):
+        raise Refusal("gate.join", "joins without ON (cross or comma joins) are not answered",
+                      "join on the privacy unit or a declared lookup key with ON", node)
+
+
+def _agg_hint(node: exp.Expression) -> str:
+    if isinstance(node, exp.Min | exp.Max | exp.ArgMax | exp.ArgMin | exp.First | exp.Last |
+                  exp.AnyValue):
+        return MINMAX_HINT
+    if isinstance(node, exp.ApproxDistinct):
+        return "use COUNT(DISTINCT <privacy unit>) or COUNT(*)"
+    return "use COUNT, SUM, AVG, VAR/STDDEV, MEDIAN or QUANTILE_CONT with GROUP BY"
+
+
+def _not_allowed(node: exp.Expression) -> Refusal:
+    if isinstance(node, exp.Anonymous):
+        name = node.name.lower()
+        if name in ("histogram", "list", "string_agg", "listagg", "arbitrary", "min_by",
+                    "max_by", "arg_min", "arg_max", "bit_and", "bit_or", "bool_and",
+                    "bool_or", "product", "kurtosis", "skewness", "entropy", "approx_quantile",
+                    "reservoir_quantile", "bitstring_agg", "favg", "fsum", "sumkahan"):
+            return Refusal("gate.aggregate_not_allowed", f"the aggregate {name} is not answered",
+                           MINMAX_HINT if "arg" in name or "by" in name else
+                           "use COUNT, SUM, AVG, VAR/STDDEV, MEDIAN or QUANTILE_CONT", node)
+        return Refusal("gate.function_not_allowed", f"the function {name} is not answered",
+                       "see docs/gate.md for the functions the gate understands", node)
+    if isinstance(node, exp.Func):
+        return Refusal("gate.function_not_allowed",
+                       f"the function {node.sql_name().lower()} is not answered",
+                       "see docs/gate.md for the functions the gate understands", node)
+    if isinstance(node, exp.DDL | exp.DML | exp.Command):
+        return Refusal("gate.not_a_query", "only queries are answered", None, node)
+    return Refusal("gate.construct_not_allowed",
+                   f"the construct {node.key.upper()} is not answered",
+                   "use plain columns, arithmetic, CASE and the allowed functions", node)

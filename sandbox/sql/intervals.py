@@ -1,0 +1,193 @@
+"""Static facts about row-level expressions: numeric bounds and key domains.
+
+Bounds let SUM/AVG/VAR/quantiles work on derived expressions (income / 12,
+CASE bins, amount * rate): the rewrite clamps to the inferred bounds, so a wrong
+inference can only cost accuracy, never privacy. A key domain that is known
+statically (declared public keys, CASE with literal results, predicates) lets
+every group appear, zeros included, without thresholding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from sqlglot import exp
+
+from ..policy import ColumnPolicy
+
+Bounds = tuple[float, float]
+ColumnLookup = Callable[[exp.Column], ColumnPolicy]
+PREDICATES = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Is, exp.In, exp.Between,
+              exp.Like, exp.ILike, exp.And, exp.Or, exp.Not)
+
+
+def _literal_number(node: exp.Expression) -> float | None:
+    if isinstance(node, exp.Paren):
+        return _literal_number(node.this)
+    if isinstance(node, exp.Neg):
+        v = _literal_number(node.this)
+        return None if v is None else -v
+    if isinstance(node, exp.Literal) and not node.is_string:
+        try:
+            v = float(node.this)
+        except ValueError:
+            return None
+        return v if math.isfinite(v) else None
+    return None
+
+
+def _hull(parts: list[Bounds | None]) -> Bounds | None:
+    if not parts or any(p is None for p in parts):
+        return None
+    return (min(p[0] for p in parts if p), max(p[1] for p in parts if p))
+
+
+def bounds(node: exp.Expression, lookup: ColumnLookup) -> Bounds | None:
+    """Numeric bounds of ``node`` over every row, or None if they cannot be known."""
+    result = _bounds(node, lookup)
+    if result is None or not all(math.isfinite(x) for x in result):
+        return None
+    return result
+
+
+def _bounds(node: exp.Expression, lookup: ColumnLookup) -> Bounds | None:
+    v = _literal_number(node)
+    if v is not None:
+        return (v, v)
+    if isinstance(node, exp.Column):
+        col = lookup(node)
+        if col.bounds:
+            return col.bounds
+        if col.keys and col.numeric:
+            return (float(min(col.keys)), float(max(col.keys)))
+        return None
+    if isinstance(node, exp.Paren | exp.TryCast):
+        return _bounds(node.this, lookup)
+    if isinstance(node, exp.Neg):
+        b = _bounds(node.this, lookup)
+        return None if b is None else (-b[1], -b[0])
+    if isinstance(node, exp.Add | exp.Sub | exp.Mul):
+        a, b = _bounds(node.this, lookup), _bounds(node.expression, lookup)
+        if a is None or b is None:
+            return None
+        if isinstance(node, exp.Add):
+            return (a[0] + b[0], a[1] + b[1])
+        if isinstance(node, exp.Sub):
+            return (a[0] - b[1], a[1] - b[0])
+        products = [x * y for x in a for y in b]
+        return (min(products), max(products))
+    if isinstance(node, exp.Div):
+        a = _bounds(node.this, lookup)
+        d = _literal_number(node.expression)
+        if a is None or not d:
+            return None
+        ends = (a[0] / d, a[1] / d)
+        return (min(ends), max(ends))
+    if isinstance(node, exp.Case):
+        parts = [_bounds(i.args["true"], lookup) for i in node.args.get("ifs", [])]
+        if node.args.get("default") is not None:
+            parts.append(_null_or_bounds(node.args["default"], lookup))
+        return _hull([p for p in parts if p != "null"])  # type: ignore[comparison-overlap]
+    if isinstance(node, exp.If):
+        parts = [_null_or_bounds(node.args["true"], lookup)]
+        if node.args.get("false") is not None:
+            parts.append(_null_or_bounds(node.args["false"], lookup))
+        return _hull([p for p in parts if p != "null"])  # type: ignore[comparison-overlap]
+    if isinstance(node, exp.Coalesce):
+        return _hull([_bounds(e, lookup) for e in [node.this, *node.expressions]])
+    if isinstance(node, exp.Least | exp.Greatest):
+        parts = [_bounds(e, lookup) for e in [node.this, *node.expressions]]
+        known = [p for p in parts if p is not None]
+        if isinstance(node, exp.Least):
+            # LEAST(x, c) is at most c even when x is unbounded above, but needs a floor.
+            if any(p is None for p in parts):
+                return None
+            return (min(p[0] for p in known), min(p[1] for p in known))
+        if any(p is None for p in parts):
+            return None
+        return (max(p[0] for p in known), max(p[1] for p in known))
+    if isinstance(node, exp.Floor | exp.Ceil | exp.Round):
+        b = _bounds(node.this, lookup)
+        return None if b is None else (math.floor(b[0]), math.ceil(b[1]))
+    if isinstance(node, exp.Abs):
+        b = _bounds(node.this, lookup)
+        if b is None:
+            return None
+        lo = 0.0 if b[0] <= 0 <= b[1] else min(abs(b[0]), abs(b[1]))
+        return (lo, max(abs(b[0]), abs(b[1])))
+    if isinstance(node, exp.Year):
+        return (1900.0, 2200.0)
+    if isinstance(node, exp.Month):
+        return (1.0, 12.0)
+    if isinstance(node, exp.Quarter):
+        return (1.0, 4.0)
+    if isinstance(node, exp.DayOfWeek):
+        return (0.0, 7.0)
+    return None
+
+
+def _null_or_bounds(node: exp.Expression, lookup: ColumnLookup) -> Any:
+    return "null" if isinstance(node, exp.Null) else _bounds(node, lookup)
+
+
+def integral(node: exp.Expression, lookup: ColumnLookup) -> bool:
+    """True when every value of ``node`` is an integer (exact integer sums possible)."""
+    if isinstance(node, exp.Literal):
+        return not node.is_string and "." not in node.this and "e" not in node.this.lower()
+    if isinstance(node, exp.Null):
+        return True
+    if isinstance(node, exp.Column):
+        return lookup(node).type in ("int16", "int32", "int64")
+    if isinstance(node, exp.Paren | exp.Neg | exp.Floor | exp.Ceil | exp.Abs):
+        return isinstance(node, exp.Floor | exp.Ceil) or integral(node.this, lookup)
+    if isinstance(node, exp.Round):
+        return node.args.get("decimals") is None or integral(node.this, lookup)
+    if isinstance(node, exp.Add | exp.Sub | exp.Mul):
+        return integral(node.this, lookup) and integral(node.expression, lookup)
+    if isinstance(node, exp.Case):
+        parts = [i.args["true"] for i in node.args.get("ifs", [])]
+        if node.args.get("default") is not None:
+            parts.append(node.args["default"])
+        return all(integral(p, lookup) for p in parts)
+    if isinstance(node, exp.If):
+        return all(integral(node.args[k], lookup) for k in ("true", "false")
+                   if node.args.get(k) is not None)
+    if isinstance(node, exp.Coalesce | exp.Least | exp.Greatest):
+        return all(integral(e, lookup) for e in [node.this, *node.expressions])
+    return bool(isinstance(node, exp.Year | exp.Month | exp.Quarter | exp.DayOfWeek))
+
+
+def key_domain(node: exp.Expression, lookup: ColumnLookup) -> list[Any] | None:
+    """The finite set of values a grouping expression can take, when known statically."""
+    if isinstance(node, exp.Paren):
+        return key_domain(node.this, lookup)
+    if isinstance(node, exp.Column):
+        col = lookup(node)
+        return list(col.keys) if col.keys else None
+    if isinstance(node, PREDICATES):
+        return [False, True]
+    if isinstance(node, exp.Case | exp.If):
+        if isinstance(node, exp.Case):
+            results = [i.args["true"] for i in node.args.get("ifs", [])]
+            default = node.args.get("default")
+        else:
+            results = [node.args["true"]]
+            default = node.args.get("false")
+        if default is not None:
+            results.append(default)
+        values: list[Any] = []
+        for r in results:
+            if isinstance(r, exp.Null):
+                continue
+            if not isinstance(r, exp.Literal):
+                return None
+            value: Any = r.this if r.is_string else _literal_number(r)
+            if value is not None and not r.is_string and float(value).is_integer() and \
+                    "." not in r.this:
+                value = int(value)
+            if value not in values:
+                values.append(value)
+        return values or None
+    return None

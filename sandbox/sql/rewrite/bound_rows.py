@@ -1,0 +1,29 @@
+"""Pass: each scenario table becomes a bounded scan of its engine table.
+
+A private table keeps at most ``max_rows_per_unit`` rows per privacy unit: the
+engine gives every row a random rank within its unit once, at load
+(``__sandbox_rank``), so bounding is a cheap filter and needs no volatile
+window here. Only the exposed columns are projected.
+"""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+from .context import RewriteContext
+
+RANK = "__sandbox_rank"
+
+
+def bound_rows(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
+    for table in list(tree.find_all(exp.Table)):
+        tp = ctx.policy.tables[table.name]
+        alias = table.alias_or_name
+        scan = exp.select(*[exp.column(c) for c in tp.columns]).from_(
+            exp.to_table(tp.engine_table))
+        if not tp.public:
+            scan = scan.where(exp.LTE(this=exp.column(RANK),
+                                      expression=exp.Literal.number(tp.max_rows_per_unit)))
+        table.replace(exp.Subquery(this=scan, alias=exp.TableAlias(
+            this=exp.to_identifier(alias))))
+    return tree

@@ -1,0 +1,50 @@
+"""What the rewrite passes share: the analysis, the policy and the measurements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+
+from ...policy import Policy
+from ..analyse import AggSpec, Analysis
+
+FIXED_POINT_DIGITS = 4
+QUANTILE_BINS = 256
+
+
+@dataclass
+class Measurement:
+    """One exact per-group aggregate that will be released with noise."""
+
+    name: str  # output column, __m<i>
+    kind: str  # count | count_units | sum | histogram
+    value: exp.Expression  # the row-level value the aggregate reads
+    sensitivity: float  # L1 contribution of one unit to one group's value
+    scale: float = 1.0  # fixed-point factor: released value = noisy / scale
+    bounds: tuple[float, float] | None = None  # of the (clamped) row value, before scale
+    bins: int = 0  # histogram bins (quantiles)
+    hidden: bool = False  # internal (threshold count), not shown to the user
+    fraction: float | None = None  # quantiles: which one
+
+
+@dataclass
+class RewriteContext:
+    analysis: Analysis
+    policy: Policy
+    measurements: list[Measurement] = field(default_factory=list)
+    agg_measurements: dict[int, list[str]] = field(default_factory=dict)  # id(AggSpec) -> names
+    group_bounded: bool = False
+    threshold: str | None = None  # name of the hidden count used for thresholding
+
+    @property
+    def max_groups(self) -> int:
+        """How many groups one unit can touch (L0)."""
+        a = self.analysis
+        if not a.grouped:
+            return 1
+        return min(a.rows_per_unit, self.policy.privacy.max_groups_per_unit)
+
+    def measurements_of(self, spec: AggSpec) -> list[Measurement]:
+        names = self.agg_measurements[id(spec)]
+        return [m for m in self.measurements if m.name in names]

@@ -1,0 +1,67 @@
+"""Pass: join the declared key list so every public group appears, zeros included.
+
+When every grouping key has a domain known without looking at the data
+(declared ``keys``, CASE with literal results, predicates), the released groups
+are exactly the cross product of those domains: no group appears or vanishes
+because of one unit, so no threshold (and no delta) is needed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from typing import Any
+
+from sqlglot import exp
+
+from .context import RewriteContext
+
+MAX_PUBLIC_GROUPS = 10_000
+KEYS = "__keys"
+AGG = "__agg"
+
+
+def key_rows(ctx: RewriteContext) -> list[tuple[Any, ...]] | None:
+    """The cross product of public key domains, or None when keys are private or too many."""
+    a = ctx.analysis
+    if not a.grouped or not a.public_keys:
+        return None
+    size = 1
+    for k in a.keys:
+        size *= len(k.domain or [])
+    if size > MAX_PUBLIC_GROUPS:
+        return None
+    return list(itertools.product(*[k.domain or [] for k in a.keys]))
+
+
+def _literal(value: Any) -> exp.Expression:
+    if isinstance(value, dt.date):
+        return exp.cast(exp.Literal.string(value.isoformat()), "DATE")
+    return exp.convert(value)
+
+
+def public_keys(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
+    rows = key_rows(ctx)
+    if rows is None:
+        return tree
+    n = len(ctx.analysis.keys)
+    names = [f"__k{i}" for i in range(n)]
+    values = exp.Values(
+        expressions=[exp.Tuple(expressions=[exp.Literal.number(i)] + [_literal(v) for v in row])
+                     for i, row in enumerate(rows)],
+        alias=exp.TableAlias(this=exp.to_identifier(KEYS),
+                             columns=[exp.to_identifier(c) for c in ["__ord", *names]]))
+    out = exp.select(*[exp.alias_(exp.column(c, table=KEYS), c) for c in names])
+    for m in ctx.measurements:
+        col = exp.column(m.name, table=AGG)
+        value = col if m.kind == "histogram" else exp.Coalesce(
+            this=col, expressions=[exp.Literal.number(0)])
+        out = out.select(exp.alias_(value, m.name))
+    on = None
+    for c in names:
+        cond = exp.NullSafeEQ(this=exp.column(c, table=KEYS), expression=exp.column(c, table=AGG))
+        on = cond if on is None else exp.and_(on, cond)
+    out = out.from_(values).join(
+        exp.Subquery(this=tree, alias=exp.TableAlias(this=exp.to_identifier(AGG))),
+        on=on, join_type="LEFT")
+    return out.order_by(exp.column("__ord", table=KEYS))
