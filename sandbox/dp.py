@@ -86,8 +86,8 @@ def _invalid(name: str, allowed: str, got: str, hint: str) -> InvalidParameterEr
 
 def _describe(value: Any) -> str:
     """Describe a *parameter* value for an error message (never used for data)."""
-    if isinstance(value, float | int) and not isinstance(value, bool):
-        return repr(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return repr(int(value) if isinstance(value, numbers.Integral) else float(value))
     return f"a value of type {type(value).__name__}"
 
 
@@ -446,6 +446,10 @@ class Mechanism:
         if not math.isfinite(scale) or scale <= 0:
             raise _invalid("scale", "a finite number > 0", _describe(self.scale), "use plan_*")
         _check_sensitivity(self.sensitivity)
+        if not isinstance(self.cost, Cost) or not isinstance(self.integer, bool):
+            raise _invalid(
+                "cost and integer", "a Cost and a bool", "other types", "use plan_* to plan"
+            )
 
     def ci_halfwidth(self, confidence: float = 0.95) -> float:
         """Half-width of the two-sided ``confidence`` interval of one noisy value.
@@ -692,6 +696,23 @@ def _threshold_measurement(scale: float, threshold: int) -> Any:
     return dp.m.make_laplace_threshold(*_threshold_space(), scale=scale, threshold=threshold)
 
 
+def _threshold_cost(
+    scale: float, threshold: int, d_in: tuple[int, int, int]
+) -> tuple[float, float]:
+    """(epsilon, delta) of releasing keys whose noisy count is >= ``threshold``.
+
+    OpenDP 0.16 keeps a key when ``noisy >= threshold`` but its map bounds the tail
+    ``P[noise > threshold - linf]``, which misses the mass at exactly the threshold
+    (opendp/opendp#2922): measured release rates are about ``e^(1/scale)`` times the
+    reported delta. ``P[noise >= threshold - linf] = P[noise > (threshold - 1) - linf]``,
+    so OpenDP's map at ``threshold - 1`` is the correct delta at ``threshold``. The
+    epsilon part does not depend on the threshold.
+    """
+    eps, _ = _threshold_measurement(scale, threshold).map(d_in)
+    _, delta = _threshold_measurement(scale, threshold - 1).map(d_in)
+    return float(eps), float(delta)
+
+
 def plan_threshold(
     epsilon: float, delta: float, sensitivity: int, max_groups_per_unit: int
 ) -> tuple[Mechanism, int]:
@@ -701,8 +722,9 @@ def plan_threshold(
     kept when its noisy count is >= threshold). One unit touches at most
     ``max_groups_per_unit`` keys and adds at most ``sensitivity`` to each, so
     ``d_in = (l0, l1, linf) = (max_groups, max_groups * sensitivity, sensitivity)``.
-    The scale fits epsilon; the threshold is the smallest integer for which OpenDP's
-    delta (the chance that a key only that unit has is released) fits ``delta``.
+    The scale fits epsilon; the threshold is the smallest integer for which delta (the
+    chance that one of the keys only that unit has is released) fits ``delta``; it is one
+    more than OpenDP's own map would suggest, see :func:`_threshold_cost`.
     """
     eps = _check_epsilon(epsilon)
     delta = _check_delta(delta, positive=True)
@@ -721,12 +743,12 @@ def plan_threshold(
         )
         threshold = int(
             dp.binary_search(
-                lambda t: _threshold_measurement(scale, t).map(d_in)[1] <= delta,
-                bounds=(linf, big),
+                lambda t: _threshold_cost(scale, t, d_in)[1] <= delta,
+                bounds=(linf + 1, big),
                 T="i64",
             )
         )
-        spent_eps, spent_delta = _threshold_measurement(scale, threshold).map(d_in)
+        spent_eps, spent_delta = _threshold_cost(scale, threshold, d_in)
     except (dp.OpenDPException, ValueError, TypeError) as exc:
         raise _opendp_failed("calibrate the threshold", exc, show=True) from exc
     _assert_fits(float(spent_eps), eps, "epsilon")
@@ -773,7 +795,7 @@ def release_threshold(mech: Mechanism, threshold: int, counts: Mapping[str, int]
     if not keys:
         return {}
     meas = _threshold_measurement(mech.scale, threshold)
-    now_eps, now_delta = meas.map(mech.d_in)
+    now_eps, now_delta = _threshold_cost(mech.scale, threshold, mech.d_in)
     if now_eps > mech.cost.epsilon * (1 + _REL_TOL) or now_delta > mech.cost.delta * (1 + _REL_TOL):
         raise MechanismMismatchError(
             "the mechanism's cost does not match OpenDP's privacy map for its scale",
@@ -961,6 +983,10 @@ def release_quantile(
         raise MechanismMismatchError(
             f"the mechanism was planned for alpha={mech.alpha!r}, not alpha={alpha!r}",
             "plan one mechanism per quantile",
+        )
+    if isinstance(mech.d_in, bool) or not isinstance(mech.d_in, int):
+        raise MechanismMismatchError(
+            "the quantile mechanism has no row bound (d_in)", "plan it with plan_quantile"
         )
     cands = _check_candidates(candidates)
     scores = quantile_scores(cands, alpha, counts_below, counts_above, n)

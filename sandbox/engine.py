@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import duckdb
@@ -25,6 +25,7 @@ from .vault import open_encrypted, read_batches
 
 log = logging.getLogger(__name__)
 DB = "vault"
+RANK = "__sandbox_rank"  # random rank of a row within its privacy unit (see sql.rewrite)
 
 # Applied in this order: each later setting may forbid changing the earlier ones.
 LOCKDOWN = (
@@ -47,6 +48,11 @@ class EngineTable:
     columns: tuple[tuple[str, str], ...]  # (column, DuckDB type)
 
 
+def table_name(dataset: str, version: int) -> str:
+    """The engine table holding one dataset version (policies refer to it this way)."""
+    return f"{dataset}_v{version}"
+
+
 class Engine:
     """Load tables, then ``lock()``; after that only ``execute`` of single SELECTs."""
 
@@ -57,12 +63,18 @@ class Engine:
             self._con.execute(stmt)
         self._con.execute(f"ATTACH ':memory:' AS {DB} (COMPRESS)")
         self._locked = False
-        self._lock = threading.Lock()
         self.tables: dict[str, EngineTable] = {}
+        # A second database that never holds data: post-processing of noisy results.
+        self._post = duckdb.connect(":memory:", config={"threads": 1, "memory_limit": "256MB",
+                                                         "temp_directory": ""})
+        for stmt in LOCKDOWN:
+            self._post.execute(stmt)
+        self._post.execute("SET lock_configuration=true")
 
     # -- loading (before lock) -------------------------------------------------
     def load_arrow(self, name: str, schema: pa.Schema, batches: Iterable[pa.Table],
-                   dataset: str = "", version: int = 0) -> EngineTable:
+                   dataset: str = "", version: int = 0,
+                   privacy_unit: str | None = None) -> EngineTable:
         if self._locked:
             raise EngineError("the engine is locked; tables can only be loaded before lock()")
         if not name.isidentifier() or name in self.tables:
@@ -78,10 +90,17 @@ class Engine:
                 failures.append(exc)
                 raise
 
+        source = "SELECT * FROM _sandbox_load"
+        if privacy_unit is not None:
+            # Rank rows within their unit once, at random, so that the gate can bound each
+            # unit's rows with a cheap filter instead of a per-query window.
+            source = (f'SELECT * EXCLUDE (__r), row_number() OVER (PARTITION BY "{privacy_unit}" '
+                      f"ORDER BY __r) AS {RANK} FROM (SELECT *, random() AS __r "
+                      "FROM _sandbox_load)")
         reader = pa.RecordBatchReader.from_batches(schema, stream())
         self._con.register("_sandbox_load", reader)
         try:
-            self._con.execute(f'CREATE TABLE {DB}.main."{name}" AS SELECT * FROM _sandbox_load')
+            self._con.execute(f'CREATE TABLE {DB}.main."{name}" AS {source}')
         except duckdb.Error as exc:
             if failures and isinstance(failures[0], SandboxError):
                 raise failures[0] from None
@@ -92,7 +111,7 @@ class Engine:
             self._con.unregister("_sandbox_load")
         (rows,) = self._con.execute(f'SELECT count(*) FROM {DB}.main."{name}"').fetchone()
         cols = tuple((c[0], str(c[1])) for c in self._con.execute(
-            f'DESCRIBE {DB}.main."{name}"').fetchall())
+            f'DESCRIBE {DB}.main."{name}"').fetchall() if c[0] != RANK)
         table = EngineTable(name, dataset, version, rows, cols)
         self.tables[name] = table
         return table
@@ -119,7 +138,8 @@ class Engine:
                 pf = open_encrypted(path, ref, list(f.keys), kms)
                 yield from read_batches(pf, ref, columns)
 
-        return self.load_arrow(name or dv.name, schema, batches(), dv.name, dv.version)
+        return self.load_arrow(name or table_name(dv.name, dv.version), schema, batches(),
+                               dv.name, dv.version, dv.spec.privacy_unit)
 
     def lock(self) -> None:
         """Compress the loaded data and freeze every setting."""
@@ -130,16 +150,43 @@ class Engine:
 
     @classmethod
     def from_catalog(cls, catalog: Catalog, kms: Kms,
-                     datasets: Mapping[str, tuple[str, int | None]],
+                     datasets: Iterable[tuple[str, int | None]],
                      memory_limit: str = "4GB", threads: int = 2) -> Engine:
-        """Load ``{table name: (dataset, version or None for latest)}`` and lock."""
+        """Load each ``(dataset, version or None for latest)`` once, then lock."""
         engine = cls(memory_limit=memory_limit, threads=threads)
-        for table, (dataset, version) in datasets.items():
-            engine.load_dataset(catalog, kms, catalog.get(dataset, version), table)
+        for dataset, version in datasets:
+            dv = catalog.get(dataset, version)
+            if table_name(dv.name, dv.version) not in engine.tables:
+                engine.load_dataset(catalog, kms, dv)
         engine.lock()
         return engine
 
     # -- querying (after lock) -------------------------------------------------
+    def is_unique(self, table: str, column: str) -> bool:
+        """Whether ``column`` is a key of ``table`` (lookup joins must not multiply rows)."""
+        if table not in self.tables or column not in dict(self.tables[table].columns):
+            return False
+        cur = self._con.cursor()
+        try:
+            (ok,) = cur.execute(f'SELECT count(*) = count(DISTINCT "{column}") FROM '
+                                f'{DB}.main."{table}"').fetchone()
+        finally:
+            cur.close()
+        return bool(ok)
+
+    def postprocess(self, sql: str, table: pa.Table) -> pa.Table:
+        """Run gate-generated SQL over noisy values only (``__noisy``), never over data."""
+        cursor = self._post.cursor()
+        try:
+            cursor.register("__noisy", table)
+            return cursor.sql(sql).to_arrow_table()
+        except duckdb.Error as exc:
+            log.warning("post-processing error (not shown to users): %s", exc)
+            raise EngineError("the noisy result could not be post-processed",
+                              "simplify the arithmetic over aggregates") from None
+        finally:
+            cursor.close()
+
     def execute(self, sql: str, params: list[object] | None = None,
                 timeout_s: float | None = None) -> pa.Table:
         """Run one SELECT; engine messages are logged, never returned."""

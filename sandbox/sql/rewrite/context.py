@@ -10,7 +10,7 @@ from ...policy import Policy
 from ..analyse import AggSpec, Analysis
 
 FIXED_POINT_DIGITS = 4
-QUANTILE_BINS = 256
+QUANTILE_BINS = 1024
 
 
 @dataclass

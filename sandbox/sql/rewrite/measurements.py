@@ -45,9 +45,13 @@ def _num(value: float) -> exp.Expression:
     return exp.Neg(this=exp.Literal.number(str(lit.this).lstrip("-"))) if value < 0 else lit
 
 
+def fn(name: str, *args: exp.Expression) -> exp.Expression:
+    """A DuckDB function call emitted as written (sqlglot would add NULL guards)."""
+    return exp.Anonymous(this=name, expressions=list(args))
+
+
 def clamp(arg: exp.Expression, lo: float, hi: float) -> exp.Expression:
-    return exp.Greatest(this=exp.Least(this=arg.copy(), expressions=[_num(hi)]),
-                        expressions=[_num(lo)])
+    return fn("GREATEST", fn("LEAST", arg.copy(), _num(hi)), _num(lo))
 
 
 def _scale(lo: float, hi: float, integer: bool) -> float:
@@ -168,7 +172,7 @@ def _measure(spec: AggSpec, add, rows: int) -> list[str]:  # type: ignore[no-unt
         raw = exp.Floor(this=exp.Div(this=exp.Paren(this=exp.Sub(this=clamped,
                                                                   expression=_num(lo))),
                                      expression=_num(step)))
-        binned = exp.Cast(this=exp.Least(this=raw, expressions=[_num(QUANTILE_BINS - 1)]),
+        binned = exp.Cast(this=fn("LEAST", raw, _num(QUANTILE_BINS - 1)),
                           to=exp.DataType.build("INTEGER"))
         return [add("histogram", _when(cond, binned), rows, 1.0, (lo, hi), QUANTILE_BINS,
                     fraction=spec.fraction)]
@@ -183,4 +187,3 @@ def candidates(m: Measurement) -> list[float]:
     return [lo + i * step for i in range(m.bins + 1)]
 
 
-__all__ = ["candidates", "clamp", "math", "measurements"]

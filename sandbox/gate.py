@@ -1,0 +1,261 @@
+"""The policy gate driver: check, rewrite, plan, charge, execute, noise, post-process.
+
+    parse -> allowlist -> resolve -> analyse -> rewrite passes -> privacy plan
+    -> reserve budget -> execute exact bounded aggregates -> add noise
+    -> post-process the noisy values (HAVING, ORDER BY, LIMIT, arithmetic)
+
+DuckDB executes only SQL generated here from the checked tree, never the
+developer's text. This module holds no data access of its own: the engine is
+handed in as an ``Executor``.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pyarrow as pa
+from sqlglot import exp
+
+from .ledger import Ledger
+from .policy import Policy
+from .sql import allowlist
+from .sql.analyse import Analysis, analyse
+from .sql.parse import parse
+from .sql.plan import PrivacyPlan, ci_halfwidth, plan, release
+from .sql.postprocess import Output, build, finish
+from .sql.refusal import Refusal
+from .sql.resolve import resolve
+from .sql.rewrite import RewriteContext, rewrite
+
+
+class Executor(Protocol):
+    def execute(self, sql: str, params: list[object] | None = None,
+                timeout_s: float | None = None) -> pa.Table: ...
+    def postprocess(self, sql: str, table: pa.Table) -> pa.Table: ...
+    def is_unique(self, table: str, column: str) -> bool: ...
+
+
+@dataclass
+class CheckedQuery:
+    sql: str
+    epsilon: float
+    analysis: Analysis
+    ctx: RewriteContext
+    executed_sql: str
+    post_sql: str
+    outputs: list[Output]
+    plan: PrivacyPlan
+
+    def explain(self) -> dict[str, Any]:
+        """What would happen, without touching data or spending budget."""
+        return {
+            "rewritten_sql": self.executed_sql,
+            "postprocess_sql": self.post_sql,
+            "columns": [o.name for o in self.outputs],
+            "cost": {"epsilon": self.plan.cost.epsilon, "delta": self.plan.cost.delta},
+            "plan": self.plan.to_dict(),
+            "groups": _groups_note(self),
+            "accuracy": {o.name: _accuracy(self, o) for o in self.outputs},
+        }
+
+
+@dataclass
+class Release:
+    release_id: str
+    policy_id: str
+    columns: list[str]
+    rows: list[list[Any]]
+    ci95: list[list[float | None]]  # per row, per column: 95% half-width (None: not given)
+    mechanisms: dict[str, str]
+    epsilon: float
+    delta: float
+    suppressed_groups: int
+    rewritten_sql: str
+    plan: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "release_id": self.release_id, "policy": self.policy_id, "columns": self.columns,
+            "rows": [[_jsonable(v) for v in r] for r in self.rows],
+            "ci95": self.ci95, "mechanisms": self.mechanisms,
+            "epsilon": self.epsilon, "delta": self.delta,
+            "suppressed_groups": self.suppressed_groups, "noisy": True,
+        }
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return v
+
+
+def _groups_note(q: CheckedQuery) -> str:
+    a = q.analysis
+    if not a.grouped:
+        return "one row"
+    if q.plan.threshold is not None:
+        return (f"private keys: a group is released only if its noisy count reaches "
+                f"{q.plan.threshold_value}")
+    return "public keys: every declared key appears, zeros included"
+
+
+def _accuracy(q: CheckedQuery, o: Output) -> str | float | None:
+    if o.key is not None:
+        return "grouping key"
+    if o.placeholder is None:
+        return "derived from noisy values"
+    spec = q.analysis.aggs[o.placeholder]
+    items = [q.plan.item(m.name) for m in q.ctx.measurements_of(spec)]
+    if spec.kind in ("count", "count_units", "sum"):
+        return ci_halfwidth(items[0])
+    if spec.kind == "avg":
+        return (f"noisy sum ±{ci_halfwidth(items[0]):.4g} / noisy count "
+                f"±{ci_halfwidth(items[1]):.4g} (95%)")
+    if spec.kind == "quantile":
+        return "exponential mechanism over a 1024-bin grid of the bounds"
+    return "computed from noisy count, sum and sum of squares"
+
+
+def output_names(tree: exp.Select) -> list[str]:
+    names: list[str] = []
+    for item in tree.expressions:
+        if isinstance(item, exp.Alias):
+            name = item.alias
+        elif isinstance(item, exp.Column):
+            name = item.name
+        else:
+            name = item.sql("duckdb")
+        base, n = name, 2
+        while name in names:
+            name, n = f"{base}_{n}", n + 1
+        names.append(name)
+    return names
+
+
+class Gate:
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def _epsilon(self, epsilon: float | None) -> float:
+        p = self.policy.privacy
+        if epsilon is None:
+            return p.epsilon_default
+        if isinstance(epsilon, bool) or not isinstance(epsilon, int | float) or \
+                not math.isfinite(epsilon) or epsilon <= 0 or epsilon > p.epsilon_max:
+            raise Refusal("gate.epsilon", f"epsilon must be a number above 0 and at most "
+                          f"{p.epsilon_max} in this scenario",
+                          f"omit it to use the default {p.epsilon_default}")
+        return float(epsilon)
+
+    def check(self, sql: str, epsilon: float | None = None) -> CheckedQuery:
+        """Everything up to the privacy plan; raises Refusal. Touches no data."""
+        eps = self._epsilon(epsilon)
+        tree = parse(sql)
+        names = output_names(tree)
+        allowlist.check(tree, set(self.policy.tables))
+        flat, sources = resolve(tree, self.policy)
+        if len(flat.expressions) != len(names):  # pragma: no cover - qualify keeps the list
+            raise Refusal("gate.row_level_output", "the select list could not be resolved")
+        analysis = analyse(flat, sources, self.policy)
+        post, outputs = build(analysis, names)
+        ctx = RewriteContext(analysis, self.policy)
+        executed = rewrite(ctx)
+        privacy = plan(ctx, eps)
+        post_final = finish(post, analysis, ctx)
+        for i, o in enumerate(outputs):
+            if o.placeholder is not None:
+                post_final = post_final.select(exp.column(f"__ci{i}"))
+        return CheckedQuery(sql, eps, analysis, ctx, executed.sql("duckdb"),
+                            post_final.sql("duckdb"), outputs, privacy)
+
+    def explain(self, sql: str, epsilon: float | None = None) -> dict[str, Any]:
+        return self.check(sql, epsilon).explain()
+
+    def answer(self, sql: str, *, member: str, ledger: Ledger, executor: Executor,
+               epsilon: float | None = None, timeout_s: float | None = None) -> Release:
+        q = self.check(sql, epsilon)
+        self._check_lookup_keys(q, executor)
+        reservation = ledger.reserve(member, q.plan.cost)
+        try:
+            exact = executor.execute(q.executed_sql, timeout_s=timeout_s)
+            result = self._release(q, exact, executor)
+        finally:
+            ledger.commit(reservation)  # execution started: charged, whatever happened
+        return result
+
+    def _check_lookup_keys(self, q: CheckedQuery, executor: Executor) -> None:
+        for join in q.analysis.tree.args.get("joins") or []:
+            for col in join.args["on"].find_all(exp.Column):
+                table = q.analysis.sources.tables[col.table]
+                if table.public and not executor.is_unique(table.engine_table, col.name):
+                    raise Refusal("gate.join", f"'{table.alias}.{col.name}' is not unique, so "
+                                  "this lookup join could multiply rows",
+                                  "ask the operator to fix the lookup table", col)
+
+    def _release(self, q: CheckedQuery, exact: pa.Table, executor: Executor) -> Release:
+        groups = exact.num_rows
+        columns = {name: exact.column(name).to_pylist() for name in exact.column_names}
+        noisy = release(q.plan, columns, groups)
+        data: dict[str, Any] = {}
+        for i in range(len(q.analysis.keys)):
+            data[f"__k{i}"] = exact.column(f"__k{i}").take(noisy.keep)
+        for name, values in noisy.values.items():
+            data[name] = pa.array(values, type=pa.float64()) if any(
+                isinstance(v, float) for v in values) else pa.array(values, type=pa.int64())
+        for i, o in enumerate(q.outputs):
+            if o.placeholder is not None:
+                data[f"__ci{i}"] = pa.array(self._cis(q, o, noisy.values, len(noisy.keep)),
+                                            type=pa.float64())
+        table = pa.table(data) if data else pa.table({"__empty": pa.array([], pa.int8())})
+        out = executor.postprocess(q.post_sql, table)
+        n_out = len(q.outputs)
+        names = [o.name for o in q.outputs]
+        value_cols = [out.column(i).to_pylist() for i in range(n_out)]
+        ci_cols: list[list[float | None]] = []
+        extra = n_out
+        for o in q.outputs:
+            if o.placeholder is not None:
+                ci_cols.append(out.column(extra).to_pylist())
+                extra += 1
+            else:
+                ci_cols.append([None] * out.num_rows)
+        rows = [list(r) for r in zip(*value_cols, strict=True)] if value_cols else []
+        cis = [list(r) for r in zip(*ci_cols, strict=True)] if ci_cols else []
+        mechanisms = {}
+        for o in q.outputs:
+            if o.placeholder is None:
+                continue
+            spec = q.analysis.aggs[o.placeholder]
+            mechs = {q.plan.item(m.name).mechanism.kind for m in q.ctx.measurements_of(spec)}
+            scales = [q.plan.item(m.name).mechanism.scale / m.scale
+                      for m in q.ctx.measurements_of(spec)]
+            scale_text = ", ".join(f"{s:.4g}" for s in scales)
+            mechanisms[o.name] = f"{'+'.join(sorted(mechs))} (scale {scale_text})"
+        return Release(uuid.uuid4().hex, self.policy.id, names, rows, cis, mechanisms,
+                       q.plan.cost.epsilon, q.plan.cost.delta, noisy.suppressed,
+                       q.executed_sql, q.plan.to_dict())
+
+    @staticmethod
+    def _cis(q: CheckedQuery, o: Output, values: dict[str, list[Any]],
+             n: int) -> list[float | None]:
+        assert o.placeholder is not None
+        spec = q.analysis.aggs[o.placeholder]
+        ms = q.ctx.measurements_of(spec)
+        items = [q.plan.item(m.name) for m in ms]
+        if spec.kind in ("count", "count_units", "sum"):
+            hw = ci_halfwidth(items[0])
+            return [hw] * n
+        if spec.kind == "avg":
+            hs, hc = ci_halfwidth(items[0]), ci_halfwidth(items[1])
+            assert hs is not None and hc is not None
+            out: list[float | None] = []
+            for s, c in zip(values[ms[0].name], values[ms[1].name], strict=True):
+                c = max(float(c), 1.0)
+                out.append(math.sqrt((hs / c) ** 2 + (float(s) * hc / c**2) ** 2))
+            return out
+        return [None] * n

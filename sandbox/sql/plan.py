@@ -1,0 +1,143 @@
+"""Pass 6: plan the privacy cost, then (at release) add the noise.
+
+The query's epsilon is split evenly and explicitly across its measurements (and
+the threshold of private keys); delta goes to whatever needs it (thresholds,
+Gaussian noise). Planning is deterministic and touches no data; ``release``
+is the only random step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import dp
+from .rewrite.context import Measurement, RewriteContext
+from .rewrite.measurements import candidates
+
+
+@dataclass
+class Planned:
+    measurement: Measurement
+    epsilon: float
+    delta: float
+    mechanism: dp.Mechanism
+    per_group: int = 1  # quantiles: groups one unit can touch, each paying mechanism.cost
+
+    def to_dict(self) -> dict[str, Any]:
+        m = self.measurement
+        return {"measurement": m.name, "kind": m.kind, "epsilon": self.epsilon,
+                "delta": self.delta, "sensitivity": m.sensitivity, "fixed_point_scale": m.scale,
+                "mechanism": self.mechanism.to_dict()}
+
+
+@dataclass
+class PrivacyPlan:
+    epsilon: float
+    delta: float
+    items: list[Planned] = field(default_factory=list)
+    threshold: Planned | None = None
+    threshold_value: int | None = None
+    cost: dp.Cost = field(default_factory=lambda: dp.Cost(0.0))
+
+    def item(self, name: str) -> Planned:
+        return next(p for p in self.items if p.measurement.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epsilon": self.cost.epsilon, "delta": self.cost.delta,
+            "requested_epsilon": self.epsilon,
+            "measurements": [p.to_dict() for p in self.items],
+            "threshold": None if self.threshold is None else {
+                **self.threshold.to_dict(), "threshold": self.threshold_value},
+        }
+
+
+def plan(ctx: RewriteContext, epsilon: float) -> PrivacyPlan:
+    privacy = ctx.policy.privacy
+    gaussian = privacy.mechanism == "gaussian"
+    released = [m for m in ctx.measurements if not m.hidden]
+    parts = len(released) + (1 if ctx.threshold else 0)
+    shares = dp.split_epsilon(epsilon, [1.0] * parts)
+    delta_users = (len([m for m in released if m.kind != "histogram"]) if gaussian else 0) + \
+        (1 if ctx.threshold else 0)
+    delta_share = privacy.delta / delta_users if delta_users else 0.0
+    l0 = ctx.max_groups
+    out = PrivacyPlan(epsilon, privacy.delta if delta_users else 0.0)
+    costs: list[dp.Cost] = []
+    for m, eps in zip(released, shares, strict=False):
+        if m.kind == "histogram":
+            assert m.fraction is not None
+            mech = dp.plan_quantile(eps / l0, candidates(m), m.fraction,
+                                    ctx.analysis.rows_per_unit)
+            item = Planned(m, eps, 0.0, mech, per_group=l0)
+            costs.extend([mech.cost] * l0)
+        else:
+            l1 = float(l0) if m.kind == "count_units" else m.sensitivity
+            l2 = math.sqrt(l0) if m.kind == "count_units" else m.sensitivity
+            if gaussian:
+                mech = dp.plan_gaussian(eps, delta_share, l2, integer=True)
+            else:
+                mech = dp.plan_laplace(eps, l1, integer=True)
+            item = Planned(m, eps, delta_share if gaussian else 0.0, mech)
+            costs.append(mech.cost)
+        out.items.append(item)
+    if ctx.threshold:
+        m = next(x for x in ctx.measurements if x.name == ctx.threshold)
+        mech, value = dp.plan_threshold(shares[-1], delta_share,
+                                        int(ctx.analysis.rows_per_unit), l0)
+        out.threshold = Planned(m, shares[-1], delta_share, mech)
+        out.threshold_value = value
+        costs.append(mech.cost)
+    out.cost = dp.compose(costs)
+    return out
+
+
+@dataclass
+class Noisy:
+    values: dict[str, list[Any]]  # measurement name -> released value per kept group
+    keep: list[int]  # indices of the groups kept (all, unless thresholded)
+    suppressed: int
+
+
+def release(p: PrivacyPlan, exact: dict[str, list[Any]], groups: int) -> Noisy:
+    """Add noise to every measurement; drop private groups under the noisy threshold."""
+    keep = list(range(groups))
+    suppressed = 0
+    if p.threshold is not None and p.threshold_value is not None:
+        counts = {str(i): int(v or 0) for i, v in enumerate(exact[p.threshold.measurement.name])}
+        kept = dp.release_threshold(p.threshold.mechanism, p.threshold_value, counts)
+        keep = sorted(int(k) for k in kept)
+        suppressed = groups - len(keep)
+    values: dict[str, list[Any]] = {}
+    for item in p.items:
+        m = item.measurement
+        raw = [exact[m.name][i] for i in keep]
+        if m.kind == "histogram":
+            values[m.name] = [_quantile(item, h) for h in raw]
+            continue
+        noisy = dp.release(item.mechanism, [int(v or 0) for v in raw])
+        values[m.name] = noisy if m.scale == 1 else [v / m.scale for v in noisy]
+    return Noisy(values, keep, suppressed)
+
+
+def _quantile(item: Planned, histogram: Any) -> float:
+    m = item.measurement
+    bins = [0] * m.bins
+    for b, c in (histogram or {}).items() if isinstance(histogram, dict) else (histogram or []):
+        if b is not None and 0 <= int(b) < m.bins:
+            bins[int(b)] += int(c)
+    below, running = [], 0
+    for c in [*bins, 0]:
+        below.append(running)
+        running += c
+    assert m.fraction is not None
+    return dp.release_quantile(item.mechanism, candidates(m), m.fraction, below[: m.bins + 1],
+                               n=sum(bins))
+
+
+def ci_halfwidth(item: Planned) -> float | None:
+    if item.measurement.kind == "histogram":
+        return None
+    return item.mechanism.ci_halfwidth(0.95) / item.measurement.scale

@@ -1,0 +1,103 @@
+"""The user's SELECT, HAVING, ORDER BY and LIMIT, re-aimed at the noisy values.
+
+Aggregates become placeholders (``__a<i>``), grouping keys become ``__k<i>``;
+after the rewrite has named its measurements, placeholders expand to arithmetic
+over noisy measurements (AVG = noisy sum / noisy count, ...). The result runs
+over a table of noisy values only, so it costs no privacy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from .analyse import AggSpec, Analysis
+from .rewrite.context import RewriteContext
+from .rewrite.measurements import fn
+
+NOISY = "__noisy"
+
+
+@dataclass
+class Output:
+    name: str
+    placeholder: int | None  # index into analysis.aggs when the column is one aggregate
+    key: int | None  # index into analysis.keys when the column is a grouping key
+
+
+def build(analysis: Analysis, names: list[str]) -> tuple[exp.Select, list[Output]]:
+    """Post-processing query with placeholders; call before the rewrite mutates the tree."""
+    tree = analysis.tree
+
+    def replace(node: exp.Expression) -> exp.Expression:
+        for i, key in enumerate(analysis.keys):
+            if node == key.expr:
+                return exp.column(f"__k{i}")
+        target = node.this if isinstance(node, exp.Filter) else node
+        cond = node.expression.this if isinstance(node, exp.Filter) else None
+        for i, spec in enumerate(analysis.aggs):
+            if target == spec.node and cond == spec.condition:
+                return exp.column(f"__a{i}")
+        return node
+
+    post = exp.select()
+    outputs: list[Output] = []
+    for item, name in zip(tree.expressions, names, strict=True):
+        inner = item.unalias() if isinstance(item, exp.Alias) else item
+        new = inner.copy().transform(replace)
+        ph = int(new.name[3:]) if isinstance(new, exp.Column) and new.name.startswith("__a") \
+            else None
+        key = int(new.name[3:]) if isinstance(new, exp.Column) and new.name.startswith("__k") \
+            else None
+        outputs.append(Output(name, ph, key))
+        post = post.select(exp.alias_(new, name, quoted=True))
+    post = post.from_(NOISY)
+    having = tree.args.get("having")
+    if having is not None:
+        post = post.where(having.this.copy().transform(replace))
+    order = tree.args.get("order")
+    if order is not None:
+        post.set("order", order.copy().transform(replace))
+    if analysis.limit is not None:
+        post = post.limit(analysis.limit)
+    if analysis.offset is not None:
+        post = post.offset(analysis.offset)
+    return post, outputs
+
+
+def _div(a: exp.Expression, b: exp.Expression) -> exp.Expression:
+    return exp.Div(this=a, expression=fn("GREATEST", b, exp.Literal.number(1)))
+
+
+def expansion(spec: AggSpec, ctx: RewriteContext) -> exp.Expression:
+    """The post-processing formula of one aggregate over its noisy measurements."""
+    ms = [exp.column(m.name) for m in ctx.measurements_of(spec)]
+    if spec.kind in ("count", "count_units", "sum", "quantile"):
+        return ms[0]
+    if spec.kind == "avg":
+        total, count = ms
+        return _div(total, count)
+    count, s1, s2 = ms
+    mean = _div(s1, count.copy())
+    square = exp.Pow(this=mean, expression=exp.Literal.number(2))
+    var = fn("GREATEST", exp.Sub(this=_div(s2, count.copy()), expression=square),
+             exp.Literal.number(0))
+    if spec.sample:
+        var = exp.Mul(this=var, expression=_div(count.copy(), exp.Sub(
+            this=count.copy(), expression=exp.Literal.number(1))))
+    if spec.kind == "stddev":
+        return exp.Sqrt(this=var)
+    return var
+
+
+def finish(post: exp.Select, analysis: Analysis, ctx: RewriteContext) -> exp.Select:
+    """Expand placeholders; returns a new tree."""
+    formulas = {f"__a{i}": expansion(s, ctx) for i, s in enumerate(analysis.aggs)}
+
+    def expand(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Column) and node.name in formulas and not node.table:
+            return exp.Paren(this=formulas[node.name].copy())
+        return node
+
+    return post.copy().transform(expand)
