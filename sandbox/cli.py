@@ -303,6 +303,173 @@ def dataset_remove(c: Context, name: str, version: int | None, yes: bool) -> Non
     click.echo(f"removed {name} version(s) {', '.join(map(str, removed))}")
 
 
+# -- policies and the gate ----------------------------------------------------------
+def _load_policy(c: Context, path: Path):  # type: ignore[no-untyped-def]
+    from .errors import DatasetNotFoundError
+    from .policy import load_policy
+
+    catalog = c.catalog()
+
+    def resolve(name: str, version: int | None):  # type: ignore[no-untyped-def]
+        try:
+            dv = catalog.get(name, version)
+        except DatasetNotFoundError:
+            return None
+        return dv.spec, dv.version
+
+    return load_policy(path, resolve)
+
+
+@main.group()
+def policy() -> None:
+    """Scenario policies (场景策略): what one reviewed kind of use may ask."""
+
+
+@policy.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@pass_ctx
+def policy_check(c: Context, file: Path) -> None:
+    """Validate a policy file against the catalog; report every problem with file:line."""
+    from .policy import PolicyError
+
+    try:
+        pol = _load_policy(c, file)
+    except PolicyError as exc:
+        for p in exc.problems:
+            click.echo(p, err=True)
+        raise SandboxError(f"{len(exc.problems)} problem(s) in {file}",
+                           "fix them; see docs/policy.md") from None
+    tables = ", ".join(f"{a} -> {t.dataset}@{t.version}" for a, t in pol.tables.items())
+    click.echo(f"{file}: ok ({pol.id}: {tables}; epsilon per query {pol.privacy.epsilon_default}"
+               f" default, {pol.privacy.epsilon_max} max; budget {pol.budget.epsilon})")
+
+
+policy_option = click.option("--policy", "policy_path", required=True,
+                             type=click.Path(dir_okay=False, path_type=Path),
+                             help="Scenario policy file (policies/*.yaml).")
+epsilon_option = click.option("--epsilon", type=float, default=None,
+                              help="Privacy cost of this query (default: the policy's).")
+
+
+@main.command("explain")
+@policy_option
+@epsilon_option
+@click.argument("sql")
+@pass_ctx
+def explain_cmd(c: Context, policy_path: Path, epsilon: float | None, sql: str) -> None:
+    """Show how the gate would answer SQL: rewrite, plan, cost, accuracy. Spends nothing."""
+    from .gate import Gate
+
+    result = Gate(_load_policy(c, policy_path)).explain(sql, epsilon)
+    click.echo(json.dumps(result, ensure_ascii=False, indent=2, default=str))
+
+
+@main.command("query")
+@policy_option
+@click.option("--member", required=True, help="Member whose budget is charged.")
+@epsilon_option
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True)
+@click.option("--batch", is_flag=True,
+              help='Read one JSON object per line from standard input ({"sql": ..., '
+                   '"epsilon": ...}) and write one JSON result per line.')
+@click.argument("sql", required=False)
+@pass_ctx
+def query_cmd(c: Context, policy_path: Path, member: str, epsilon: float | None, fmt: str,
+              batch: bool, sql: str | None) -> None:
+    """Answer SQL with differentially private noise, in-process over the vault (operators).
+
+    The budget here lives for this one command (an in-memory ledger).
+    """
+    from .engine import Engine
+    from .gate import Gate
+    from .ledger import InMemoryLedger
+
+    if batch == (sql is not None):
+        raise SandboxError("give either SQL or --batch", "see `sandbox query --help`")
+    pol = _load_policy(c, policy_path)
+    gate = Gate(pol)
+    if not batch:
+        assert sql is not None
+        try:
+            gate.check(sql, epsilon)  # refuse before loading any data
+        except SandboxError as exc:
+            if fmt == "json":
+                click.echo(json.dumps({"error": exc.to_dict()}, ensure_ascii=False))
+                click.get_current_context().exit(EXIT_ERROR)
+            raise
+    engine = Engine.from_catalog(c.catalog(), c.kms(),
+                                 [(t.dataset, t.version) for t in pol.tables.values()])
+    ledger = InMemoryLedger(pol.budget.epsilon, pol.budget.delta)
+    if batch:
+        for line_no, line in enumerate(sys.stdin, start=1):
+            if not line.strip():
+                continue
+            click.echo(json.dumps(_batch_one(gate, engine, ledger, member, line, line_no),
+                                  ensure_ascii=False, default=str))
+        return
+    assert sql is not None
+    try:
+        release = gate.answer(sql, member=member, ledger=ledger, executor=engine,
+                              epsilon=epsilon)
+    except SandboxError as exc:
+        if fmt == "json":
+            click.echo(json.dumps({"error": exc.to_dict()}, ensure_ascii=False))
+            click.get_current_context().exit(EXIT_ERROR)
+        raise
+    _print_release(release, fmt)
+
+
+def _batch_one(gate, engine, ledger, member: str, line: str,  # type: ignore[no-untyped-def]
+               line_no: int) -> dict[str, Any]:
+    try:
+        req = json.loads(line)
+        if not isinstance(req, dict) or not isinstance(req.get("sql"), str):
+            raise ValueError
+        eps = req.get("epsilon")
+        if eps is not None and (isinstance(eps, bool) or not isinstance(eps, int | float)):
+            raise ValueError
+    except ValueError:
+        return {"error": {"code": "input.invalid", "line": line_no,
+                          "message": f"line {line_no} is not a JSON object with a string 'sql'",
+                          "hint": 'write {"sql": "SELECT ...", "epsilon": 0.5}'}}
+    try:
+        return gate.answer(req["sql"], member=member, ledger=ledger, executor=engine,
+                           epsilon=eps).to_dict()
+    except SandboxError as exc:
+        return {"error": exc.to_dict()}
+
+
+def _print_release(release, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    d = release.to_dict()
+    if fmt == "json":
+        click.echo(json.dumps(d, ensure_ascii=False, default=str))
+        return
+    if fmt == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(d["columns"] + [f"{c}_ci95" for c in d["columns"]])
+        for row, ci in zip(d["rows"], d["ci95"], strict=True):
+            w.writerow(row + ci)
+        return
+    rows = []
+    for row, ci in zip(d["rows"], d["ci95"], strict=True):
+        rows.append({c: _fmt_cell(v, h) for c, v, h in zip(d["columns"], row, ci, strict=True)})
+    _print_table(rows, d["columns"])
+    click.echo(f"noisy values (differential privacy), ± = 95% interval; epsilon spent "
+               f"{d['epsilon']:.4g}, delta {d['delta']:.2g}; groups suppressed "
+               f"{d['suppressed_groups']}; release {d['release_id']}")
+
+
+def _fmt_cell(value: Any, half: float | None) -> str:
+    if isinstance(value, float):
+        text = f"{value:,.4g}" if abs(value) < 1e6 else f"{value:,.0f}"
+    else:
+        text = str(value)
+    return f"{text} ± {half:,.3g}" if half is not None else text
+
+
 # -- demo ------------------------------------------------------------------------
 @main.command("demo-data")
 @click.option("--size", type=click.Choice(["tiny", "small", "large"]), default="small",

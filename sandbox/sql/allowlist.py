@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlglot import exp
 
+from .parse import HINT_QUERY
 from .refusal import Refusal
 
 STRUCTURE: tuple[type[exp.Expression], ...] = (
@@ -184,6 +185,20 @@ def _agg_hint(node: exp.Expression) -> str:
 
 
 def _not_allowed(node: exp.Expression) -> Refusal:
+    if isinstance(node, exp.Rollup | exp.Cube | exp.GroupingSets):
+        return Refusal("gate.group_by", f"GROUP BY {node.key.upper()} is not answered",
+                       "list the grouping expressions explicitly", node)
+    if isinstance(node, exp.IgnoreNulls | exp.RespectNulls) and isinstance(node.this,
+                                                                          exp.AggFunc):
+        return Refusal("gate.aggregate_not_allowed",
+                       f"the aggregate {node.this.sql_name()} is not answered",
+                       _agg_hint(node.this), node)
+    if isinstance(node, exp.Exists):
+        return Refusal("gate.subquery", "EXISTS (SELECT ...) is not answered",
+                       "join the table on a declared key instead", node)
+    if isinstance(node, exp.Array) and isinstance(node.parent, AGGREGATES):
+        return Refusal("gate.quantile_fraction", "ask for one quantile fraction per call",
+                       "e.g. QUANTILE_CONT(x, 0.1) AS p10, QUANTILE_CONT(x, 0.9) AS p90", node)
     if isinstance(node, exp.Anonymous):
         name = node.name.lower()
         if name in ("histogram", "list", "string_agg", "listagg", "arbitrary", "min_by",
@@ -200,7 +215,7 @@ def _not_allowed(node: exp.Expression) -> Refusal:
                        f"the function {node.sql_name().lower()} is not answered",
                        "see docs/gate.md for the functions the gate understands", node)
     if isinstance(node, exp.DDL | exp.DML | exp.Command):
-        return Refusal("gate.not_a_query", "only queries are answered", None, node)
+        return Refusal("gate.not_a_query", "only queries are answered", HINT_QUERY, node)
     return Refusal("gate.construct_not_allowed",
                    f"the construct {node.key.upper()} is not answered",
                    "use plain columns, arithmetic, CASE and the allowed functions", node)

@@ -176,7 +176,8 @@ def _check_row_expr(node: exp.Expression, lookup: Any, where: str,
 
 def _key(node: exp.Expression, lookup: Any) -> KeySpec:
     if node.find(*AGGREGATES):
-        raise Refusal("gate.group_by", "GROUP BY cannot contain aggregates", None, node)
+        raise Refusal("gate.group_by", "GROUP BY cannot contain aggregates",
+                      "group by dimensions; filter aggregates with HAVING", node)
     cols = list(node.find_all(exp.Column))
     if not cols:
         raise Refusal("gate.group_by", "GROUP BY a constant is not meaningful",
@@ -224,7 +225,9 @@ def _agg(node: exp.Expression, lookup: Any) -> AggSpec:
         condition = node.parent.expression.this
         _check_row_expr(condition, lookup, "FILTER (WHERE ...)", allow_filter=True)
     if any(a is not node and isinstance(a, AGGREGATES) for a in node.walk()):
-        raise Refusal("gate.row_level_output", "aggregates cannot be nested", None, node)
+        raise Refusal("gate.row_level_output", "aggregates cannot be nested",
+                      "aggregate once; combine aggregates with arithmetic, e.g. "
+                      "SUM(x) / COUNT(*)", node)
     if isinstance(node, exp.Count):
         arg = node.this
         if isinstance(arg, exp.Star) or arg is None:
@@ -293,4 +296,4 @@ def _int_clause(tree: exp.Select, arg: str) -> int | None:
             int(value.this) <= MAX_LIMIT:
         return int(value.this)
     raise Refusal("gate.order_limit", f"{arg.upper()} must be a whole number up to {MAX_LIMIT}",
-                  None, clause)
+                  f"write e.g. {arg.upper()} 10", clause)

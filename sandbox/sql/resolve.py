@@ -47,6 +47,10 @@ def resolve(tree: exp.Select, policy: Policy) -> tuple[exp.Select, Sources]:
                        expand_stars=False)
     except OptimizeError as exc:
         raise _column_refusal(str(exc), tree, policy) from None
+    whole = tree.find(exp.TableColumn)
+    if whole is not None:
+        raise Refusal("gate.whole_row", f"'{whole.name}' names a table; a table used as a value "
+                      "would return whole rows", "name a column instead", whole)
     tree = merge_subqueries(tree, leave_tables_isolated=False)
     if tree.find(exp.Subquery) or tree.args.get("with_"):
         node = tree.find(exp.Subquery) or tree.args.get("with_")
@@ -99,6 +103,10 @@ def _column_refusal(message: str, tree: exp.Select, policy: Policy) -> Refusal:
                            "would return whole rows", "name a column instead", node)
         return Refusal("gate.unknown_column", f"column '{name}' is not available in this "
                        "scenario", _columns_hint(policy), node)
+    if "Unknown output column" in message:
+        return Refusal("gate.group_by", "GROUP BY or ORDER BY names a position that is not in "
+                       "the SELECT list", "name the expression, or use a position from 1 to "
+                       f"{len(tree.expressions)}")
     if "Ambiguous" in message or "ambiguous" in message:
         return Refusal("gate.unknown_column", "a column name is ambiguous between tables",
                        "qualify it with its table alias, e.g. p.district")

@@ -1,0 +1,49 @@
+"""Helpers shared by the gate tests (plain functions; fixtures live in the test modules)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from sandbox.catalog import Catalog
+from sandbox.errors import DatasetNotFoundError
+from sandbox.policy import Policy, load_policy
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICIES = ROOT / "policies"
+
+
+def resolver(catalog: Catalog):  # type: ignore[no-untyped-def]
+    def resolve(name: str, version: int | None):  # type: ignore[no-untyped-def]
+        try:
+            dv = catalog.get(name, version)
+        except DatasetNotFoundError:
+            return None
+        return dv.spec, dv.version
+
+    return resolve
+
+
+def policy(catalog: Catalog, name: str = "credit_underwriting") -> Policy:
+    return load_policy(POLICIES / f"{name}.yaml", resolver(catalog))
+
+
+class SpyExecutor:
+    """The real engine, counting what reaches it."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.executed: list[str] = []
+
+    def execute(self, sql: str, params: list[object] | None = None,
+                timeout_s: float | None = None) -> pa.Table:
+        self.executed.append(sql)
+        return self.engine.execute(sql, params, timeout_s)
+
+    def postprocess(self, sql: str, table: pa.Table) -> pa.Table:
+        return self.engine.postprocess(sql, table)
+
+    def is_unique(self, table: str, column: str) -> bool:
+        return self.engine.is_unique(table, column)
