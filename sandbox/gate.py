@@ -203,7 +203,7 @@ class Gate:
         noisy = release(q.plan, columns, groups)
         data: dict[str, Any] = {}
         for i in range(len(q.analysis.keys)):
-            data[f"__k{i}"] = exact.column(f"__k{i}").take(noisy.keep)
+            data[f"__k{i}"] = exact.column(f"__k{i}").take(pa.array(noisy.keep, pa.int64()))
         for name, values in noisy.values.items():
             data[name] = pa.array(values, type=pa.float64()) if any(
                 isinstance(v, float) for v in values) else pa.array(values, type=pa.int64())
@@ -229,6 +229,8 @@ class Gate:
         mechanisms = {}
         for o in q.outputs:
             if o.placeholder is None:
+                if o.key is None:
+                    mechanisms[o.name] = "post-processing of the noisy aggregates"
                 continue
             spec = q.analysis.aggs[o.placeholder]
             mechs = {q.plan.item(m.name).mechanism.kind for m in q.ctx.measurements_of(spec)}

@@ -203,6 +203,8 @@ def _check_output(node: exp.Expression, analysis: Analysis, lookup: Any, where: 
     for key in analysis.keys:
         if node == key.expr:
             return
+    if isinstance(node, exp.Filter) and isinstance(node.this, AGGREGATES):
+        node = node.this
     if isinstance(node, AGGREGATES):
         spec = _agg(node, lookup)
         aggs.setdefault(spec.key, spec)
