@@ -173,6 +173,14 @@ class Gate:
         return CheckedQuery(sql, eps, analysis, ctx, executed.sql("duckdb"),
                             post_final.sql("duckdb"), outputs, privacy)
 
+    def rewritten(self, sql: str, until: str) -> str:
+        """The SQL after the rewrite passes up to ``until`` (for golden tests and review)."""
+        tree = parse(sql)
+        allowlist.check(tree, set(self.policy.tables))
+        flat, sources = resolve(tree, self.policy)
+        ctx = RewriteContext(analyse(flat, sources, self.policy), self.policy)
+        return rewrite(ctx, until=until).sql("duckdb")
+
     def explain(self, sql: str, epsilon: float | None = None) -> dict[str, Any]:
         return self.check(sql, epsilon).explain()
 

@@ -361,7 +361,7 @@ def _key_value(value: Any, ctype: str) -> Any:
 
 def _load_joins(doc: LineDict, tables: dict[str, TablePolicy],
                 p: _Problems) -> tuple[JoinPolicy, ...]:
-    joins_doc = doc.get("joins", [])
+    joins_doc = doc.get("joins")
     if joins_doc is None:
         return ()
     if not isinstance(joins_doc, LineList):

@@ -51,7 +51,10 @@ def fn(name: str, *args: exp.Expression) -> exp.Expression:
 
 
 def clamp(arg: exp.Expression, lo: float, hi: float) -> exp.Expression:
-    return fn("GREATEST", fn("LEAST", arg.copy(), _num(hi)), _num(lo))
+    """Bound a value; NULL stays NULL (DuckDB's LEAST/GREATEST skip NULL arguments)."""
+    bounded = fn("GREATEST", fn("LEAST", arg.copy(), _num(hi)), _num(lo))
+    return exp.Case().when(exp.Is(this=arg.copy(), expression=exp.Null()), exp.Null()) \
+        .else_(bounded)
 
 
 def _scale(lo: float, hi: float, integer: bool) -> float:

@@ -1,0 +1,129 @@
+"""Scenario policy files: the shipped examples are valid; every mistake is reported."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+from gatekit import POLICIES, resolver
+
+from sandbox.policy import PolicyError, load_policy
+
+BASE = """\
+policy_version: 1
+id: test-policy
+title: Test
+tables:
+  persons:
+    dataset: persons
+    version: 1
+    privacy_unit: person_id
+    max_rows_per_unit: 1
+    columns:
+      district: {role: dimension, keys: [Siming, Huli]}
+      income: {role: measure, bounds: [0, 1000000]}
+  districts:
+    dataset: districts
+    columns:
+      district: dimension
+joins:
+  - [persons.district, districts.district]
+privacy: {epsilon_default: 0.5, epsilon_max: 1.0, delta: 1.0e-7, max_groups_per_unit: 1}
+budget: {epsilon: 5, delta: 1.0e-5, refresh: none}
+"""
+
+
+@pytest.fixture(scope="module")
+def resolve(tiny_vault):  # type: ignore[no-untyped-def]
+    return resolver(tiny_vault.catalog)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "p.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize("name", ["credit_underwriting", "population_livelihood"])
+def test_shipped_policies_are_valid(resolve, name: str) -> None:  # type: ignore[no-untyped-def]
+    p = load_policy(POLICIES / f"{name}.yaml", resolve)
+    assert p.tables and p.budget.epsilon > 0
+    for t in p.tables.values():
+        assert not any(c.name in ("name", "id_number", "phone", "loan_id")
+                       for c in t.columns.values())
+
+
+def test_base_policy_loads(tmp_path, resolve) -> None:  # type: ignore[no-untyped-def]
+    p = load_policy(write(tmp_path, BASE), resolve)
+    assert p.tables["persons"].columns["person_id"].role == "unit"
+    assert p.joins[0].kind == "lookup"
+    assert p.content_hash and len(p.content_hash) == 64
+
+
+@pytest.mark.parametrize(("old", "new", "line", "words"), [
+    ("dataset: persons\n", "dataset: people\n", 6, "not in the catalog"),
+    ("      income: {role: measure, bounds: [0, 1000000]}",
+     "      income: {role: measure, bounds: [1000000, 0]}", 12, "reversed"),
+    ("      income: {role: measure, bounds: [0, 1000000]}",
+     "      income: {role: measure}", 12, "needs bounds"),
+    ("      district: {role: dimension, keys: [Siming, Huli]}",
+     "      district: {role: measure, bounds: [0, 1]}", 11, "must be numeric"),
+    ("      income: {role: measure, bounds: [0, 1000000]}",
+     "      name: dimension", 12, "identifier"),
+    ("      income: {role: measure, bounds: [0, 1000000]}",
+     "      salary: dimension", 12, "has no column"),
+    ("      income: {role: measure, bounds: [0, 1000000]}",
+     "      income: {role: secret}", 12, "unknown role"),
+    ("    privacy_unit: person_id\n", "    privacy_unit: district\n", 8, "privacy_unit must be"),
+    ("    max_rows_per_unit: 1\n", "    max_rows_per_unit: 0\n", 9, "max_rows_per_unit"),
+    ("epsilon_default: 0.5, epsilon_max: 1.0", "epsilon_default: 2.0, epsilon_max: 1.0", 19,
+     "larger than"),
+    ("delta: 1.0e-7,", "delta: 0.5,", 19, "delta"),
+    ("refresh: none", "refresh: weekly", 20, "refresh"),
+    ("  - [persons.district, districts.district]", "  - [persons.income, districts.district]",
+     18, "lookup join must use a dimension"),
+    ("title: Test\n", "title: Test\ncolour: blue\n", 4, "unknown key 'colour'"),
+    ("id: test-policy", "id: Test Policy!", 2, "invalid or missing policy id"),
+])
+def test_each_problem_names_file_line_and_fix(tmp_path, resolve, old, new, line, words) -> None:  # type: ignore[no-untyped-def]
+    assert old in BASE
+    path = write(tmp_path, BASE.replace(old, new, 1))
+    with pytest.raises(PolicyError) as info:
+        load_policy(path, resolve)
+    problems = info.value.problems
+    assert any(p.startswith(f"{path}:{line}:") and words in p for p in problems), problems
+
+
+def test_every_problem_is_reported_at_once(tmp_path, resolve) -> None:  # type: ignore[no-untyped-def]
+    text = BASE.replace("bounds: [0, 1000000]", "bounds: [5, 1]").replace(
+        "refresh: none", "refresh: yearly").replace("dataset: districts", "dataset: nowhere")
+    with pytest.raises(PolicyError) as info:
+        load_policy(write(tmp_path, text), resolve)
+    assert len(info.value.problems) >= 3
+
+
+def test_broken_yaml_names_the_line(tmp_path, resolve) -> None:  # type: ignore[no-untyped-def]
+    path = write(tmp_path, BASE.replace("title: Test", "title: [unclosed"))
+    with pytest.raises(Exception) as info:
+        load_policy(path, resolve)
+    assert re.search(rf"{re.escape(str(path))}:\d+", str(info.value))
+
+
+def test_cli_policy_check(tmp_path, cli_env, ingest_demo) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    sandbox = str(Path(sys.executable).with_name("sandbox"))
+    ingest_demo("persons", "loans", "districts")
+    ok = subprocess.run([sandbox, "policy", "check",
+                         str(POLICIES / "credit_underwriting.yaml")],
+                        env=cli_env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "ok" in ok.stdout
+    bad = write(tmp_path, BASE.replace("bounds: [0, 1000000]", "bounds: [9, 1]"))
+    res = subprocess.run([sandbox, "policy", "check", str(bad)], env=cli_env,
+                         capture_output=True, text=True)
+    assert res.returncode == 2
+    assert f"{bad}:12:" in res.stderr and "Traceback" not in res.stderr
