@@ -15,6 +15,8 @@ See ``docs/dp.md`` for the mechanisms, the formulas and the accounting rules.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 import math
 import numbers
@@ -526,6 +528,42 @@ def _check_integer(integer: Any) -> bool:
     return integer
 
 
+def _planned(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Cache plans: they are pure functions of their arguments, and the OpenDP
+    calibration behind them (a binary search over privacy maps) costs milliseconds.
+    Keys carry each argument's type, so ``True`` never hits the entry of ``1``."""
+    cache: dict[tuple[Any, ...], Any] = {}
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            values = signature.bind(*args, **kwargs).arguments.values()
+            key = tuple((type(v).__name__, tuple(v) if isinstance(v, list | tuple) else v)
+                        for v in values)
+            hash(key)
+        except TypeError:
+            return fn(*args, **kwargs)  # let the function report its own usage error
+        if key not in cache:
+            if len(cache) >= 4096:
+                cache.clear()
+            cache[key] = fn(*args, **kwargs)
+        return cache[key]
+
+    return wrapper
+
+
+def _laplace_scale(sens: float, eps: float, integer: bool) -> float:
+    """sensitivity / epsilon, nudged up until OpenDP's map accepts it (else a search)."""
+    scale = sens / eps
+    for _ in range(8):
+        if float(_laplace_measurement(scale, integer).map(sens)) <= eps:
+            return scale
+        scale = math.nextafter(scale, math.inf)
+    return _search_scale(lambda s: _laplace_measurement(s, integer), sens, eps, "Laplace")
+
+
+@_planned
 def plan_laplace(epsilon: float, sensitivity: float, integer: bool) -> Mechanism:
     """Plan Laplace noise for a vector with L1 ``sensitivity`` at ``epsilon``.
 
@@ -537,7 +575,7 @@ def plan_laplace(epsilon: float, sensitivity: float, integer: bool) -> Mechanism
     eps = _check_epsilon(epsilon)
     sens = _check_sensitivity(sensitivity)
     integer = _check_integer(integer)
-    scale = _search_scale(lambda s: _laplace_measurement(s, integer), sens, eps, "Laplace")
+    scale = _laplace_scale(sens, eps, integer)
     spent = float(_laplace_measurement(scale, integer).map(sens))
     _assert_fits(spent, eps, "epsilon")
     return Mechanism(
@@ -556,6 +594,7 @@ def _approx_gaussian(scale: float, integer: bool, delta: float) -> Any:
     )
 
 
+@_planned
 def plan_gaussian(epsilon: float, delta: float, sensitivity_l2: float, integer: bool) -> Mechanism:
     """Plan Gaussian noise for a vector with L2 ``sensitivity_l2`` at (epsilon, delta).
 
@@ -713,6 +752,7 @@ def _threshold_cost(
     return float(eps), float(delta)
 
 
+@_planned
 def plan_threshold(
     epsilon: float, delta: float, sensitivity: int, max_groups_per_unit: int
 ) -> tuple[Mechanism, int]:
@@ -927,6 +967,7 @@ def _noisy_max(scale: float) -> Any:
     )
 
 
+@_planned
 def plan_quantile(
     epsilon: float, candidates: Sequence[float], alpha: float, max_contributions: int
 ) -> Mechanism:
