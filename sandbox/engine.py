@@ -93,17 +93,12 @@ class Engine:
                 failures.append(exc)
                 raise
 
-        source = "SELECT * FROM _sandbox_load"
-        if privacy_unit is not None:
-            # Rank rows within their unit once, at random, so that the gate can bound each
-            # unit's rows with a cheap filter instead of a per-query window.
-            source = (f'SELECT * EXCLUDE (__r), row_number() OVER (PARTITION BY "{privacy_unit}" '
-                      f"ORDER BY __r) AS {RANK} FROM (SELECT *, random() AS __r "
-                      "FROM _sandbox_load)")
         reader = pa.RecordBatchReader.from_batches(schema, stream())
         self._con.register("_sandbox_load", reader)
         try:
-            self._con.execute(f'CREATE TABLE {DB}.main."{name}" AS {source}')
+            self._con.execute(f'CREATE TABLE {DB}.main."{name}" AS SELECT * FROM _sandbox_load')
+            if privacy_unit is not None:
+                self._rank(name, privacy_unit)
         except duckdb.Error as exc:
             if failures and isinstance(failures[0], SandboxError):
                 raise failures[0] from None
@@ -118,6 +113,26 @@ class Engine:
         table = EngineTable(name, dataset, version, rows, cols)
         self.tables[name] = table
         return table
+
+    def _rank(self, name: str, unit: str) -> None:
+        """Give each row a random rank within its privacy unit, once, at load.
+
+        The gate bounds each unit's rows with a cheap ``rank <= k`` filter instead of a
+        per-query window. When no unit has more than one row the rank is 1 everywhere and
+        no sort is needed.
+        """
+        table = f'{DB}.main."{name}"'
+        (most,) = self._con.execute(f'SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n '
+                                    f'FROM {table} GROUP BY "{unit}")').fetchone()
+        if most <= 1:
+            self._con.execute(f"ALTER TABLE {table} ADD COLUMN {RANK} INTEGER DEFAULT 1")
+            return
+        ranked = f'{DB}.main."__ranked_{name}"'
+        self._con.execute(
+            f'CREATE TABLE {ranked} AS SELECT * EXCLUDE (__r), row_number() OVER (PARTITION BY '
+            f'"{unit}" ORDER BY __r) AS {RANK} FROM (SELECT *, random() AS __r FROM {table})')
+        self._con.execute(f"DROP TABLE {table}")
+        self._con.execute(f'ALTER TABLE {ranked} RENAME TO "{name}"')
 
     def load_dataset(self, catalog: Catalog, kms: Kms, dv: DatasetVersion,
                      name: str | None = None) -> EngineTable:

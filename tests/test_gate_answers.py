@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import duckdb
 import pytest
-from gatekit import SpyExecutor, policy
 
+from gatekit import SpyExecutor, policy
 from sandbox.gate import Gate
 from sandbox.ledger import InMemoryLedger
 

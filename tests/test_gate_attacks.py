@@ -9,8 +9,8 @@ rule that must refuse it.
 from __future__ import annotations
 
 import pytest
-from gatekit import SpyExecutor, policy
 
+from gatekit import SpyExecutor, policy
 from sandbox.gate import Gate
 from sandbox.ledger import InMemoryLedger
 from sandbox.sql.refusal import Refusal

@@ -7,8 +7,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from gatekit import POLICIES, resolver
 
+from gatekit import POLICIES, resolver
 from sandbox.policy import PolicyError, load_policy
 
 BASE = """\

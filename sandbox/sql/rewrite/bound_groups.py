@@ -1,7 +1,7 @@
 """Pass: each privacy unit contributes to at most ``max_groups_per_unit`` groups.
 
-Only needed for grouped queries when the policy's group bound is tighter than
-the row bound. The groups a unit keeps are chosen at random: ``random()`` is
+Only applied to grouped queries when the policy's group bound is tighter than
+the row bound and some measurement's sensitivity depends on it. The groups a unit keeps are chosen at random: ``random()`` is
 materialised in a subquery, since DuckDB refuses a volatile window ORDER BY.
 """
 
@@ -18,7 +18,12 @@ GROUPS = "__groups"
 def bound_groups(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
     a = ctx.analysis
     limit = ctx.policy.privacy.max_groups_per_unit
-    if not a.grouped or limit >= a.rows_per_unit:
+    # Only measurements whose sensitivity depends on how many groups a unit touches gain
+    # from the bound: distinct-unit counts, quantiles and the threshold of private keys.
+    # Counts and sums are bounded by the unit's total rows either way (L1 = rows x bound).
+    needs = ctx.threshold is not None or any(
+        m.kind in ("count_units", "histogram") for m in ctx.measurements)
+    if not a.grouped or limit >= a.rows_per_unit or not needs:
         return tree
     ctx.group_bounded = True
     rel_sub = tree.args["from_"].this

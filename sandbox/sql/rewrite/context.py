@@ -43,7 +43,9 @@ class RewriteContext:
         a = self.analysis
         if not a.grouped:
             return 1
-        return min(a.rows_per_unit, self.policy.privacy.max_groups_per_unit)
+        if self.group_bounded:
+            return min(a.rows_per_unit, self.policy.privacy.max_groups_per_unit)
+        return a.rows_per_unit
 
     def measurements_of(self, spec: AggSpec) -> list[Measurement]:
         names = self.agg_measurements[id(spec)]
