@@ -130,7 +130,8 @@ class Engine:
         ranked = f'{DB}.main."__ranked_{name}"'
         self._con.execute(
             f'CREATE TABLE {ranked} AS SELECT * EXCLUDE (__r), row_number() OVER (PARTITION BY '
-            f'"{unit}" ORDER BY __r) AS {RANK} FROM (SELECT *, random() AS __r FROM {table})')
+            f'"{unit}" ORDER BY __r) AS {RANK} FROM (SELECT *, random() AS __r FROM {table}) '
+            f"ORDER BY {RANK}")  # stored in rank order: the gate's rank filter becomes free
         self._con.execute(f"DROP TABLE {table}")
         self._con.execute(f'ALTER TABLE {ranked} RENAME TO "{name}"')
 

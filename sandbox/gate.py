@@ -169,7 +169,7 @@ class Gate:
         post_final = finish(post, analysis, ctx)
         for i, o in enumerate(outputs):
             if o.placeholder is not None:
-                post_final = post_final.select(exp.column(f"__ci{i}"))
+                post_final = post_final.select(exp.column(f"__ci{i}"), copy=False)
         return CheckedQuery(sql, eps, analysis, ctx, executed.sql("duckdb"),
                             post_final.sql("duckdb"), outputs, privacy)
 

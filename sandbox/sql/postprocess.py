@@ -45,24 +45,24 @@ def build(analysis: Analysis, names: list[str]) -> tuple[exp.Select, list[Output
     outputs: list[Output] = []
     for item, name in zip(tree.expressions, names, strict=True):
         inner = item.unalias() if isinstance(item, exp.Alias) else item
-        new = inner.copy().transform(replace)
+        new = inner.copy().transform(replace, copy=False)
         ph = int(new.name[3:]) if isinstance(new, exp.Column) and new.name.startswith("__a") \
             else None
         key = int(new.name[3:]) if isinstance(new, exp.Column) and new.name.startswith("__k") \
             else None
         outputs.append(Output(name, ph, key))
-        post = post.select(exp.alias_(new, name, quoted=True))
-    post = post.from_(NOISY)
+        post = post.select(exp.alias_(new, name, quoted=True), copy=False)
+    post = post.from_(NOISY, copy=False)
     having = tree.args.get("having")
     if having is not None:
-        post = post.where(having.this.copy().transform(replace))
+        post = post.where(having.this.copy().transform(replace, copy=False), copy=False)
     order = tree.args.get("order")
     if order is not None:
-        post.set("order", order.copy().transform(replace))
+        post.set("order", order.copy().transform(replace, copy=False))
     if analysis.limit is not None:
-        post = post.limit(analysis.limit)
+        post = post.limit(analysis.limit, copy=False)
     if analysis.offset is not None:
-        post = post.offset(analysis.offset)
+        post = post.offset(analysis.offset, copy=False)
     return post, outputs
 
 
@@ -100,4 +100,4 @@ def finish(post: exp.Select, analysis: Analysis, ctx: RewriteContext) -> exp.Sel
             return exp.Paren(this=formulas[node.name].copy())
         return node
 
-    return post.copy().transform(expand)
+    return post.copy().transform(expand, copy=False)

@@ -1,8 +1,9 @@
 """Pass: each privacy unit contributes to at most ``max_groups_per_unit`` groups.
 
 Only applied to grouped queries when the policy's group bound is tighter than
-the row bound and some measurement's sensitivity depends on it. The groups a unit keeps are chosen at random: ``random()`` is
-materialised in a subquery, since DuckDB refuses a volatile window ORDER BY.
+the row bound and some measurement's sensitivity depends on it. The groups a
+unit keeps are chosen at random: ``random()`` is materialised in a subquery,
+since DuckDB refuses a volatile window ORDER BY.
 """
 
 from __future__ import annotations
@@ -29,20 +30,20 @@ def bound_groups(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
     rel_sub = tree.args["from_"].this
     rel = rel_sub.this
     keys = [f"__k{i}" for i in range(len(a.keys))]
-    distinct = exp.select("__unit", *keys, exp.alias_(exp.Rand(), "__gr")).from_(REL) \
-        .group_by("__unit", *keys)
+    distinct = exp.select("__unit", *keys, exp.alias_(exp.Rand(), "__gr")).from_(REL, copy=False) \
+        .group_by("__unit", *keys, copy=False)
     window = exp.Window(this=exp.RowNumber(), partition_by=[exp.column("__unit")],
                         order=exp.Order(expressions=[exp.Ordered(this=exp.column("__gr"))]))
-    ranked = exp.select("__unit", *keys, exp.alias_(window, "__gn")).from_(
-        exp.Subquery(this=distinct, alias=exp.TableAlias(this=exp.to_identifier("__g"))))
+    sub = exp.Subquery(this=distinct, alias=exp.TableAlias(this=exp.to_identifier("__g")))
+    ranked = exp.select("__unit", *keys, exp.alias_(window, "__gn")).from_(sub, copy=False)
     on = exp.EQ(this=exp.column("__unit", table=REL), expression=exp.column("__unit",
                                                                             table=GROUPS))
     for k in keys:
         on = exp.and_(on, exp.NullSafeEQ(this=exp.column(k, table=REL),
                                          expression=exp.column(k, table=GROUPS)))
     tree.set("from_", exp.From(this=exp.to_table(REL)))
-    tree = tree.join(exp.to_table(GROUPS), on=on)
+    tree = tree.join(exp.to_table(GROUPS), on=on, copy=False)
     tree = tree.where(exp.LTE(this=exp.column("__gn", table=GROUPS),
-                              expression=exp.Literal.number(limit)))
-    tree = tree.with_(REL, as_=rel).with_(GROUPS, as_=ranked)
+                              expression=exp.Literal.number(limit)), copy=False)
+    tree = tree.with_(REL, as_=rel, copy=False).with_(GROUPS, as_=ranked, copy=False)
     return tree

@@ -20,10 +20,11 @@ def bound_rows(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
         tp = ctx.policy.tables[table.name]
         alias = table.alias_or_name
         scan = exp.select(*[exp.column(c) for c in tp.columns]).from_(
-            exp.to_table(tp.engine_table))
+            exp.to_table(tp.engine_table), copy=False)
         if not tp.public:
-            scan = scan.where(exp.LTE(this=exp.column(RANK),
-                                      expression=exp.Literal.number(tp.max_rows_per_unit)))
+            bound = exp.LTE(this=exp.column(RANK),
+                            expression=exp.Literal.number(tp.max_rows_per_unit))
+            scan = scan.where(bound, copy=False)
         table.replace(exp.Subquery(this=scan, alias=exp.TableAlias(
             this=exp.to_identifier(alias))))
     return tree

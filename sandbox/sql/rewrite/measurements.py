@@ -30,13 +30,6 @@ def _when(cond: exp.Expression | None, value: exp.Expression,
     return case.else_(otherwise) if otherwise is not None else case
 
 
-def _and(*conds: exp.Expression | None) -> exp.Expression | None:
-    parts = [c.copy() for c in conds if c is not None]
-    if not parts:
-        return None
-    return exp.and_(*parts) if len(parts) > 1 else parts[0]
-
-
 def _num(value: float) -> exp.Expression:
     if float(value).is_integer() and abs(value) < 2**53:
         lit: exp.Expression = exp.Literal.number(int(value))
@@ -51,10 +44,12 @@ def fn(name: str, *args: exp.Expression) -> exp.Expression:
 
 
 def clamp(arg: exp.Expression, lo: float, hi: float) -> exp.Expression:
-    """Bound a value; NULL stays NULL (DuckDB's LEAST/GREATEST skip NULL arguments)."""
-    bounded = fn("GREATEST", fn("LEAST", arg.copy(), _num(hi)), _num(lo))
-    return exp.Case().when(exp.Is(this=arg.copy(), expression=exp.Null()), exp.Null()) \
-        .else_(bounded)
+    """Bound a value to [lo, hi]. NULL stays NULL, NaN and inf become a bound.
+
+    A CASE rather than GREATEST/LEAST: those skip NULL arguments in DuckDB (turning a
+    NULL into a bound) and run slower."""
+    return exp.Case().when(exp.GT(this=arg.copy(), expression=_num(hi)), _num(hi)) \
+        .when(exp.LT(this=arg.copy(), expression=_num(lo)), _num(lo)).else_(arg.copy())
 
 
 def _scale(lo: float, hi: float, integer: bool) -> float:
@@ -70,7 +65,12 @@ def _scale(lo: float, hi: float, integer: bool) -> float:
     return float(10**digits)
 
 
-def _fixed(value: exp.Expression, scale: float) -> exp.Expression:
+def _fixed(value: exp.Expression, scale: float, integer_typed: bool = False) -> exp.Expression:
+    """Fixed point: an exact integer per row, so sums cannot leak through float rounding.
+
+    A clamped integer column is already exact; anything else is scaled and rounded."""
+    if integer_typed and scale == 1:
+        return value
     scaled = value if scale == 1 else exp.Mul(this=value, expression=_num(scale))
     return exp.Cast(this=exp.Round(this=scaled), to=exp.DataType.build("BIGINT"))
 
@@ -80,9 +80,9 @@ def measurements(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
     rows = a.rows_per_unit
     rel = exp.select()
     alias, unit_col = next(iter(a.unit_columns.items()))
-    rel = rel.select(exp.alias_(exp.column(unit_col, table=alias), "__unit"))
+    rel = rel.select(exp.alias_(exp.column(unit_col, table=alias), "__unit"), copy=False)
     for i, key in enumerate(a.keys):
-        rel = rel.select(exp.alias_(key.expr.copy(), f"__k{i}"))
+        rel = rel.select(exp.alias_(key.expr.copy(), f"__k{i}"), copy=False)
     rel.set("from_", tree.args["from_"].copy())
     if tree.args.get("joins"):
         rel.set("joins", [j.copy() for j in tree.args["joins"]])
@@ -109,22 +109,26 @@ def measurements(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
     ctx.measurements = list(values.values())
     outer = exp.select()
     for i in range(len(a.keys)):
-        outer = outer.select(exp.alias_(_col(f"__k{i}"), f"__k{i}"))
+        outer = outer.select(exp.alias_(_col(f"__k{i}"), f"__k{i}"), copy=False)
     for m in ctx.measurements:
-        rel = rel.select(exp.alias_(m.value, f"__v{m.name[3:]}"))
+        rel = rel.select(exp.alias_(m.value, f"__v{m.name[3:]}"), copy=False)
         v = _col(f"__v{m.name[3:]}")
         agg: exp.Expression
-        if m.kind == "count_units":
+        if m.kind == "count" and isinstance(m.value, exp.Literal):
+            agg = exp.Count(this=exp.Star())
+        elif m.kind == "count":
+            agg = exp.Count(this=v)
+        elif m.kind == "count_units":
             agg = exp.Count(this=exp.Distinct(expressions=[v]))
         elif m.kind == "histogram":
             agg = exp.Anonymous(this="HISTOGRAM", expressions=[v])
         else:
             agg = exp.Sum(this=v)
-        outer = outer.select(exp.alias_(agg, m.name))
+        outer = outer.select(exp.alias_(agg, m.name), copy=False)
     outer = outer.from_(exp.Subquery(this=rel, alias=exp.TableAlias(
-        this=exp.to_identifier(REL))))
+        this=exp.to_identifier(REL))), copy=False)
     if a.keys:
-        outer = outer.group_by(*[_col(f"__k{i}") for i in range(len(a.keys))])
+        outer = outer.group_by(*[_col(f"__k{i}") for i in range(len(a.keys))], copy=False)
     return outer
 
 
@@ -137,26 +141,24 @@ def ctx_public(ctx: RewriteContext) -> bool:
 def _measure(spec: AggSpec, add, rows: int) -> list[str]:  # type: ignore[no-untyped-def]
     cond = spec.condition
     if spec.kind == "count":
-        notnull = exp.Not(this=exp.Is(this=spec.arg.copy(), expression=exp.Null())) \
-            if spec.arg is not None else None
-        both = _and(cond, notnull)
-        value = _when(both, exp.Literal.number(1), exp.Literal.number(0))
-        return [add("count", value, rows)]
+        # COUNT(v) counts non-NULL values: 1 for COUNT(*), the argument for COUNT(arg).
+        value = spec.arg.copy() if spec.arg is not None else exp.Literal.number(1)
+        return [add("count", _when(cond, value), rows)]
     if spec.kind == "count_units":
         return [add("count_units", _when(cond, spec.arg.copy()), 1)]
     assert spec.arg is not None and spec.bounds is not None
     lo, hi = spec.bounds
     clamped = clamp(spec.arg, lo, hi)
-    notnull = exp.Not(this=exp.Is(this=spec.arg.copy(), expression=exp.Null()))
-    count_value = _when(_and(cond, notnull), exp.Literal.number(1), exp.Literal.number(0))
+    count_value = _when(cond, spec.arg.copy())
+    int_col = spec.integer and isinstance(spec.arg, exp.Column)
     if spec.kind == "sum":
         s = _scale(lo, hi, spec.integer)
-        return [add("sum", _when(cond, _fixed(clamped, s)), rows * max(abs(lo), abs(hi)) * s, s,
-                    (lo, hi))]
+        return [add("sum", _when(cond, _fixed(clamped, s, int_col)),
+                    rows * max(abs(lo), abs(hi)) * s, s, (lo, hi))]
     if spec.kind == "avg":
         s = _scale(lo, hi, spec.integer)
-        return [add("sum", _when(cond, _fixed(clamped, s)), rows * max(abs(lo), abs(hi)) * s, s,
-                    (lo, hi)),
+        return [add("sum", _when(cond, _fixed(clamped, s, int_col)),
+                    rows * max(abs(lo), abs(hi)) * s, s, (lo, hi)),
                 add("count", count_value, rows)]
     if spec.kind in ("var", "stddev"):
         c = (lo + hi) / 2

@@ -56,12 +56,12 @@ def public_keys(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
         col = exp.column(m.name, table=AGG)
         value = col if m.kind == "histogram" else exp.Coalesce(
             this=col, expressions=[exp.Literal.number(0)])
-        out = out.select(exp.alias_(value, m.name))
+        out = out.select(exp.alias_(value, m.name), copy=False)
     on = None
     for c in names:
         cond = exp.NullSafeEQ(this=exp.column(c, table=KEYS), expression=exp.column(c, table=AGG))
         on = cond if on is None else exp.and_(on, cond)
-    out = out.from_(values).join(
+    out = out.from_(values, copy=False).join(
         exp.Subquery(this=tree, alias=exp.TableAlias(this=exp.to_identifier(AGG))),
-        on=on, join_type="LEFT")
-    return out.order_by(exp.column("__ord", table=KEYS))
+        on=on, join_type="LEFT", copy=False)
+    return out.order_by(exp.column("__ord", table=KEYS), copy=False)
