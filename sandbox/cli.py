@@ -93,12 +93,14 @@ def main(ctx: click.Context, home: Path | None, keystore: Path | None) -> None:
         ctx.exit(EXIT_ERROR)
 
 
-def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str],
+                 upper: bool = True) -> None:
     if not rows:
         click.echo("(none)")
         return
     widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
-    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    click.echo("  ".join((c.upper() if upper else c).ljust(w)
+                         for c, w in zip(columns, widths, strict=True)))
     for r in rows:
         click.echo("  ".join(str(r.get(c, "")).ljust(w)
                              for c, w in zip(columns, widths, strict=True)).rstrip())
@@ -259,7 +261,8 @@ def dataset_show(c: Context, name: str, version: int | None, fmt: str) -> None:
 
 @dataset.command("verify")
 @click.argument("name", required=False)
-@click.option("--version", "version", type=click.IntRange(min=1), default=None)
+@click.option("--version", "version", type=click.IntRange(min=1), default=None,
+              help="Verify only this version (default: every version).")
 @pass_ctx
 def dataset_verify(c: Context, name: str | None, version: int | None) -> None:
     """Check every file's SHA-256 and decrypt every page; non-zero exit on any problem."""
@@ -456,7 +459,7 @@ def _print_release(release, fmt: str) -> None:  # type: ignore[no-untyped-def]
     rows = []
     for row, ci in zip(d["rows"], d["ci95"], strict=True):
         rows.append({c: _fmt_cell(v, h) for c, v, h in zip(d["columns"], row, ci, strict=True)})
-    _print_table(rows, d["columns"])
+    _print_table(rows, d["columns"], upper=False)
     click.echo(f"noisy values (differential privacy), ± = 95% interval; epsilon spent "
                f"{d['epsilon']:.4g}, delta {d['delta']:.2g}; groups suppressed "
                f"{d['suppressed_groups']}; release {d['release_id']}")
@@ -477,7 +480,8 @@ def _fmt_cell(value: Any, half: float | None) -> str:
               help="tiny: 2k persons; small: 100k; large: 2M persons and 10M loans.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Directory for the plaintext Parquet files and their specs.")
-@click.option("--seed", type=int, default=20261123, show_default=True)
+@click.option("--seed", type=int, default=20261123, show_default=True,
+              help="Random seed: the same seed gives byte-identical files.")
 def demo_data(size: str, out: Path, seed: int) -> None:
     """Generate a deterministic synthetic city dataset (persons, loans, districts)."""
     from .demo import generate
@@ -494,10 +498,16 @@ def demo_data(size: str, out: Path, seed: int) -> None:
 
 @main.command("demo")
 @click.option("--size", type=click.Choice(["tiny", "small", "large"]), default="small",
-              show_default=True)
+              show_default=True, help="Size of the synthetic data (see demo-data).")
 @pass_ctx
 def demo(c: Context, size: str) -> None:
-    """Set up the demo: key store, synthetic data, encrypted ingest, catalog."""
+    """Set up the demo: key store, synthetic data, encrypted ingest, catalog.
+
+    The plaintext source is generated in a temporary directory and deleted after ingest:
+    only encrypted files stay in the home.
+    """
+    import tempfile
+
     from .demo import generate
     from .ingest import ingest
     from .spec import load_spec
@@ -505,23 +515,20 @@ def demo(c: Context, size: str) -> None:
     c.paths.ensure_home()
     kms = c.kms()
     if isinstance(kms, FileKeyStore) and not kms.path.exists():
-        click.echo(f"created key store, master key {kms.init()}")
+        click.echo(f"created key store {c.paths.keystore}, master key {kms.init()}")
     catalog = c.catalog()
-    source = c.paths.home / "demo-source" / size
-    names = ["districts", "persons", "loans"]
-    missing = [n for n in names if n not in catalog.names()]
+    missing = [n for n in ("districts", "persons", "loans") if n not in catalog.names()]
     if missing:
-        if not all((source / f"{n}.parquet").exists() for n in names):
-            source.mkdir(parents=True, exist_ok=True)
-            click.echo(f"generating {size} demo data in {source}")
+        with tempfile.TemporaryDirectory(prefix="sandbox-demo-") as tmp:
+            source = Path(tmp)
+            click.echo(f"generating {size} synthetic demo data")
             generate(source, size=size)
-        for n in missing:
-            with _progress(f"ingesting {n}") as progress:
-                dv = ingest(catalog, kms, source / f"{n}.parquet",
-                            load_spec(source / f"{n}.yaml"), progress)
-            click.echo(f"ingested {n}: {dv.row_count:,} rows (encrypted)")
-    c_ctx = click.get_current_context()
-    c_ctx.invoke(dataset_list, fmt="table")
+            for n in missing:
+                with _progress(f"ingesting {n}") as progress:
+                    dv = ingest(catalog, kms, source / f"{n}.parquet",
+                                load_spec(source / f"{n}.yaml"), progress)
+                click.echo(f"ingested {n}: {dv.row_count:,} rows (encrypted)")
+    click.get_current_context().invoke(dataset_list, fmt="table")
 
 
 if __name__ == "__main__":  # pragma: no cover

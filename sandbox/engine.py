@@ -10,6 +10,7 @@ engine's own error text on.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -211,13 +212,18 @@ class Engine:
         """Run one SELECT; engine messages are logged, never returned."""
         if not self._locked:
             raise EngineError("the engine must be locked before it answers queries")
-        try:
-            statements = self._con.cursor().extract_statements(sql)
-        except duckdb.Error:
-            raise EngineError("the query could not be prepared") from None
-        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-            raise EngineError("the engine runs exactly one SELECT statement")
         cursor = self._con.cursor()
+        try:
+            statements = cursor.extract_statements(sql)
+        except duckdb.Error:
+            cursor.close()
+            raise EngineError("the query could not be prepared") from None
+        # DuckDB types SUMMARIZE, DESCRIBE and SHOW as SELECT too: require the text to be
+        # a plain query as well.
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT or \
+                not re.match(r"\s*(SELECT|WITH)\b", sql, re.IGNORECASE):
+            cursor.close()
+            raise EngineError("the engine runs exactly one SELECT statement")
         cursor.execute(f"USE {DB}")
         timer = None
         timed_out = threading.Event()
