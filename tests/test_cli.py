@@ -256,11 +256,14 @@ def _sha(path: pathlib.Path) -> str:
 
 def test_demo_sets_everything_up(sandbox, paths: Paths) -> None:
     out = _ok(sandbox("demo", "--size", "tiny"))
-    assert "created key store, master key mk-" in out
+    assert "created key store" in out and "master key mk-" in out
     for name, rows in (("districts", "6"), ("persons", "2,000"), ("loans", "")):
         assert f"ingested {name}: {rows}" in out
         assert re.search(rf"^{name}\s+1\s+\d+\s", out, re.M)
     assert (paths.keystore / "master-keys.json").exists()
+    plain = [p for p in paths.home.rglob("*") if p.suffix in (".parquet", ".yaml")
+             and "vault" not in p.parts]
+    assert plain == [], "no plaintext source stays in the home"
     out = _ok(sandbox("dataset", "verify"))
     assert out.splitlines() == ["districts@1: ok", "loans@1: ok", "persons@1: ok"]
     # Running it again changes nothing.
