@@ -465,12 +465,17 @@ def _print_release(release, fmt: str) -> None:  # type: ignore[no-untyped-def]
                f"{d['suppressed_groups']}; release {d['release_id']}")
 
 
+def _fmt_number(value: Any, digits: int) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int) or abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
+
+
 def _fmt_cell(value: Any, half: float | None) -> str:
-    if isinstance(value, float):
-        text = f"{value:,.4g}" if abs(value) < 1e6 else f"{value:,.0f}"
-    else:
-        text = str(value)
-    return f"{text} ± {half:,.3g}" if half is not None else text
+    text = _fmt_number(value, 4)
+    return f"{text} ± {_fmt_number(half, 3)}" if half is not None else text
 
 
 # -- demo ------------------------------------------------------------------------

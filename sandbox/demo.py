@@ -30,6 +30,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
+from .spec import ARROW_TYPES
+
 __all__ = [
     "AS_OF",
     "BIRTH_REGION_CODES",
@@ -50,17 +52,7 @@ AS_OF = np.datetime64("{:04d}-{:02d}-{:02d}".format(*_AS_OF_YMD), "D")
 CHUNK_PERSONS = 250_000
 ROW_GROUP_ROWS = 1_000_000
 
-SPEC_TYPES: dict[str, pa.DataType] = {
-    "string": pa.string(),
-    "int16": pa.int16(),
-    "int32": pa.int32(),
-    "int64": pa.int64(),
-    "float64": pa.float64(),
-    "bool": pa.bool_(),
-    "date": pa.date32(),
-    "timestamp": pa.timestamp("us"),
-}
-"""Spec type name -> exact Arrow type used in the Parquet files."""
+SPEC_TYPES: dict[str, pa.DataType] = ARROW_TYPES  # spec type name -> Arrow type in files
 
 
 @dataclass(frozen=True)
