@@ -36,6 +36,13 @@ class Context:
     def kms(self) -> Kms:
         return load_kms(self.paths.keystore)
 
+    def state(self):  # type: ignore[no-untyped-def]
+        """The state database (audit log and ledger), signing with the key store's key."""
+        from .state import State
+
+        self.paths.ensure_home()
+        return State(self.paths.state_db, self.kms().audit_signing_key())
+
     def file_keystore(self) -> FileKeyStore:
         kms = self.kms()
         if not isinstance(kms, FileKeyStore):
@@ -370,6 +377,8 @@ def explain_cmd(c: Context, policy_path: Path, epsilon: float | None, sql: str) 
 @main.command("query")
 @policy_option
 @click.option("--member", required=True, help="Member whose budget is charged.")
+@click.option("--workspace", default=None,
+              help="Workspace whose ledger is charged (default: the policy's id).")
 @epsilon_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
               show_default=True)
@@ -378,32 +387,38 @@ def explain_cmd(c: Context, policy_path: Path, epsilon: float | None, sql: str) 
                    '"epsilon": ...}) and write one JSON result per line.')
 @click.argument("sql", required=False)
 @pass_ctx
-def query_cmd(c: Context, policy_path: Path, member: str, epsilon: float | None, fmt: str,
-              batch: bool, sql: str | None) -> None:
+def query_cmd(c: Context, policy_path: Path, member: str, workspace: str | None,
+              epsilon: float | None, fmt: str, batch: bool, sql: str | None) -> None:
     """Answer SQL with differentially private noise, in-process over the vault (operators).
 
-    The budget here lives for this one command (an in-memory ledger).
+    Every answer and refusal is charged to the durable ledger and written to the audit log.
     """
     from .engine import Engine
     from .gate import Gate
-    from .ledger import InMemoryLedger
+    from .ledger import SqliteLedger
 
     if batch == (sql is not None):
         raise SandboxError("give either SQL or --batch", "see `sandbox query --help`")
     pol = _load_policy(c, policy_path)
     gate = Gate(pol)
+    state = c.state()
+    state.recover()
+    ledger = SqliteLedger.open(state, workspace or pol.id, pol.id, pol.budget)
     if not batch:
         assert sql is not None
         try:
             gate.check(sql, epsilon)  # refuse before loading any data
         except SandboxError as exc:
+            from .sql.refusal import Refusal
+
+            if isinstance(exc, Refusal):
+                ledger.refused(member, sql, exc.code, exc.message)
             if fmt == "json":
                 click.echo(json.dumps({"error": exc.to_dict()}, ensure_ascii=False))
                 click.get_current_context().exit(EXIT_ERROR)
             raise
     engine = Engine.from_catalog(c.catalog(), c.kms(),
                                  [(t.dataset, t.version) for t in pol.tables.values()])
-    ledger = InMemoryLedger(pol.budget.epsilon, pol.budget.delta)
     if batch:
         for line_no, line in enumerate(sys.stdin, start=1):
             if not line.strip():

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 import pyarrow as pa
 from sqlglot import exp
 
+from .audit import values_digest
+from .errors import SandboxError
 from .ledger import Ledger
 from .policy import Policy
 from .sql import allowlist
@@ -79,11 +81,15 @@ class Release:
     def to_dict(self) -> dict[str, Any]:
         return {
             "release_id": self.release_id, "policy": self.policy_id, "columns": self.columns,
-            "rows": [[_jsonable(v) for v in r] for r in self.rows],
+            "rows": _json_rows(self.rows),
             "ci95": self.ci95, "mechanisms": self.mechanisms,
             "epsilon": self.epsilon, "delta": self.delta,
             "suppressed_groups": self.suppressed_groups, "noisy": True,
         }
+
+
+def _json_rows(rows: list[list[Any]]) -> list[list[Any]]:
+    return [[_jsonable(v) for v in r] for r in rows]
 
 
 def _jsonable(v: Any) -> Any:
@@ -186,14 +192,30 @@ class Gate:
 
     def answer(self, sql: str, *, member: str, ledger: Ledger, executor: Executor,
                epsilon: float | None = None, timeout_s: float | None = None) -> Release:
-        q = self.check(sql, epsilon)
-        self._check_lookup_keys(q, executor)
-        reservation = ledger.reserve(member, q.plan.cost)
+        """Answer with noise, charging ``ledger``; every outcome is recorded by the ledger.
+
+        A refusal costs nothing. Once the engine has been asked, the charge stands even if
+        execution fails or times out.
+        """
+        try:
+            q = self.check(sql, epsilon)
+            self._check_lookup_keys(q, executor)
+        except Refusal as refusal:
+            ledger.refused(member, sql, refusal.code, refusal.message)
+            raise
+        reservation = ledger.reserve(member, q.plan.cost, sql=sql, rewritten=q.executed_sql)
         try:
             exact = executor.execute(q.executed_sql, timeout_s=timeout_s)
             result = self._release(q, exact, executor)
-        finally:
-            ledger.commit(reservation)  # execution started: charged, whatever happened
+        except SandboxError as exc:
+            ledger.fail(reservation, exc.code)
+            raise
+        except BaseException:
+            ledger.fail(reservation, "internal")
+            raise
+        ledger.commit(reservation, release_id=result.release_id,
+                      values_digest=values_digest(_json_rows(result.rows)), rows=len(result.rows),
+                      suppressed=result.suppressed_groups)
         return result
 
     def _check_lookup_keys(self, q: CheckedQuery, executor: Executor) -> None:

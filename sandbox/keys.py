@@ -25,7 +25,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import (
     KeyDestroyedError,
@@ -107,6 +110,10 @@ class Kms(ABC):
     def unwrap(self, wrapped: str, aad: bytes) -> bytes:
         return _open(self._material(wrapped_key_id(wrapped)), wrapped, aad)
 
+    @abstractmethod
+    def audit_signing_key(self) -> Ed25519PrivateKey:
+        """The Ed25519 key that signs audit-log checkpoints."""
+
     # Lifecycle operations exist only on writable key stores.
     def _read_only(self) -> KeyStoreError:
         return KeyStoreError(
@@ -176,6 +183,12 @@ class StaticKms(Kms):
 
     def list_keys(self) -> list[MasterKeyInfo]:
         return [MasterKeyInfo(self._id, "active", "-", "-")]
+
+    def audit_signing_key(self) -> Ed25519PrivateKey:
+        # Derived, so that a container needs one secret only.
+        seed = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                    info=b"sandbox audit checkpoint signing v1").derive(self._key)
+        return Ed25519PrivateKey.from_private_bytes(seed)
 
 
 class FileKeyStore(Kms):
@@ -336,6 +349,23 @@ class FileKeyStore(Kms):
             MasterKeyInfo(str(k["id"]), str(k["state"]), str(k["created"]), str(k["changed"]))
             for k in self._load()
         ]
+
+    SIGNING_FILE = "audit-signing-key"
+
+    def audit_signing_key(self) -> Ed25519PrivateKey:
+        """Created on first use, kept beside the master keys (0600); never rotated with them."""
+        self._load()  # the store must exist and be private
+        path = self.directory / self.SIGNING_FILE
+        with self._locked():
+            if not path.exists():
+                seed = secrets.token_bytes(32)
+                atomic_write_bytes(path, base64.b64encode(seed) + b"\n", 0o600)
+            try:
+                seed = base64.b64decode(path.read_bytes().strip(), validate=True)
+                return Ed25519PrivateKey.from_private_bytes(seed)
+            except (binascii.Error, ValueError):
+                raise KeyStoreError(f"the audit signing key {path} is damaged",
+                                    "restore it from your key backup") from None
 
 
 def load_kms(keystore: Path) -> Kms:

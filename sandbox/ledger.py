@@ -1,21 +1,30 @@
 """Privacy budget accounting: reserve before execution, commit after.
 
-``Ledger`` is the interface the gate charges; ``InMemoryLedger`` keeps balances
-in one process (tests, the CLI). A durable, multi-process ledger implements the
-same interface. A reservation is never refunded once execution has started.
+``Ledger`` is the interface the gate charges. ``InMemoryLedger`` keeps balances
+in one process (tests, one-off CLI runs); ``SqliteLedger`` is the durable one:
+each charge and its audit record are written in one transaction of the state
+database, atomically across processes. A reservation is never refunded once
+execution has started; a refused query costs nothing but is still recorded.
+
+Spending is composed with ``dp.compose``: pure-DP parts add up, Gaussian parts
+are accounted in zCDP together, so many small Gaussian queries cost less.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .dp import Cost
+from .dp import Cost, compose
 from .errors import SandboxError
+from .policy import BudgetPolicy
 
-_EPS_SLACK = 1e-9
+_SLACK = 1e-9
 
 
 class BudgetExceededError(SandboxError):
@@ -36,6 +45,7 @@ class Balance:
     delta_total: float
     epsilon_spent: float = 0.0
     delta_spent: float = 0.0
+    refreshes_on: str | None = None  # first day of the next period (monthly budgets)
 
     @property
     def epsilon_remaining(self) -> float:
@@ -45,12 +55,36 @@ class Balance:
     def delta_remaining(self) -> float:
         return max(self.delta_total - self.delta_spent, 0.0)
 
+    def to_dict(self) -> dict[str, object]:
+        return {"epsilon_total": self.epsilon_total, "epsilon_spent": self.epsilon_spent,
+                "epsilon_remaining": self.epsilon_remaining, "delta_total": self.delta_total,
+                "delta_spent": self.delta_spent, "delta_remaining": self.delta_remaining,
+                "refreshes_on": self.refreshes_on}
+
 
 class Ledger(Protocol):
-    def reserve(self, member: str, cost: Cost) -> Reservation: ...
-    def commit(self, reservation: Reservation) -> None: ...
+    def reserve(self, member: str, cost: Cost, *, sql: str = "",
+                rewritten: str = "") -> Reservation: ...
+    def commit(self, reservation: Reservation, *, release_id: str = "",
+               values_digest: str = "", rows: int = 0, suppressed: int = 0) -> None: ...
+    def fail(self, reservation: Reservation, error_code: str) -> None: ...
     def cancel(self, reservation: Reservation) -> None: ...
+    def refused(self, member: str, sql: str, rule: str, message: str) -> None: ...
     def balance(self, member: str) -> Balance: ...
+
+
+def exceeded(cost: Cost, b: Balance) -> BudgetExceededError:
+    refresh = f"; it refreshes on {b.refreshes_on}" if b.refreshes_on else ""
+    return BudgetExceededError(
+        f"this query costs epsilon {cost.epsilon:.4g} (delta {cost.delta:.2g}) but only epsilon "
+        f"{b.epsilon_remaining:.4g} (delta {b.delta_remaining:.2g}) remains of your budget"
+        f"{refresh}",
+        "ask with a smaller epsilon, or ask the operator for more budget",
+    )
+
+
+def fits(spent: Cost, total_eps: float, total_delta: float) -> bool:
+    return spent.epsilon <= total_eps + _SLACK and spent.delta <= total_delta + _SLACK * 1e-6
 
 
 class InMemoryLedger:
@@ -58,45 +92,181 @@ class InMemoryLedger:
 
     def __init__(self, epsilon: float, delta: float) -> None:
         self._limits = (epsilon, delta)
-        self._balances: dict[str, Balance] = {}
-        self._open: dict[str, Reservation] = {}
+        self._charges: dict[str, list[Cost]] = {}
+        self._open: dict[str, tuple[Reservation, Cost]] = {}
         self._lock = threading.Lock()
 
     def balance(self, member: str) -> Balance:
         with self._lock:
-            return self._get(member)
+            spent = compose(self._charges.get(member, []))
+            return Balance(*self._limits, spent.epsilon, spent.delta)
 
-    def _get(self, member: str) -> Balance:
-        if member not in self._balances:
-            self._balances[member] = Balance(*self._limits)
-        return self._balances[member]
-
-    def reserve(self, member: str, cost: Cost) -> Reservation:
+    def reserve(self, member: str, cost: Cost, *, sql: str = "",
+                rewritten: str = "") -> Reservation:
         with self._lock:
-            b = self._get(member)
-            if b.epsilon_spent + cost.epsilon > b.epsilon_total + _EPS_SLACK or \
-                    b.delta_spent + cost.delta > b.delta_total + _EPS_SLACK * 1e-6:
-                raise BudgetExceededError(
-                    f"this query costs epsilon {cost.epsilon:.4g} (delta {cost.delta:.2g}) but "
-                    f"only epsilon {b.epsilon_remaining:.4g} (delta {b.delta_remaining:.2g}) "
-                    "remains of your budget",
-                    "ask with a smaller epsilon, or ask the operator for more budget",
-                )
-            b.epsilon_spent += cost.epsilon
-            b.delta_spent += cost.delta
+            charges = self._charges.setdefault(member, [])
+            if not fits(compose([*charges, cost]), *self._limits):
+                spent = compose(charges)
+                raise exceeded(cost, Balance(*self._limits, spent.epsilon, spent.delta))
+            charges.append(cost)
             r = Reservation(uuid.uuid4().hex, member, cost.epsilon, cost.delta)
-            self._open[r.id] = r
+            self._open[r.id] = (r, cost)
             return r
 
-    def commit(self, reservation: Reservation) -> None:
+    def commit(self, reservation: Reservation, **_: object) -> None:
         with self._lock:
             self._open.pop(reservation.id, None)
+
+    def fail(self, reservation: Reservation, error_code: str) -> None:
+        self.commit(reservation)
 
     def cancel(self, reservation: Reservation) -> None:
         """Return a reservation whose execution never started."""
         with self._lock:
-            if self._open.pop(reservation.id, None) is None:
-                return
-            b = self._get(reservation.member)
-            b.epsilon_spent -= reservation.epsilon
-            b.delta_spent -= reservation.delta
+            entry = self._open.pop(reservation.id, None)
+            if entry is not None:
+                self._charges[reservation.member].remove(entry[1])
+
+    def refused(self, member: str, sql: str, rule: str, message: str) -> None:
+        pass
+
+
+def period_of(refresh: str, when: dt.datetime) -> tuple[str, str | None]:
+    """(period label, first day of the next period) for a refresh rule."""
+    if refresh != "monthly":
+        return "all", None
+    nxt = (when.replace(day=1) + dt.timedelta(days=32)).replace(day=1)
+    return when.strftime("%Y-%m"), nxt.date().isoformat()
+
+
+class SqliteLedger:
+    """The durable ledger of one workspace, in the state database (``sandbox.state``)."""
+
+    def __init__(self, state, workspace: str, default: BudgetPolicy,  # type: ignore[no-untyped-def]
+                 clock: Callable[[], dt.datetime] | None = None) -> None:
+        self.state, self.workspace, self.default = state, workspace, default
+        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
+
+    @classmethod
+    def open(cls, state, workspace: str, policy_id: str,  # type: ignore[no-untyped-def]
+             default: BudgetPolicy) -> SqliteLedger:
+        """The ledger of ``workspace``, remembering its scenario and default member budget."""
+        with state.transaction() as con:
+            con.execute("INSERT OR REPLACE INTO workspaces VALUES (?,?,?,?,?)",
+                        (workspace, policy_id, default.epsilon, default.delta, default.refresh))
+        return cls(state, workspace, default)
+
+    @classmethod
+    def existing(cls, state, workspace: str) -> SqliteLedger:  # type: ignore[no-untyped-def]
+        row = state.con.execute("SELECT epsilon, delta, refresh FROM workspaces WHERE name = ?",
+                                (workspace,)).fetchone()
+        if row is None:
+            known = [r[0] for r in state.con.execute("SELECT name FROM workspaces ORDER BY 1")]
+            raise SandboxError(f"unknown workspace {workspace!r}",
+                               f"known workspaces: {', '.join(known) or 'none yet'}")
+        return cls(state, workspace, BudgetPolicy(float(row[0]), float(row[1]), str(row[2])))
+
+    # -- reading ---------------------------------------------------------------------------
+    def _limits(self, con, member: str) -> tuple[float, float, str]:  # type: ignore[no-untyped-def]
+        row = con.execute("SELECT epsilon_total, delta_total, refresh FROM budgets WHERE "
+                          "workspace = ? AND member = ?", (self.workspace, member)).fetchone()
+        if row is None:
+            return self.default.epsilon, self.default.delta, self.default.refresh
+        return float(row[0]), float(row[1]), str(row[2])
+
+    def _spent(self, con, member: str, period: str) -> list[Cost]:  # type: ignore[no-untyped-def]
+        rows = con.execute(
+            "SELECT epsilon, delta, rho, zcdp_epsilon, zcdp_delta FROM charges WHERE "
+            "workspace = ? AND member = ? AND period = ? AND state != 'cancelled'",
+            (self.workspace, member, period)).fetchall()
+        return [Cost(e, d, r, ze, zd) for e, d, r, ze, zd in rows]
+
+    def _balance(self, con, member: str) -> tuple[Balance, str, list[Cost]]:  # type: ignore[no-untyped-def]
+        eps, delta, refresh = self._limits(con, member)
+        period, nxt = period_of(refresh, self.clock())
+        charges = self._spent(con, member, period)
+        spent = compose(charges)
+        return Balance(eps, delta, spent.epsilon, spent.delta, nxt), period, charges
+
+    def balance(self, member: str) -> Balance:
+        return self._balance(self.state.con, member)[0]
+
+    # -- charging --------------------------------------------------------------------------
+    def reserve(self, member: str, cost: Cost, *, sql: str = "",
+                rewritten: str = "") -> Reservation:
+        refusal: BudgetExceededError | None = None
+        with self.state.transaction() as con:
+            b, period, charges = self._balance(con, member)
+            if not fits(compose([*charges, cost]), b.epsilon_total, b.delta_total):
+                refusal = exceeded(cost, b)
+                self.state.append(con, "query.refused", workspace=self.workspace, member=member,
+                                  sql=sql, rule=refusal.code, message=refusal.message)
+            else:
+                cid = uuid.uuid4().hex
+                seq = self.state.append(con, "query.charged", workspace=self.workspace,
+                                        member=member, charge_id=cid, sql=sql,
+                                        rewritten_sql=rewritten, epsilon=cost.epsilon,
+                                        delta=cost.delta, rho=cost.rho)
+                con.execute("INSERT INTO charges VALUES (?,?,?,?,?,?,?,?,?,?,?,?,NULL)",
+                            (cid, self.workspace, member, period, cost.epsilon, cost.delta,
+                             cost.rho, cost.zcdp_epsilon, cost.zcdp_delta, "reserved",
+                             time.time(), seq))
+        if refusal is not None:
+            raise refusal
+        return Reservation(cid, member, cost.epsilon, cost.delta)
+
+    def _close(self, reservation: Reservation, state: str, kind: str, **fields: object) -> None:
+        with self.state.transaction() as con:
+            row = con.execute("SELECT state FROM charges WHERE id = ?",
+                              (reservation.id,)).fetchone()
+            if row is None or row[0] != "reserved":
+                return  # already closed (e.g. by recovery): never twice
+            seq = self.state.append(con, kind, workspace=self.workspace,
+                                    member=reservation.member, charge_id=reservation.id,
+                                    **fields)
+            con.execute("UPDATE charges SET state = ?, closed_seq = ? WHERE id = ?",
+                        (state, seq, reservation.id))
+
+    def commit(self, reservation: Reservation, *, release_id: str = "",
+               values_digest: str = "", rows: int = 0, suppressed: int = 0) -> None:
+        self._close(reservation, "committed", "query.answered", release_id=release_id,
+                    values_digest=values_digest, rows=rows, epsilon=reservation.epsilon,
+                    delta=reservation.delta, suppressed_groups=suppressed)
+
+    def fail(self, reservation: Reservation, error_code: str) -> None:
+        self._close(reservation, "failed", "query.failed", error_code=error_code,
+                    epsilon=reservation.epsilon, delta=reservation.delta)
+
+    def cancel(self, reservation: Reservation) -> None:
+        self._close(reservation, "cancelled", "query.cancelled")
+
+    def refused(self, member: str, sql: str, rule: str, message: str) -> None:
+        self.state.record("query.refused", workspace=self.workspace, member=member, sql=sql,
+                          rule=rule, message=message)
+
+    # -- operators -------------------------------------------------------------------------
+    def set_budget(self, member: str, *, epsilon: float | None = None,
+                   delta: float | None = None, add: bool = False, actor: str = "") -> Balance:
+        """Set (or with ``add``, grant more of) a member's budget; audited."""
+        for name, value in (("epsilon", epsilon), ("delta", delta)):
+            if value is not None and (value != value or value < 0 or value == float("inf")
+                                      or (name == "delta" and not add and value >= 1)):
+                raise SandboxError(f"{name} must be a finite number >= 0"
+                                   + (" and below 1" if name == "delta" else ""),
+                                   "e.g. --epsilon 5 --delta 1e-5")
+        with self.state.transaction() as con:
+            eps0, delta0, refresh = self._limits(con, member)
+            eps1 = (eps0 + (epsilon or 0)) if add else (epsilon if epsilon is not None else eps0)
+            delta1 = (delta0 + (delta or 0)) if add else (delta if delta is not None else delta0)
+            con.execute("INSERT OR REPLACE INTO budgets VALUES (?,?,?,?,?)",
+                        (self.workspace, member, eps1, delta1, refresh))
+            self.state.append(con, "budget.changed", workspace=self.workspace, member=member,
+                              actor=actor or None, operation="grant" if add else "set",
+                              epsilon_total=eps1, delta_total=delta1, refresh=refresh)
+        return self.balance(member)
+
+    def members(self) -> list[str]:
+        rows = self.state.con.execute(
+            "SELECT member FROM budgets WHERE workspace = ? UNION SELECT member FROM charges "
+            "WHERE workspace = ? ORDER BY 1", (self.workspace, self.workspace)).fetchall()
+        return [r[0] for r in rows]

@@ -67,6 +67,10 @@ class Paths:
         return self.home / "catalog.sqlite"
 
     @property
+    def state_db(self) -> Path:
+        return self.home / "state.sqlite"
+
+    @property
     def vault_dir(self) -> Path:
         return self.home / "vault"
 

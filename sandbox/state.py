@@ -1,0 +1,229 @@
+"""Durable state in one SQLite database: the audit log and the privacy ledger.
+
+Both live in one file so that a budget charge and its audit record are written
+in one transaction, made durable (WAL, synchronous=FULL) before the answer is
+returned. Writers take the database lock up front (BEGIN IMMEDIATE), so
+check-and-charge is atomic across threads and processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from . import audit
+from .errors import ConfigError, SandboxError
+from .merkle import Frontier, inclusion_proof
+
+CHECKPOINT_EVERY = 256
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_records (
+    seq INTEGER PRIMARY KEY, time TEXT NOT NULL, kind TEXT NOT NULL, workspace TEXT,
+    member TEXT, body TEXT NOT NULL, leaf TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_by_member ON audit_records (workspace, member, time);
+CREATE INDEX IF NOT EXISTS audit_by_time ON audit_records (time);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    tree_size INTEGER PRIMARY KEY, root_hash TEXT NOT NULL, time TEXT NOT NULL,
+    public_key TEXT NOT NULL, signature TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS budgets (
+    workspace TEXT NOT NULL, member TEXT NOT NULL, epsilon_total REAL NOT NULL,
+    delta_total REAL NOT NULL, refresh TEXT NOT NULL, PRIMARY KEY (workspace, member));
+CREATE TABLE IF NOT EXISTS workspaces (
+    name TEXT PRIMARY KEY, policy_id TEXT NOT NULL, epsilon REAL NOT NULL, delta REAL NOT NULL,
+    refresh TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS charges (
+    id TEXT PRIMARY KEY, workspace TEXT NOT NULL, member TEXT NOT NULL, period TEXT NOT NULL,
+    epsilon REAL NOT NULL, delta REAL NOT NULL, rho REAL NOT NULL, zcdp_epsilon REAL,
+    zcdp_delta REAL, state TEXT NOT NULL, created REAL NOT NULL, opened_seq INTEGER NOT NULL,
+    closed_seq INTEGER);
+CREATE INDEX IF NOT EXISTS charges_by_member ON charges (workspace, member, period);
+"""
+
+
+class StateError(SandboxError):
+    code = "state.error"
+
+
+@dataclass
+class Head:
+    seq: int
+    leaf: str
+    frontier: Frontier
+
+
+class State:
+    """One connection to the state database (use one per thread or process)."""
+
+    def __init__(self, path: Path, signer: Ed25519PrivateKey,
+                 checkpoint_every: int = CHECKPOINT_EVERY) -> None:
+        self.path, self.signer, self.checkpoint_every = path, signer, checkpoint_every
+        self.public_key = signer.public_key()
+        try:
+            self.con = sqlite3.connect(path, isolation_level=None, timeout=60,
+                                       check_same_thread=False)
+            self.con.execute("PRAGMA journal_mode=WAL")
+            self.con.execute("PRAGMA synchronous=FULL")
+            self.con.execute("PRAGMA foreign_keys=ON")
+            self.con.executescript(_SCHEMA)
+            self.con.execute("SELECT count(*) FROM audit_records").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(
+                f"the state database {path} is damaged or not a database ({exc})",
+                "restore it from a backup; run `sandbox audit verify` on the restored copy",
+            ) from None
+        except sqlite3.Error as exc:  # pragma: no cover - permissions and the like
+            raise ConfigError(f"cannot open the state database {path}: {exc}") from None
+
+    def close(self) -> None:
+        self.con.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self.con.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StateError(f"the state database is busy or unwritable ({exc})",
+                             "try again; if it persists check disk space and permissions") \
+                from None
+        try:
+            yield self.con
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        try:
+            self.con.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self.con.execute("ROLLBACK")
+            raise StateError(f"the state could not be saved ({exc}); nothing was recorded",
+                             "check free disk space and permissions, then try again") from None
+
+    # -- the log -------------------------------------------------------------------------
+    def _head(self, con: sqlite3.Connection) -> Head:
+        rows = dict(con.execute("SELECT key, value FROM meta WHERE key IN "
+                                "('head_seq', 'head_leaf', 'frontier')").fetchall())
+        seq = int(rows.get("head_seq", 0))
+        return Head(seq, rows.get("head_leaf", ""),
+                    Frontier.from_list(seq, json.loads(rows.get("frontier", "[]"))))
+
+    def append(self, con: sqlite3.Connection, kind: str, *, workspace: str | None = None,
+               member: str | None = None, actor: str | None = None, **fields: Any) -> int:
+        """Append one record inside the caller's transaction; returns its sequence number."""
+        head = self._head(con)
+        seq = head.seq + 1
+        body = audit.make_body(seq, head.leaf, kind, workspace=workspace, member=member,
+                               actor=actor, **fields)
+        text = audit.canonical(body).decode()
+        leaf = audit.record_leaf(body)
+        con.execute("INSERT INTO audit_records VALUES (?,?,?,?,?,?,?)",
+                    (seq, body["time"], kind, workspace, member, text, leaf.hex()))
+        head.frontier.append(leaf)
+        con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+            ("head_seq", str(seq)), ("head_leaf", leaf.hex()),
+            ("frontier", json.dumps(head.frontier.to_list()))])
+        if seq % self.checkpoint_every == 0:
+            self._store_checkpoint(con, seq, head.frontier.root())
+        return seq
+
+    def record(self, kind: str, **kwargs: Any) -> int:
+        """Append one record in a transaction of its own."""
+        with self.transaction() as con:
+            return self.append(con, kind, **kwargs)
+
+    def _store_checkpoint(self, con: sqlite3.Connection, size: int,
+                          root: bytes) -> audit.Checkpoint:
+        cp = audit.sign_checkpoint(self.signer, size, root)
+        con.execute("INSERT OR REPLACE INTO audit_checkpoints VALUES (?,?,?,?,?)",
+                    (cp.tree_size, cp.root_hash, cp.time, cp.public_key, cp.signature))
+        return cp
+
+    def checkpoint(self) -> audit.Checkpoint:
+        """Sign the current tree head (also stored, so later verifications check it)."""
+        with self.transaction() as con:
+            head = self._head(con)
+            return self._store_checkpoint(con, head.seq, head.frontier.root())
+
+    def size(self) -> int:
+        return self._head(self.con).seq
+
+    def checkpoints(self) -> list[audit.Checkpoint]:
+        return [audit.Checkpoint(*r) for r in self.con.execute(
+            "SELECT tree_size, root_hash, time, public_key, signature FROM audit_checkpoints "
+            "ORDER BY tree_size")]
+
+    def stored_records(self, batch: int = 10_000) -> Iterator[audit.StoredRecord]:
+        cur = self.con.execute("SELECT seq, body, leaf FROM audit_records ORDER BY seq")
+        while rows := cur.fetchmany(batch):
+            for seq, body, leaf in rows:
+                yield audit.StoredRecord(seq, body, leaf)
+
+    def verify(self, external: audit.Checkpoint | None = None) -> audit.VerifyReport:
+        return audit.verify(self.stored_records(), self.checkpoints(), self.public_key,
+                            external)
+
+    def records(self, *, workspace: str | None = None, member: str | None = None,
+                kind: str | None = None, since: str | None = None,
+                until: str | None = None) -> Iterator[dict[str, Any]]:
+        """Records matching the filters (``kind`` may end in '.' for a prefix)."""
+        where, args = [], []
+        for col, value in (("workspace", workspace), ("member", member)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                args.append(value)
+        if kind:
+            if kind.endswith("."):
+                where.append("kind LIKE ?")
+                args.append(kind + "%")
+            else:
+                where.append("kind = ?")
+                args.append(kind)
+        if since:
+            where.append("time >= ?")
+            args.append(since)
+        if until:
+            where.append("time < ?")
+            args.append(until)
+        sql = "SELECT body FROM audit_records"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        for (body,) in self.con.execute(sql + " ORDER BY seq", args):
+            yield json.loads(body)
+
+    def proof(self, seq: int) -> dict[str, Any]:
+        """Inclusion proof of record ``seq`` against a fresh signed checkpoint."""
+        cp = self.checkpoint()
+        row = self.con.execute("SELECT body FROM audit_records WHERE seq = ?",
+                               (seq,)).fetchone()
+        if row is None or not 1 <= seq <= cp.tree_size:
+            raise StateError(f"there is no audit record #{seq}",
+                             f"record numbers run from 1 to {cp.tree_size}")
+        leaves = [bytes.fromhex(leaf) for (leaf,) in self.con.execute(
+            "SELECT leaf FROM audit_records WHERE seq <= ? ORDER BY seq", (cp.tree_size,))]
+        return audit.proof_document(seq, row[0], cp.tree_size,
+                                    inclusion_proof(leaves, seq - 1), cp)
+
+    # -- the ledger ------------------------------------------------------------------------
+    def recover(self, stale_after_s: float = 3600.0, now: float | None = None) -> int:
+        """Close reservations whose process died: charged (never refunded) and logged."""
+        cutoff = (now if now is not None else time.time()) - stale_after_s
+        closed = 0
+        with self.transaction() as con:
+            rows = con.execute("SELECT id, workspace, member, epsilon, delta FROM charges "
+                               "WHERE state = 'reserved' AND created <= ?",
+                               (cutoff,)).fetchall()
+            for cid, ws, member, eps, delta in rows:
+                seq = self.append(con, "query.interrupted", workspace=ws, member=member,
+                                  charge_id=cid, epsilon=eps, delta=delta)
+                con.execute("UPDATE charges SET state = 'interrupted', closed_seq = ? "
+                            "WHERE id = ?", (seq, cid))
+                closed += 1
+        return closed
