@@ -39,6 +39,9 @@ class PrivacyPlan:
     items: list[Planned] = field(default_factory=list)
     threshold: Planned | None = None
     threshold_value: int | None = None
+    # How many groups existed is itself private (one unit can add groups): it is released
+    # noisily, so that the count of suppressed groups leaks nothing.
+    group_count: dp.Mechanism | None = None
     cost: dp.Cost = field(default_factory=lambda: dp.Cost(0.0))
 
     def item(self, name: str) -> Planned:
@@ -50,7 +53,9 @@ class PrivacyPlan:
             "requested_epsilon": self.epsilon,
             "measurements": [p.to_dict() for p in self.items],
             "threshold": None if self.threshold is None else {
-                **self.threshold.to_dict(), "threshold": self.threshold_value},
+                **self.threshold.to_dict(), "threshold": self.threshold_value,
+                "group_count": None if self.group_count is None else
+                self.group_count.to_dict()},
         }
 
 
@@ -58,7 +63,7 @@ def plan(ctx: RewriteContext, epsilon: float) -> PrivacyPlan:
     privacy = ctx.policy.privacy
     gaussian = privacy.mechanism == "gaussian"
     released = [m for m in ctx.measurements if not m.hidden]
-    parts = len(released) + (1 if ctx.threshold else 0)
+    parts = len(released) + (2 if ctx.threshold else 0)
     shares = dp.split_epsilon(epsilon, [1.0] * parts)
     delta_users = (len([m for m in released if m.kind != "histogram"]) if gaussian else 0) + \
         (1 if ctx.threshold else 0)
@@ -85,11 +90,12 @@ def plan(ctx: RewriteContext, epsilon: float) -> PrivacyPlan:
         out.items.append(item)
     if ctx.threshold:
         m = next(x for x in ctx.measurements if x.name == ctx.threshold)
-        mech, value = dp.plan_threshold(shares[-1], delta_share,
+        mech, value = dp.plan_threshold(shares[-2], delta_share,
                                         int(ctx.analysis.rows_per_unit), l0)
-        out.threshold = Planned(m, shares[-1], delta_share, mech)
+        out.threshold = Planned(m, shares[-2], delta_share, mech)
         out.threshold_value = value
-        costs.append(mech.cost)
+        out.group_count = dp.plan_laplace(shares[-1], float(l0), integer=True)
+        costs.extend([mech.cost, out.group_count.cost])
     out.cost = dp.compose(costs)
     return out
 
@@ -109,7 +115,9 @@ def release(p: PrivacyPlan, exact: dict[str, list[Any]], groups: int) -> Noisy:
         counts = {str(i): int(v or 0) for i, v in enumerate(exact[p.threshold.measurement.name])}
         kept = dp.release_threshold(p.threshold.mechanism, p.threshold_value, counts)
         keep = sorted(int(k) for k in kept)
-        suppressed = groups - len(keep)
+        assert p.group_count is not None
+        noisy_groups = dp.release(p.group_count, [groups])[0]
+        suppressed = max(int(noisy_groups) - len(keep), 0)
     values: dict[str, list[Any]] = {}
     for item in p.items:
         m = item.measurement
