@@ -169,7 +169,7 @@ def verify(records: Iterable[StoredRecord], checkpoints: Iterable[Checkpoint],
         report.checkpoints += 1
         if not cp.verify_signature(public_key):
             report.bad(None, f"stored checkpoint at size {cp.tree_size} has a bad signature")
-        wanted.setdefault(cp.tree_size, []).append(("stored checkpoint", cp))
+        wanted.setdefault(cp.tree_size, []).append(("the stored checkpoint", cp))
     if external is not None:
         if not external.verify_signature(public_key):
             report.bad(None, "the checkpoint file's signature does not verify with this log's "
@@ -177,6 +177,9 @@ def verify(records: Iterable[StoredRecord], checkpoints: Iterable[Checkpoint],
         wanted.setdefault(external.tree_size, []).append(("your checkpoint", external))
 
     frontier = Frontier()
+    for label, cp in wanted.pop(0, []):  # a checkpoint of the empty log (no record to wait for)
+        if frontier.root().hex() != cp.root_hash:
+            report.bad(None, f"{label} at size 0 is not the head of an empty log (altered)")
     prev = ""
     position = 0
     for rec in records:
@@ -187,14 +190,14 @@ def verify(records: Iterable[StoredRecord], checkpoints: Iterable[Checkpoint],
         prev = leaf.hex()
         for label, cp in wanted.pop(position, []):
             if frontier.root().hex() != cp.root_hash:
-                report.bad(None, f"the {label} at size {cp.tree_size} does not match the "
+                report.bad(None, f"{label} at size {cp.tree_size} does not match the "
                            f"records: a record at or before #{cp.tree_size} was altered, "
                            "removed, inserted or reordered")
     report.records = position
     report.root_hash = frontier.root().hex()
     for size, items in sorted(wanted.items()):
         for label, _ in items:
-            report.bad(position + 1, f"the {label} covers {size} records but the log has only "
+            report.bad(position + 1, f"{label} covers {size} records but the log has only "
                        f"{position}: records after #{position} were removed (truncated)")
     return report
 

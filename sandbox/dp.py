@@ -607,9 +607,16 @@ def plan_gaussian(epsilon: float, delta: float, sensitivity_l2: float, integer: 
     delta = _check_delta(delta, positive=True)
     sens = _check_sensitivity(sensitivity_l2, name="sensitivity_l2")
     integer = _check_integer(integer)
-    scale = _search_scale(
-        lambda s: _approx_gaussian(s, integer, delta), sens, (eps, delta), "Gaussian"
+    # The Gaussian's cost depends on sensitivity / scale only: calibrate at sensitivity 1
+    # (large sensitivities overflow OpenDP's search) and scale up, then check the map.
+    unit = _search_scale(
+        lambda s: _approx_gaussian(s, integer, delta), 1.0, (eps, delta), "Gaussian"
     )
+    scale = unit * sens
+    for _ in range(8):
+        if float(_approx_gaussian(scale, integer, delta).map(sens)[0]) <= eps:
+            break
+        scale = math.nextafter(scale, math.inf)
     rho = float(_gaussian_measurement(scale, integer).map(sens))
     spent_eps, spent_delta = _approx_gaussian(scale, integer, delta).map(sens)
     _assert_fits(float(spent_eps), eps, "epsilon")

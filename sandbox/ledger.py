@@ -87,6 +87,18 @@ def fits(spent: Cost, total_eps: float, total_delta: float) -> bool:
     return spent.epsilon <= total_eps + _SLACK and spent.delta <= total_delta + _SLACK * 1e-6
 
 
+def refundable(rest: list[Cost], charges: list[Cost], total_eps: float,
+               total_delta: float) -> bool:
+    """Whether dropping a charge (leaving ``rest``) keeps the others within the budget.
+
+    ``compose`` is not monotone in delta: a Gaussian charge with a large delta can lower
+    the composed epsilon of all charges, so later charges may have been admitted only
+    because of it. Refunding it then would leave the member over budget; it stands instead.
+    """
+    before = compose(charges)
+    return fits(compose(rest), max(total_eps, before.epsilon), max(total_delta, before.delta))
+
+
 class InMemoryLedger:
     """Per-member budgets in memory; check-and-charge under one lock."""
 
@@ -121,11 +133,15 @@ class InMemoryLedger:
         self.commit(reservation)
 
     def cancel(self, reservation: Reservation) -> None:
-        """Return a reservation whose execution never started."""
+        """Return a reservation whose execution never started (see ``refundable``)."""
         with self._lock:
             entry = self._open.pop(reservation.id, None)
             if entry is not None:
-                self._charges[reservation.member].remove(entry[1])
+                charges = self._charges[reservation.member]
+                rest = list(charges)
+                rest.remove(entry[1])
+                if refundable(rest, charges, *self._limits):
+                    self._charges[reservation.member] = rest
 
     def refused(self, member: str, sql: str, rule: str, message: str) -> None:
         pass
@@ -217,10 +233,14 @@ class SqliteLedger:
 
     def _close(self, reservation: Reservation, state: str, kind: str, **fields: object) -> None:
         with self.state.transaction() as con:
-            row = con.execute("SELECT state FROM charges WHERE id = ?",
+            row = con.execute("SELECT state, period FROM charges WHERE id = ?",
                               (reservation.id,)).fetchone()
             if row is None or row[0] != "reserved":
                 return  # already closed (e.g. by recovery): never twice
+            if state == "cancelled" and not self._refundable(con, reservation, row[1]):
+                state, kind, fields = "failed", "query.failed", {
+                    "error_code": "budget.not_refundable", "epsilon": reservation.epsilon,
+                    "delta": reservation.delta}
             seq = self.state.append(con, kind, workspace=self.workspace,
                                     member=reservation.member, charge_id=reservation.id,
                                     **fields)
@@ -238,7 +258,19 @@ class SqliteLedger:
                     epsilon=reservation.epsilon, delta=reservation.delta)
 
     def cancel(self, reservation: Reservation) -> None:
+        """Refund a reservation whose execution never started (unless ``refundable`` says
+        the refund would leave the member over budget: then it stands, as a failed query)."""
         self._close(reservation, "cancelled", "query.cancelled")
+
+    def _refundable(self, con, reservation: Reservation, period: str) -> bool:  # type: ignore[no-untyped-def]
+        eps, delta, _ = self._limits(con, reservation.member)
+        rows = con.execute(
+            "SELECT id, epsilon, delta, rho, zcdp_epsilon, zcdp_delta FROM charges WHERE "
+            "workspace = ? AND member = ? AND period = ? AND state != 'cancelled'",
+            (self.workspace, reservation.member, period)).fetchall()
+        charges = [Cost(e, d, r, ze, zd) for _, e, d, r, ze, zd in rows]
+        rest = [Cost(e, d, r, ze, zd) for cid, e, d, r, ze, zd in rows if cid != reservation.id]
+        return refundable(rest, charges, eps, delta)
 
     def refused(self, member: str, sql: str, rule: str, message: str) -> None:
         self.state.record("query.refused", workspace=self.workspace, member=member, sql=sql,

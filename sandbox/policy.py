@@ -423,8 +423,9 @@ def _load_privacy(doc: LineDict, p: _Problems) -> PrivacyParams:
         p.add(line_of(pd, "epsilon_default"), "privacy.epsilon_default is larger than "
               "privacy.epsilon_max")
     delta = _number(pd.get("delta", 1e-6))
-    if delta is None or not 0 <= delta <= 1e-3:
-        p.add(line_of(pd, "delta"), "privacy.delta must be a number from 0 to 0.001")
+    if delta is None or not 0 < delta <= 1e-3:
+        p.add(line_of(pd, "delta"), "privacy.delta must be a number above 0 and at most 0.001 "
+              "(private group keys and Gaussian noise need it)")
         delta = 1e-6
     mgpu = pd.get("max_groups_per_unit", 1)
     if not isinstance(mgpu, int) or isinstance(mgpu, bool) or not 1 <= mgpu <= 1000:
@@ -450,6 +451,8 @@ def _load_budget(doc: LineDict, p: _Problems, privacy: PrivacyParams) -> BudgetP
     if delta is None or not 0 <= delta < 1:
         p.add(line_of(bd, "delta"), "budget.delta must be a number from 0 to 1")
         delta = 0.0
+    if delta is not None and delta < privacy.delta:
+        p.add(line_of(bd, "delta"), "budget.delta is smaller than one query's privacy.delta")
     refresh = bd.get("refresh", "none")
     if refresh not in REFRESH:
         p.add(line_of(bd, "refresh"), f"budget.refresh must be one of {', '.join(REFRESH)}")

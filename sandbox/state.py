@@ -67,21 +67,27 @@ class State:
                  checkpoint_every: int = CHECKPOINT_EVERY) -> None:
         self.path, self.signer, self.checkpoint_every = path, signer, checkpoint_every
         self.public_key = signer.public_key()
+        con = None
         try:
-            self.con = sqlite3.connect(path, isolation_level=None, timeout=60,
-                                       check_same_thread=False)
-            self.con.execute("PRAGMA journal_mode=WAL")
-            self.con.execute("PRAGMA synchronous=FULL")
-            self.con.execute("PRAGMA foreign_keys=ON")
-            self.con.executescript(_SCHEMA)
-            self.con.execute("SELECT count(*) FROM audit_records").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise StateError(
-                f"the state database {path} is damaged or not a database ({exc})",
-                "restore it from a backup; run `sandbox audit verify` on the restored copy",
-            ) from None
-        except sqlite3.Error as exc:  # pragma: no cover - permissions and the like
-            raise ConfigError(f"cannot open the state database {path}: {exc}") from None
+            con = sqlite3.connect(path, isolation_level=None, timeout=60,
+                                  check_same_thread=False)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=FULL")
+            con.execute("PRAGMA foreign_keys=ON")
+            con.executescript(_SCHEMA)
+            con.execute("SELECT count(*) FROM audit_records").fetchone()
+        except sqlite3.Error as exc:
+            if con is not None:
+                con.close()  # also removes the -wal/-shm files it created
+            # OperationalError is a DatabaseError too: tell damage from permissions by code
+            if getattr(exc, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+                raise StateError(
+                    f"the state database {path} is damaged or not a database ({exc})",
+                    "restore it from a backup; run `sandbox audit verify` on the restored copy",
+                ) from None
+            raise ConfigError(f"cannot open the state database {path}: {exc}",
+                              "check that its directory exists and is writable") from None
+        self.con = con
 
     def close(self) -> None:
         self.con.close()
@@ -161,14 +167,38 @@ class State:
             "ORDER BY tree_size")]
 
     def stored_records(self, batch: int = 10_000) -> Iterator[audit.StoredRecord]:
-        cur = self.con.execute("SELECT seq, body, leaf FROM audit_records ORDER BY seq")
+        # Read bytes: a tampered body need not be valid UTF-8 (it must fail, not crash).
+        cur = self.con.execute("SELECT seq, CAST(body AS BLOB), CAST(leaf AS BLOB) "
+                               "FROM audit_records ORDER BY seq")
         while rows := cur.fetchmany(batch):
             for seq, body, leaf in rows:
-                yield audit.StoredRecord(seq, body, leaf)
+                yield audit.StoredRecord(seq, bytes(body).decode(errors="replace"),
+                                         bytes(leaf).decode(errors="replace"))
 
     def verify(self, external: audit.Checkpoint | None = None) -> audit.VerifyReport:
-        return audit.verify(self.stored_records(), self.checkpoints(), self.public_key,
-                            external)
+        """Check the records, checkpoints and the stored head, all from one snapshot."""
+        snapshot = not self.con.in_transaction
+        if snapshot:
+            self.con.execute("BEGIN")  # a read transaction: appends by others do not interfere
+        try:
+            head = self._head(self.con)
+            report = audit.verify(self.stored_records(), self.checkpoints(), self.public_key,
+                                  external)
+        finally:
+            if snapshot:
+                self.con.execute("COMMIT")
+        # The head is written with every record: a removed, added or rewritten last record
+        # (which no later record and maybe no checkpoint covers yet) shows up here.
+        if head.seq > report.records:
+            report.bad(report.records + 1, f"the log's head says {head.seq} records but only "
+                       f"{report.records} remain: records after #{report.records} were removed")
+        elif head.seq < report.records:
+            report.bad(head.seq + 1, f"the log has {report.records} records but its head says "
+                       f"{head.seq}: record #{head.seq + 1} on were added behind its back")
+        elif head.frontier.root().hex() != report.root_hash:
+            report.bad(head.seq, f"the records do not match the log's head at #{head.seq}: "
+                       "a record was altered (the last one, if no other problem is named)")
+        return report
 
     def records(self, *, workspace: str | None = None, member: str | None = None,
                 kind: str | None = None, since: str | None = None,

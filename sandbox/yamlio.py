@@ -76,5 +76,5 @@ def load_yaml(path: Path, what: str) -> Any:
 
 def line_of(obj: Any, key: str | None = None) -> int:
     if key is not None and isinstance(obj, LineDict):
-        return obj.key_lines.get(key, obj.line)
+        return getattr(obj, "key_lines", {}).get(key, obj.line)
     return getattr(obj, "line", 0)

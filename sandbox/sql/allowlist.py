@@ -203,7 +203,7 @@ def _not_allowed(node: exp.Expression) -> Refusal:
         name = node.name.lower()
         if name in ("histogram", "list", "string_agg", "listagg", "arbitrary", "min_by",
                     "max_by", "arg_min", "arg_max", "bit_and", "bit_or", "bool_and",
-                    "bool_or", "product", "kurtosis", "skewness", "entropy", "approx_quantile",
+                    "bool_or", "product", "kurtosis", "skewness", "entropy",
                     "reservoir_quantile", "bitstring_agg", "favg", "fsum", "sumkahan"):
             return Refusal("gate.aggregate_not_allowed", f"the aggregate {name} is not answered",
                            MINMAX_HINT if "arg" in name or "by" in name else

@@ -98,16 +98,8 @@ def _bounds(node: exp.Expression, lookup: ColumnLookup) -> Bounds | None:
     if isinstance(node, exp.Coalesce):
         return _hull([_bounds(e, lookup) for e in [node.this, *node.expressions]])
     if isinstance(node, exp.Least | exp.Greatest):
-        parts = [_bounds(e, lookup) for e in [node.this, *node.expressions]]
-        known = [p for p in parts if p is not None]
-        if isinstance(node, exp.Least):
-            # LEAST(x, c) is at most c even when x is unbounded above, but needs a floor.
-            if any(p is None for p in parts):
-                return None
-            return (min(p[0] for p in known), min(p[1] for p in known))
-        if any(p is None for p in parts):
-            return None
-        return (max(p[0] for p in known), max(p[1] for p in known))
+        lo, hi = _half(node, lookup)
+        return None if lo is None or hi is None else (lo, hi)
     if isinstance(node, exp.Floor | exp.Ceil | exp.Round):
         b = _bounds(node.this, lookup)
         return None if b is None else (math.floor(b[0]), math.ceil(b[1]))
@@ -126,6 +118,25 @@ def _bounds(node: exp.Expression, lookup: ColumnLookup) -> Bounds | None:
     if isinstance(node, exp.DayOfWeek):
         return (0.0, 7.0)
     return None
+
+
+def _half(node: exp.Expression, lookup: ColumnLookup) -> tuple[float | None, float | None]:
+    """Bounds where one side may be unknown: LEAST(x, c) <= c and GREATEST(x, c) >= c
+    even when x is unbounded, so LEAST(GREATEST(x, lo), hi) is bounded."""
+    if isinstance(node, exp.Paren):
+        return _half(node.this, lookup)
+    if isinstance(node, exp.Least | exp.Greatest):
+        parts = [_half(e, lookup) for e in [node.this, *node.expressions]]
+        los, his = [p[0] for p in parts], [p[1] for p in parts]
+        if isinstance(node, exp.Least):
+            known_hi = [h for h in his if h is not None]
+            return (None if None in los else min(los),  # type: ignore[type-var]
+                    min(known_hi) if known_hi else None)
+        known_lo = [lo for lo in los if lo is not None]
+        return (max(known_lo) if known_lo else None,
+                None if None in his else max(his))  # type: ignore[type-var]
+    b = _bounds(node, lookup)
+    return (None, None) if b is None else b
 
 
 def _null_or_bounds(node: exp.Expression, lookup: ColumnLookup) -> Any:

@@ -1,7 +1,7 @@
 """Refusals: every rule has a stable code, a message and a way to rephrase.
 
 A refusal names the rule and the position in the SQL, never data. The table
-``RULES`` is the documented list (docs/refusals.md is checked against it).
+``RULES`` is the documented list (docs/gate.md is checked against it).
 """
 
 from __future__ import annotations
