@@ -181,23 +181,35 @@ class State:
         if snapshot:
             self.con.execute("BEGIN")  # a read transaction: appends by others do not interfere
         try:
-            head = self._head(self.con)
+            try:
+                head: Head | None = self._head(self.con)
+            except (ValueError, TypeError, AttributeError):
+                head = None
             report = audit.verify(self.stored_records(), self.checkpoints(), self.public_key,
                                   external)
+            last = self.con.execute("SELECT CAST(leaf AS BLOB) FROM audit_records ORDER BY "
+                                    "seq DESC LIMIT 1").fetchone()
         finally:
             if snapshot:
                 self.con.execute("COMMIT")
         # The head is written with every record: a removed, added or rewritten last record
         # (which no later record and maybe no checkpoint covers yet) shows up here.
-        if head.seq > report.records:
+        if head is None:
+            report.bad(None, "the log's stored head is unreadable (altered)")
+        elif head.seq > report.records:
             report.bad(report.records + 1, f"the log's head says {head.seq} records but only "
                        f"{report.records} remain: records after #{report.records} were removed")
         elif head.seq < report.records:
             report.bad(head.seq + 1, f"the log has {report.records} records but its head says "
                        f"{head.seq}: record #{head.seq + 1} on were added behind its back")
         elif head.frontier.root().hex() != report.root_hash:
-            report.bad(head.seq, f"the records do not match the log's head at #{head.seq}: "
-                       "a record was altered (the last one, if no other problem is named)")
+            if last is not None and bytes(last[0]).decode(errors="replace") == head.leaf:
+                # the last leaf is the head's, and the chain pins every record before it
+                report.bad(None, "the log's stored head does not match its records (altered)")
+            else:
+                report.bad(head.seq, f"the records do not match the log's head at "
+                           f"#{head.seq}: a record was altered (the last one, if no other "
+                           "problem is named)")
         return report
 
     def records(self, *, workspace: str | None = None, member: str | None = None,
