@@ -21,7 +21,9 @@ never contain data values, key material or engine internals.
     ├── CatalogError                  catalog.error
     │   ├── DatasetNotFoundError      catalog.not_found
     │   └── CatalogCorruptError       catalog.corrupt
-    └── EngineError                   engine.error
+    ├── EngineError                   engine.error
+    ├── AuditFailedError              audit.failed
+    └── ProofInvalidError             audit.proof_invalid
 """
 
 from __future__ import annotations
@@ -116,3 +118,15 @@ class CatalogCorruptError(CatalogError):
 
 class EngineError(SandboxError):
     code = "engine.error"
+
+
+class AuditFailedError(SandboxError):
+    """The audit log does not verify (edited, removed, inserted or reordered records)."""
+
+    code = "audit.failed"
+
+
+class ProofInvalidError(SandboxError):
+    """An inclusion proof does not prove its record."""
+
+    code = "audit.proof_invalid"

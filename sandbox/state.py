@@ -242,12 +242,13 @@ class State:
 
     def proof(self, seq: int) -> dict[str, Any]:
         """Inclusion proof of record ``seq`` against a fresh signed checkpoint."""
-        cp = self.checkpoint()
+        size = self.size()
         row = self.con.execute("SELECT body FROM audit_records WHERE seq = ?",
                                (seq,)).fetchone()
-        if row is None or not 1 <= seq <= cp.tree_size:
+        if row is None or not 1 <= seq <= size:
             raise StateError(f"there is no audit record #{seq}",
-                             f"record numbers run from 1 to {cp.tree_size}")
+                             f"record numbers run from 1 to {size}")
+        cp = self.checkpoint()
         leaves = [bytes.fromhex(leaf) for (leaf,) in self.con.execute(
             "SELECT leaf FROM audit_records WHERE seq <= ? ORDER BY seq", (cp.tree_size,))]
         return audit.proof_document(seq, row[0], cp.tree_size,

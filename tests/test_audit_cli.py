@@ -24,7 +24,7 @@ import pytest
 
 from sandbox import audit
 from sandbox.audit import KINDS, VerifyReport
-from sandbox.cli import check_kind, kind_prefixes, parse_when
+from sandbox.cli_audit import check_kind, kind_prefixes, parse_when
 from sandbox.report import render
 
 SANDBOX = pathlib.Path(sys.executable).with_name("sandbox")
