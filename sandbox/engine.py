@@ -52,6 +52,12 @@ class EngineTable:
     columns: tuple[tuple[str, str], ...]  # (column, DuckDB type)
 
 
+def _numeric(duck_type: str) -> bool:
+    return duck_type.split("(")[0] in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
+                                       "FLOAT", "DOUBLE", "DECIMAL", "UTINYINT", "USMALLINT",
+                                       "UINTEGER", "UBIGINT")
+
+
 def table_name(dataset: str, version: int) -> str:
     """The engine table holding one dataset version (policies refer to it this way)."""
     return f"{dataset}_v{version}"
@@ -68,6 +74,7 @@ class Engine:
         self._con.execute(f"ATTACH ':memory:' AS {DB} (COMPRESS)")
         self._locked = False
         self.tables: dict[str, EngineTable] = {}
+        self._ranges: dict[tuple[str, str], tuple[float, float]] = {}
         # A second database that never holds data: post-processing of noisy results.
         self._post = duckdb.connect(":memory:", config={"threads": 1, "memory_limit": "256MB",
                                                          "temp_directory": ""})
@@ -113,6 +120,8 @@ class Engine:
             f'DESCRIBE {DB}.main."{name}"').fetchall() if c[0] != RANK)
         table = EngineTable(name, dataset, version, rows, cols)
         self.tables[name] = table
+        self._measure_ranges(name, [c for c, t in cols if _numeric(t)]
+                             + ([RANK] if privacy_unit is not None else []))
         return table
 
     def _rank(self, name: str, unit: str) -> None:
@@ -180,6 +189,25 @@ class Engine:
                 engine.load_dataset(catalog, kms, dv)
         engine.lock()
         return engine
+
+    def _measure_ranges(self, name: str, columns: list[str]) -> None:
+        """Min and max of numeric columns, so the gate can leave out clamps and row bounds
+        that cannot change any value (the released result is the same either way)."""
+        if not columns:
+            return
+        parts = ", ".join(f'min("{c}"), max("{c}")' for c in columns)
+        row = self._con.execute(f'SELECT {parts} FROM {DB}.main."{name}"').fetchall()[0]
+        for i, c in enumerate(columns):
+            lo, hi = row[2 * i], row[2 * i + 1]
+            if lo is not None and hi is not None:
+                self._ranges[(name, c)] = (float(lo), float(hi))
+
+    def column_range(self, table: str, column: str) -> tuple[float, float] | None:
+        """(min, max) of a numeric column over all rows; None if unknown or NaN-bearing."""
+        r = self._ranges.get((table, column))
+        if r is None or r[0] != r[0] or r[1] != r[1]:
+            return None
+        return r
 
     # -- querying (after lock) -------------------------------------------------
     def is_unique(self, table: str, column: str) -> bool:

@@ -23,7 +23,7 @@ from .audit import values_digest
 from .errors import SandboxError
 from .ledger import Ledger
 from .policy import Policy
-from .sql import allowlist
+from .sql import allowlist, shortcuts
 from .sql.analyse import Analysis, analyse
 from .sql.parse import parse
 from .sql.plan import PrivacyPlan, ci_halfwidth, plan, release
@@ -50,6 +50,7 @@ class CheckedQuery:
     post_sql: str
     outputs: list[Output]
     plan: PrivacyPlan
+    executed_tree: exp.Expression | None = None
 
     def explain(self) -> dict[str, Any]:
         """What would happen, without touching data or spending budget."""
@@ -177,7 +178,7 @@ class Gate:
             if o.placeholder is not None:
                 post_final = post_final.select(exp.column(f"__ci{i}"), copy=False)
         return CheckedQuery(sql, eps, analysis, ctx, executed.sql("duckdb"),
-                            post_final.sql("duckdb"), outputs, privacy)
+                            post_final.sql("duckdb"), outputs, privacy, executed)
 
     def rewritten(self, sql: str, until: str) -> str:
         """The SQL after the rewrite passes up to ``until`` (for golden tests and review)."""
@@ -205,7 +206,7 @@ class Gate:
             raise
         reservation = ledger.reserve(member, q.plan.cost, sql=sql, rewritten=q.executed_sql)
         try:
-            exact = executor.execute(q.executed_sql, timeout_s=timeout_s)
+            exact = executor.execute(self._engine_sql(q, executor), timeout_s=timeout_s)
             result = self._release(q, exact, executor)
         except SandboxError as exc:
             ledger.fail(reservation, exc.code)
@@ -217,6 +218,15 @@ class Gate:
                       values_digest=values_digest(_json_rows(result.rows)), rows=len(result.rows),
                       suppressed=result.suppressed_groups)
         return result
+
+    @staticmethod
+    def _engine_sql(q: CheckedQuery, executor: Executor) -> str:
+        """The rewrite, less bounds the engine's column ranges show to be no-ops."""
+        column_range = getattr(executor, "column_range", None)
+        if column_range is None or q.executed_tree is None:
+            return q.executed_sql
+        aliases = {a: t.engine_table for a, t in q.analysis.sources.tables.items()}
+        return shortcuts.apply(q.executed_tree, aliases, column_range).sql("duckdb")
 
     def _check_lookup_keys(self, q: CheckedQuery, executor: Executor) -> None:
         for join in q.analysis.tree.args.get("joins") or []:

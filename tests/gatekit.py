@@ -47,3 +47,6 @@ class SpyExecutor:
 
     def is_unique(self, table: str, column: str) -> bool:
         return self.engine.is_unique(table, column)
+
+    def column_range(self, table: str, column: str) -> tuple[float, float] | None:
+        return self.engine.column_range(table, column)

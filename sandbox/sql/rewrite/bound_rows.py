@@ -25,6 +25,7 @@ def bound_rows(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
             bound = exp.LTE(this=exp.column(RANK),
                             expression=exp.Literal.number(tp.max_rows_per_unit))
             scan = scan.where(bound, copy=False)
+            scan.meta["sandbox_rank"] = (tp.engine_table, tp.max_rows_per_unit)
         table.replace(exp.Subquery(this=scan, alias=exp.TableAlias(
             this=exp.to_identifier(alias))))
     return tree

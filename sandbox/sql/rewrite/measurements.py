@@ -48,8 +48,10 @@ def clamp(arg: exp.Expression, lo: float, hi: float) -> exp.Expression:
 
     A CASE rather than GREATEST/LEAST: those skip NULL arguments in DuckDB (turning a
     NULL into a bound) and run slower."""
-    return exp.Case().when(exp.GT(this=arg.copy(), expression=_num(hi)), _num(hi)) \
+    case = exp.Case().when(exp.GT(this=arg.copy(), expression=_num(hi)), _num(hi)) \
         .when(exp.LT(this=arg.copy(), expression=_num(lo)), _num(lo)).else_(arg.copy())
+    case.meta["sandbox_clamp"] = (lo, hi)  # see sandbox.sql.shortcuts
+    return case
 
 
 def _scale(lo: float, hi: float, integer: bool) -> float:
