@@ -192,7 +192,8 @@ class Gate:
         return self.check(sql, epsilon).explain()
 
     def answer(self, sql: str, *, member: str, ledger: Ledger, executor: Executor,
-               epsilon: float | None = None, timeout_s: float | None = None) -> Release:
+               epsilon: float | None = None, timeout_s: float | None = None,
+               request_id: str | None = None) -> Release:
         """Answer with noise, charging ``ledger``; every outcome is recorded by the ledger.
 
         A refusal costs nothing. Once the engine has been asked, the charge stands even if
@@ -204,7 +205,8 @@ class Gate:
         except Refusal as refusal:
             ledger.refused(member, sql, refusal.code, refusal.message)
             raise
-        reservation = ledger.reserve(member, q.plan.cost, sql=sql, rewritten=q.executed_sql)
+        reservation = ledger.reserve(member, q.plan.cost, sql=sql, rewritten=q.executed_sql,
+                                     request_id=request_id)
         try:
             exact = executor.execute(self._engine_sql(q, executor), timeout_s=timeout_s)
             result = self._release(q, exact, executor)
@@ -216,7 +218,8 @@ class Gate:
             raise
         ledger.commit(reservation, release_id=result.release_id,
                       values_digest=values_digest(_json_rows(result.rows)), rows=len(result.rows),
-                      suppressed=result.suppressed_groups)
+                      suppressed=result.suppressed_groups,
+                      response=result.to_dict() if request_id is not None else None)
         return result
 
     @staticmethod

@@ -13,12 +13,13 @@ are accounted in zCDP together, so many small Gaussian queries cost less.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .dp import Cost, compose
 from .errors import SandboxError
@@ -29,6 +30,19 @@ _SLACK = 1e-9
 
 class BudgetExceededError(SandboxError):
     code = "budget.exhausted"
+
+
+class DuplicateRequestError(SandboxError):
+    """A request id was seen before: the first request was charged, never a second time."""
+
+    code = "request.duplicate"
+
+
+@dataclass(frozen=True)
+class PriorRequest:
+    charge_id: str
+    state: str  # reserved (still running) | committed | failed | interrupted | cancelled
+    response: dict[str, Any] | None  # the stored answer of a committed request
 
 
 @dataclass(frozen=True)
@@ -63,10 +77,11 @@ class Balance:
 
 
 class Ledger(Protocol):
-    def reserve(self, member: str, cost: Cost, *, sql: str = "",
-                rewritten: str = "") -> Reservation: ...
+    def reserve(self, member: str, cost: Cost, *, sql: str = "", rewritten: str = "",
+                request_id: str | None = None) -> Reservation: ...
     def commit(self, reservation: Reservation, *, release_id: str = "",
-               values_digest: str = "", rows: int = 0, suppressed: int = 0) -> None: ...
+               values_digest: str = "", rows: int = 0, suppressed: int = 0,
+               response: dict[str, Any] | None = None) -> None: ...
     def fail(self, reservation: Reservation, error_code: str) -> None: ...
     def cancel(self, reservation: Reservation) -> None: ...
     def refused(self, member: str, sql: str, rule: str, message: str) -> None: ...
@@ -113,8 +128,8 @@ class InMemoryLedger:
             spent = compose(self._charges.get(member, []))
             return Balance(*self._limits, spent.epsilon, spent.delta)
 
-    def reserve(self, member: str, cost: Cost, *, sql: str = "",
-                rewritten: str = "") -> Reservation:
+    def reserve(self, member: str, cost: Cost, *, sql: str = "", rewritten: str = "",
+                request_id: str | None = None) -> Reservation:
         with self._lock:
             charges = self._charges.setdefault(member, [])
             if not fits(compose([*charges, cost]), *self._limits):
@@ -208,10 +223,27 @@ class SqliteLedger:
         return self._balance(self.state.con, member)[0]
 
     # -- charging --------------------------------------------------------------------------
-    def reserve(self, member: str, cost: Cost, *, sql: str = "",
-                rewritten: str = "") -> Reservation:
-        refusal: BudgetExceededError | None = None
+    def prior(self, member: str, request_id: str) -> PriorRequest | None:
+        """What became of an earlier request with this id (for idempotent retries)."""
+        row = self.state.con.execute(
+            "SELECT r.charge_id, c.state, r.response FROM requests r JOIN charges c ON "
+            "c.id = r.charge_id WHERE r.workspace = ? AND r.member = ? AND r.request_id = ?",
+            (self.workspace, member, request_id)).fetchone()
+        if row is None:
+            return None
+        return PriorRequest(row[0], row[1], json.loads(row[2]) if row[2] else None)
+
+    def reserve(self, member: str, cost: Cost, *, sql: str = "", rewritten: str = "",
+                request_id: str | None = None) -> Reservation:
+        refusal: SandboxError | None = None
         with self.state.transaction() as con:
+            if request_id is not None and con.execute(
+                    "SELECT 1 FROM requests WHERE workspace = ? AND member = ? AND "
+                    "request_id = ?", (self.workspace, member, request_id)).fetchone():
+                raise DuplicateRequestError(
+                    f"request {request_id} was already received and charged once",
+                    "fetch its answer by sending the same request again once it has finished, "
+                    "or use a new request id for a new question")
             b, period, charges = self._balance(con, member)
             if not fits(compose([*charges, cost]), b.epsilon_total, b.delta_total):
                 refusal = exceeded(cost, b)
@@ -227,11 +259,15 @@ class SqliteLedger:
                             (cid, self.workspace, member, period, cost.epsilon, cost.delta,
                              cost.rho, cost.zcdp_epsilon, cost.zcdp_delta, "reserved",
                              time.time(), seq))
+                if request_id is not None:
+                    con.execute("INSERT INTO requests VALUES (?,?,?,?,NULL)",
+                                (self.workspace, member, request_id, cid))
         if refusal is not None:
             raise refusal
         return Reservation(cid, member, cost.epsilon, cost.delta)
 
     def _close(self, reservation: Reservation, state: str, kind: str, **fields: object) -> None:
+        response = fields.pop("_response", None)
         with self.state.transaction() as con:
             row = con.execute("SELECT state, period FROM charges WHERE id = ?",
                               (reservation.id,)).fetchone()
@@ -246,12 +282,17 @@ class SqliteLedger:
                                     **fields)
             con.execute("UPDATE charges SET state = ?, closed_seq = ? WHERE id = ?",
                         (state, seq, reservation.id))
+            if response is not None and state == "committed":
+                con.execute("UPDATE requests SET response = ? WHERE charge_id = ?",
+                            (json.dumps(response, ensure_ascii=False), reservation.id))
 
     def commit(self, reservation: Reservation, *, release_id: str = "",
-               values_digest: str = "", rows: int = 0, suppressed: int = 0) -> None:
+               values_digest: str = "", rows: int = 0, suppressed: int = 0,
+               response: dict[str, Any] | None = None) -> None:
         self._close(reservation, "committed", "query.answered", release_id=release_id,
                     values_digest=values_digest, rows=rows, epsilon=reservation.epsilon,
-                    delta=reservation.delta, suppressed_groups=suppressed)
+                    delta=reservation.delta, suppressed_groups=suppressed,
+                    _response=response)
 
     def fail(self, reservation: Reservation, error_code: str) -> None:
         self._close(reservation, "failed", "query.failed", error_code=error_code,

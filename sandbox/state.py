@@ -46,6 +46,9 @@ CREATE TABLE IF NOT EXISTS charges (
     zcdp_delta REAL, state TEXT NOT NULL, created REAL NOT NULL, opened_seq INTEGER NOT NULL,
     closed_seq INTEGER);
 CREATE INDEX IF NOT EXISTS charges_by_member ON charges (workspace, member, period);
+CREATE TABLE IF NOT EXISTS requests (
+    workspace TEXT NOT NULL, member TEXT NOT NULL, request_id TEXT NOT NULL,
+    charge_id TEXT NOT NULL, response TEXT, PRIMARY KEY (workspace, member, request_id));
 """
 
 
