@@ -20,19 +20,10 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from common import Timer, demo_data, median
+from common import Timer, demo_data, demo_gate, demo_vault, median
 from test_gate_answers import ANALYST_QUERIES
 
-from gatekit import POLICIES, resolver
-from sandbox.catalog import Catalog
-from sandbox.engine import Engine
-from sandbox.gate import Gate
-from sandbox.ingest import ingest
-from sandbox.keys import FileKeyStore
 from sandbox.ledger import InMemoryLedger
-from sandbox.policy import load_policy
-from sandbox.settings import Paths
-from sandbox.spec import load_spec
 
 J = "persons p JOIN loans l ON p.person_id = l.person_id"
 END_TO_END = {
@@ -55,18 +46,8 @@ def main() -> None:
     args = ap.parse_args()
     data = demo_data(args.size)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = Paths.resolve(Path(tmp) / "home", Path(tmp) / "keys")
-        paths.ensure_home()
-        kms = FileKeyStore(paths.keystore)
-        kms.init()
-        catalog = Catalog(paths.catalog_db, paths.vault_dir)
-        for name in ("districts", "persons", "loans"):
-            ingest(catalog, kms, data / f"{name}.parquet", load_spec(data / f"{name}.yaml"))
-        policy = load_policy(POLICIES / "credit_underwriting.yaml", resolver(catalog))
-        engine = Engine.from_catalog(catalog, kms, [(t.dataset, t.version)
-                                                    for t in policy.tables.values()],
-                                     memory_limit="8GB")
-        gate = Gate(policy)
+        _, catalog, kms = demo_vault(Path(tmp), data)
+        _, engine, gate = demo_gate(catalog, kms)
         print(f"== gate benchmark, {args.size} demo data ==")
 
         cold, warm = [], []

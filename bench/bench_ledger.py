@@ -20,18 +20,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from common import Timer, demo_data, median
+from common import Timer, demo_data, demo_gate, demo_vault, median
 
-from gatekit import POLICIES, resolver
-from sandbox.catalog import Catalog
-from sandbox.engine import Engine
-from sandbox.gate import Gate
-from sandbox.ingest import ingest
-from sandbox.keys import FileKeyStore
 from sandbox.ledger import InMemoryLedger, SqliteLedger
-from sandbox.policy import load_policy
-from sandbox.settings import Paths
-from sandbox.spec import load_spec
 from sandbox.state import State
 
 
@@ -70,18 +61,8 @@ def main() -> None:
               f"checkpoints): {t_verify.seconds:.1f} s (built in {t_build.seconds:.0f} s, "
               f"{(Path(tmp) / 'big.sqlite').stat().st_size / 2**20:.0f} MiB)")
 
-        data = demo_data("small")
-        paths = Paths.resolve(Path(tmp) / "home", Path(tmp) / "keys")
-        paths.ensure_home()
-        kms = FileKeyStore(paths.keystore)
-        kms.init()
-        catalog = Catalog(paths.catalog_db, paths.vault_dir)
-        for name in ("districts", "persons", "loans"):
-            ingest(catalog, kms, data / f"{name}.parquet", load_spec(data / f"{name}.yaml"))
-        policy = load_policy(POLICIES / "credit_underwriting.yaml", resolver(catalog))
-        engine = Engine.from_catalog(catalog, kms, [(t.dataset, t.version)
-                                                    for t in policy.tables.values()])
-        gate = Gate(policy)
+        paths, catalog, kms = demo_vault(Path(tmp) / "demo", demo_data("small"))
+        policy, engine, gate = demo_gate(catalog, kms)
         sql = "SELECT district, count(*), avg(income) FROM persons GROUP BY district"
         durable = SqliteLedger.open(State(paths.state_db, key), "bench", policy.id,
                                     policy.budget)

@@ -150,6 +150,14 @@ class Catalog:
         return DatasetVersion(DatasetSpec.from_dict(json.loads(spec_json)), ver, storage_id,
                               rows, created, tuple(files))
 
+    def resolve(self, name: str, version: int | None) -> tuple[DatasetSpec, int] | None:
+        """(spec, version) of a dataset, or None: what policy loading needs from the catalog."""
+        try:
+            dv = self.get(name, version)
+        except DatasetNotFoundError:
+            return None
+        return dv.spec, dv.version
+
     def all_versions(self) -> list[DatasetVersion]:
         rows = self._con.execute("SELECT name, version FROM datasets ORDER BY name, version")
         return [self.get(n, v) for n, v in rows.fetchall()]

@@ -409,19 +409,9 @@ def dataset_remove(c: Context, name: str, version: int | None, yes: bool) -> Non
 
 # -- policies and the gate ----------------------------------------------------------
 def _load_policy(c: Context, path: Path):  # type: ignore[no-untyped-def]
-    from .errors import DatasetNotFoundError
     from .policy import load_policy
 
-    catalog = c.catalog()
-
-    def resolve(name: str, version: int | None):  # type: ignore[no-untyped-def]
-        try:
-            dv = catalog.get(name, version)
-        except DatasetNotFoundError:
-            return None
-        return dv.spec, dv.version
-
-    return load_policy(path, resolve)
+    return load_policy(path, c.catalog().resolve)
 
 
 @main.group()

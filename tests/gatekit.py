@@ -8,7 +8,6 @@ from typing import Any
 import pyarrow as pa
 
 from sandbox.catalog import Catalog
-from sandbox.errors import DatasetNotFoundError
 from sandbox.policy import Policy, load_policy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,14 +15,7 @@ POLICIES = ROOT / "policies"
 
 
 def resolver(catalog: Catalog):  # type: ignore[no-untyped-def]
-    def resolve(name: str, version: int | None):  # type: ignore[no-untyped-def]
-        try:
-            dv = catalog.get(name, version)
-        except DatasetNotFoundError:
-            return None
-        return dv.spec, dv.version
-
-    return resolve
+    return catalog.resolve
 
 
 def policy(catalog: Catalog, name: str = "credit_underwriting") -> Policy:
