@@ -159,16 +159,20 @@ class Gate:
                           f"omit it to use the default {p.epsilon_default}")
         return float(epsilon)
 
-    def check(self, sql: str, epsilon: float | None = None) -> CheckedQuery:
-        """Everything up to the privacy plan; raises Refusal. Touches no data."""
-        eps = self._epsilon(epsilon)
+    def _analyse(self, sql: str) -> tuple[Analysis, list[str]]:
+        """parse -> allowlist -> resolve -> analyse; also the output column names."""
         tree = parse(sql)
         names = output_names(tree)
         allowlist.check(tree, set(self.policy.tables))
         flat, sources = resolve(tree, self.policy)
         if len(flat.expressions) != len(names):  # pragma: no cover - qualify keeps the list
             raise Refusal("gate.row_level_output", "the select list could not be resolved")
-        analysis = analyse(flat, sources, self.policy)
+        return analyse(flat, sources, self.policy), names
+
+    def check(self, sql: str, epsilon: float | None = None) -> CheckedQuery:
+        """Everything up to the privacy plan; raises Refusal. Touches no data."""
+        eps = self._epsilon(epsilon)
+        analysis, names = self._analyse(sql)
         post, outputs = build(analysis, names)
         ctx = RewriteContext(analysis, self.policy)
         executed = rewrite(ctx)
@@ -182,10 +186,7 @@ class Gate:
 
     def rewritten(self, sql: str, until: str) -> str:
         """The SQL after the rewrite passes up to ``until`` (for golden tests and review)."""
-        tree = parse(sql)
-        allowlist.check(tree, set(self.policy.tables))
-        flat, sources = resolve(tree, self.policy)
-        ctx = RewriteContext(analyse(flat, sources, self.policy), self.policy)
+        ctx = RewriteContext(self._analyse(sql)[0], self.policy)
         return rewrite(ctx, until=until).sql("duckdb")
 
     def explain(self, sql: str, epsilon: float | None = None) -> dict[str, Any]:
