@@ -123,8 +123,9 @@ class Checkpoint:
         return cp
 
 
-def public_hex(key: Ed25519PrivateKey) -> str:
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+def public_hex(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return public.public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
 
 
 def sign_checkpoint(key: Ed25519PrivateKey, tree_size: int, root: bytes,

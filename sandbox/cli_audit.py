@@ -342,7 +342,7 @@ def _verified(state: Any) -> auditlog.VerifyReport:
     """Verify before signing anything: never sign the head of a log that fails."""
     report = state.verify()
     if not report.ok:
-        _print_verification(report, auditlog.public_hex(state.signer), None)
+        _print_verification(report, auditlog.public_hex(state.public_key), None)
         raise _failed(report)
     return report
 
@@ -352,13 +352,36 @@ def _verified(state: Any) -> auditlog.VerifyReport:
               type=click.Path(dir_okay=False, path_type=Path),
               help="A checkpoint file you kept (`sandbox audit checkpoint`): also prove that no "
                    "record it covers was changed or cut off.")
+@click.option("--database", "database", default=None,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Verify a copy of the state database (state.sqlite) instead of this home's, "
+                   "read-only and without the key store; needs --public-key.")
+@click.option("--public-key", "public_key", default=None,
+              help="With --database: the log's Ed25519 public key (64 hex digits, printed as "
+                   "'signing key' by `sandbox audit verify`).")
 @pass_ctx
-def audit_verify(c: Context, checkpoint_path: Path | None) -> None:
+def audit_verify(c: Context, checkpoint_path: Path | None, database: Path | None,
+                 public_key: str | None) -> None:
     """Recompute every record hash, the chain, the Merkle tree and every signed checkpoint."""
     external = _load_checkpoint(checkpoint_path) if checkpoint_path else None
+    if database is not None or public_key is not None:
+        if database is None or public_key is None:
+            raise InputError("--database and --public-key go together",
+                             "give both to verify a copy away from the key store")
+        from .state import State
+
+        state = State(database, _pinned_key(public_key))
+        try:
+            report = state.verify(external)
+        finally:
+            state.close()
+        _print_verification(report, public_key.strip().lower(), external)
+        if not report.ok:
+            raise _failed(report)
+        return
     with _opened_state(c) as state:
         report = state.verify(external)
-        _print_verification(report, auditlog.public_hex(state.signer), external)
+        _print_verification(report, auditlog.public_hex(state.public_key), external)
         if not report.ok:
             raise _failed(report)
         _read_record(state, "verify", {"checkpoint": str(checkpoint_path)
@@ -503,7 +526,7 @@ def audit_report(c: Context, workspace: str, period: str, out: Path) -> None:
         report = state.verify()
         cp = state.checkpoint().to_dict() if report.ok else None  # never sign a bad log
         page = render(records, report, workspace, period,
-                      public_key=auditlog.public_hex(state.signer), checkpoint=cp)
+                      public_key=auditlog.public_hex(state.public_key), checkpoint=cp)
         _write_out(out, page.encode())
         click.echo(f"report of {workspace} for {period} ({len(records)} record(s); log "
                    f"verification {'ok' if report.ok else 'FAILED'}) written to {out}")

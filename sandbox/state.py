@@ -17,7 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 from . import audit
 from .errors import ConfigError, SandboxError
@@ -66,18 +69,28 @@ class Head:
 class State:
     """One connection to the state database (use one per thread or process)."""
 
-    def __init__(self, path: Path, signer: Ed25519PrivateKey,
+    def __init__(self, path: Path, signer: Ed25519PrivateKey | Ed25519PublicKey,
                  checkpoint_every: int = CHECKPOINT_EVERY) -> None:
-        self.path, self.signer, self.checkpoint_every = path, signer, checkpoint_every
-        self.public_key = signer.public_key()
+        """With a public key instead of the signing key, the state is opened read-only
+        (for auditors verifying a copy of the database away from the key store)."""
+        self.path, self.checkpoint_every = path, checkpoint_every
+        read_only = isinstance(signer, Ed25519PublicKey)
+        self.signer = None if read_only else signer
+        self.public_key = signer if read_only else signer.public_key()  # type: ignore[union-attr]
         con = None
         try:
-            con = sqlite3.connect(path, isolation_level=None, timeout=60,
-                                  check_same_thread=False)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=FULL")
-            con.execute("PRAGMA foreign_keys=ON")
-            con.executescript(_SCHEMA)
+            if read_only:
+                if not Path(path).is_file():
+                    raise ConfigError(f"no state database at {path}", "check the path")
+                con = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro&immutable=1",
+                                      uri=True, isolation_level=None, check_same_thread=False)
+            else:
+                con = sqlite3.connect(path, isolation_level=None, timeout=60,
+                                      check_same_thread=False)
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute("PRAGMA synchronous=FULL")
+                con.execute("PRAGMA foreign_keys=ON")
+                con.executescript(_SCHEMA)
             con.execute("SELECT count(*) FROM audit_records").fetchone()
         except sqlite3.Error as exc:
             if con is not None:
@@ -150,6 +163,9 @@ class State:
 
     def _store_checkpoint(self, con: sqlite3.Connection, size: int,
                           root: bytes) -> audit.Checkpoint:
+        if self.signer is None:
+            raise StateError("this state database was opened read-only, with a public key",
+                             "sign checkpoints on the machine that holds the key store")
         cp = audit.sign_checkpoint(self.signer, size, root)
         con.execute("INSERT OR REPLACE INTO audit_checkpoints VALUES (?,?,?,?,?)",
                     (cp.tree_size, cp.root_hash, cp.time, cp.public_key, cp.signature))

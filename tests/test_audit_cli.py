@@ -369,6 +369,30 @@ def test_verify_checkpoint_and_verify_against_it(sandbox: Home, tmp_path: pathli
     assert "FAILED" in result.out
 
 
+def test_a_copy_verifies_away_from_the_key_store(sandbox: Home, tmp_path: pathlib.Path) -> None:
+    import shutil
+    import sqlite3
+
+    key = _field(sandbox.ok("audit", "verify"), "signing key")
+    sandbox.ok("audit", "checkpoint", "--out", str(tmp_path / "cp.json"))  # a signed head
+    src = sqlite3.connect(sandbox.db)
+    copy = tmp_path / "copy.sqlite"
+    src.execute(f"VACUUM INTO '{copy}'")  # what an auditor takes away: one consistent file
+    src.close()
+    env = {k: v for k, v in sandbox.env.items() if not k.startswith("SANDBOX_")}
+    env.update(SANDBOX_HOME=str(tmp_path / "no-home"), SANDBOX_KEYSTORE=str(tmp_path / "no-keys"))
+    run = [str(SANDBOX), "audit", "verify", "--database", str(copy), "--public-key", key]
+    ok = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and ok.stdout.endswith("ok\n"), ok.stderr
+    assert not (tmp_path / "no-keys").exists()
+    before = copy.read_bytes()
+    other = "ab" * 32
+    bad = subprocess.run([*run[:-1], other], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "audit.failed" in bad.stderr
+    assert copy.read_bytes() == before  # read-only: the copy is never written
+    shutil.rmtree(tmp_path / "no-home", ignore_errors=True)
+
+
 def test_proof_and_check_proof(sandbox: Home, tmp_path: pathlib.Path) -> None:
     proof_file = tmp_path / "proof.json"
     out = sandbox.ok("audit", "proof", str(REFUSED_SEQ), "--out", str(proof_file))
