@@ -26,7 +26,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "SANDBOX_HOME",
         "~/.local/share/sandbox",
-        "Directory holding all state: the catalog and the encrypted vault. "
+        "Directory holding all state: the catalog, the encrypted vault, and the state database "
+        "(privacy ledger and audit log). "
         "The `--home` option overrides it.",
     ),
     Setting(
