@@ -1,0 +1,389 @@
+"""The notebook client of the sandbox service: schemas, explain, noisy answers, budget.
+
+    from sandbox.client import Sandbox
+    sb = Sandbox()                      # the only workspace, or Sandbox("credit-demo")
+    sb.tables(); sb.describe("loans")
+    sb.explain("SELECT purpose, count(*) FROM loans GROUP BY purpose")
+    df = sb.sql("SELECT purpose, count(*) AS n FROM loans GROUP BY purpose", epsilon=0.5)
+    df.attrs["ci95"], df.attrs["release"]; sb.budget()
+
+    %load_ext sandbox.client            # then a %%dpsql [--epsilon E] [--workspace W] cell
+
+The service is found at ``$SANDBOX_SERVICE_URL`` (the hub sets it for every server), else
+derived from ``$JUPYTERHUB_API_URL`` (``.../hub/api`` -> ``.../services/sandbox/``); the
+token is ``$JUPYTERHUB_API_TOKEN``. Only the standard library is used for HTTP; pandas is
+imported when a DataFrame is made. Errors from the service become one exception class
+per family (``QueryRefused`` for ``gate.*``, ``BudgetExhausted`` for ``budget.*``, ...),
+each showing its code, message and hint.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from .errors import SandboxError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+__all__ = [
+    "AuthError", "BudgetExhausted", "InvalidRequest", "LimitExceeded", "QueryFailed",
+    "QueryRefused", "RequestConflict", "Sandbox", "SandboxServiceError", "ServiceUnavailable",
+    "WorkspaceError", "render",
+]
+
+RETRIES = 3
+RETRY_STATUS = (502, 503)
+NOISE_NOTE = ("Values are differentially private: noise was added on purpose. ± is the 95% "
+              "interval of that noise (rows with too few people may be suppressed).")
+
+
+class SandboxServiceError(SandboxError):
+    """An error answered by the sandbox service (or reaching it failed)."""
+
+    code = "service.error"
+
+    def __init__(self, code: str, message: str, hint: str | None = None,
+                 status: int | None = None, line: int | None = None,
+                 column: int | None = None) -> None:
+        super().__init__(message, hint)
+        self.code, self.status, self.line, self.column = code, status, line, column
+
+    def __str__(self) -> str:
+        where = f" (line {self.line}, column {self.column})" if self.line else ""
+        text = f"[{self.code}] {self.message}{where}"
+        return f"{text}\nhint: {self.hint}" if self.hint else text
+
+    def _repr_html_(self) -> str:  # pragma: no cover - notebook display
+        hint = f"<br><b>hint:</b> {html.escape(self.hint)}" if self.hint else ""
+        return (f"<div style='border-left:4px solid #c00;padding:4px 8px'><b>"
+                f"{html.escape(self.code)}</b>: {html.escape(self.message)}{hint}</div>")
+
+
+class AuthError(SandboxServiceError):
+    """auth.*: the token is missing, invalid, expired or lacks the sandbox scope."""
+
+
+class WorkspaceError(SandboxServiceError):
+    """workspace.*: unknown workspace, or not a member of its hub group."""
+
+
+class QueryRefused(SandboxServiceError):
+    """gate.*: the gate refused the query (nothing was run or charged); rephrase it."""
+
+
+class BudgetExhausted(SandboxServiceError):
+    """budget.*: the query costs more than the remaining privacy budget."""
+
+
+class RequestConflict(SandboxServiceError):
+    """request.*: this request id is still running, or failed after being charged."""
+
+
+class LimitExceeded(SandboxServiceError):
+    """limits.*: body too large or too many requests at once."""
+
+
+class InvalidRequest(SandboxServiceError):
+    """input.* and http.*: the request itself was malformed."""
+
+
+class QueryFailed(SandboxServiceError):
+    """engine.*: execution failed or timed out (the query was charged)."""
+
+
+class ServiceUnavailable(SandboxServiceError):
+    """The service could not be reached or failed internally."""
+
+
+FAMILIES: dict[str, type[SandboxServiceError]] = {
+    "auth": AuthError, "workspace": WorkspaceError, "gate": QueryRefused,
+    "budget": BudgetExhausted, "request": RequestConflict, "limits": LimitExceeded,
+    "input": InvalidRequest, "http": InvalidRequest, "engine": QueryFailed,
+    "service": ServiceUnavailable, "internal": ServiceUnavailable,
+}
+
+
+def error_from(status: int, body: Any) -> SandboxServiceError:
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict) or not isinstance(err.get("code"), str):
+        return ServiceUnavailable("service.bad_response",
+                                  f"the service answered HTTP {status} without an error body",
+                                  "try again; if it persists tell the operator", status)
+    code = err["code"]
+    cls = FAMILIES.get(code.split(".")[0], SandboxServiceError)
+    return cls(code, str(err.get("message", "")), err.get("hint"), status, err.get("line"),
+               err.get("column"))
+
+
+def service_url(env: dict[str, str] | None = None) -> str:
+    """The service's root URL (ending in '/') from the environment."""
+    env = dict(os.environ) if env is None else env
+    url = env.get("SANDBOX_SERVICE_URL")
+    if not url:
+        api = env.get("JUPYTERHUB_API_URL")
+        if not api or not api.rstrip("/").endswith("/hub/api"):
+            raise ServiceUnavailable(
+                "service.not_configured", "cannot find the sandbox service",
+                "set SANDBOX_SERVICE_URL (the hub normally sets it), e.g. "
+                "http://127.0.0.1:10101/services/sandbox/")
+        url = api.rstrip("/")[: -len("hub/api")] + "services/sandbox/"
+    return url if url.endswith("/") else url + "/"
+
+
+class Sandbox:
+    """One workspace of the sandbox service, called with the notebook's hub token."""
+
+    def __init__(self, workspace: str | None = None, *, url: str | None = None,
+                 token: str | None = None, timeout: float = 120.0,
+                 retries: int = RETRIES, backoff_s: float = 0.5) -> None:
+        root = url or service_url()
+        root = root if root.endswith("/") else root + "/"
+        self.base = root if root.endswith("api/v1/") else root + "api/v1/"
+        self.token = token or os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        if not self.token:
+            raise AuthError("auth.required", "no hub token in this environment",
+                            "run inside a hub notebook, or pass token= / set "
+                            "JUPYTERHUB_API_TOKEN")
+        self.timeout, self.retries, self.backoff_s = timeout, retries, backoff_s
+        names = [w["name"] for w in self.workspaces()]
+        if workspace is None:
+            if len(names) != 1:
+                raise WorkspaceError(
+                    "workspace.choose", "you are a member of "
+                    + (f"{len(names)} workspaces: {', '.join(names)}" if names else
+                       "no workspace"),
+                    "pass one: Sandbox(workspace=...)" if names else
+                    "ask the operator to add you to a workspace's hub group")
+            workspace = names[0]
+        elif workspace not in names:
+            raise WorkspaceError("workspace.forbidden", f"you are not a member of workspace "
+                                 f"{workspace!r}", f"your workspaces: {', '.join(names) or 'none'}")
+        self.workspace = workspace
+        self._schema: dict[str, Any] | None = None
+        _register_display()
+
+    def __repr__(self) -> str:
+        return f"Sandbox(workspace={self.workspace!r}, url={self.base!r})"
+
+    # -- HTTP -----------------------------------------------------------------------------
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None
+              ) -> tuple[Any, dict[str, str]]:
+        """JSON call with retries on connection errors, 502 and 503 (same body, same id)."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Authorization": f"token {self.token}", "Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        last: SandboxServiceError | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            req = urllib.request.Request(self.base + path, data=data, headers=headers,
+                                         method=method)
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    return json.loads(resp.read() or b"null"), dict(resp.headers.items())
+            except urllib.error.HTTPError as exc:
+                try:
+                    payload = json.loads(exc.read() or b"null")
+                except ValueError:
+                    payload = None
+                last = error_from(exc.code, payload)
+                if exc.code not in RETRY_STATUS:
+                    raise last from None
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+                reason = getattr(exc, "reason", exc)
+                last = ServiceUnavailable("service.unreachable",
+                                          f"cannot reach the sandbox service ({reason})",
+                                          "try again in a moment; if it persists tell the "
+                                          "operator")
+        assert last is not None
+        raise last
+
+    def _ws(self, what: str) -> str:
+        return f"workspaces/{self.workspace}/{what}"
+
+    # -- API ------------------------------------------------------------------------------
+    def workspaces(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "workspaces")[0])
+
+    def schema(self) -> dict[str, Any]:
+        if self._schema is None:
+            self._schema = dict(self._call("GET", self._ws("schema"))[0])
+        return self._schema
+
+    def tables(self) -> pd.DataFrame:
+        import pandas as pd
+
+        rows = [{"table": alias, "description": t["description"],
+                 "privacy_unit": t["privacy_unit"], "public": t["public"],
+                 "max_rows_per_unit": t["max_rows_per_unit"],
+                 "columns": ", ".join(c["name"] for c in t["columns"])}
+                for alias, t in self.schema()["tables"].items()]
+        return pd.DataFrame(rows)
+
+    def describe(self, table: str) -> pd.DataFrame:
+        import pandas as pd
+
+        tables = self.schema()["tables"]
+        if table not in tables:
+            raise InvalidRequest("input.invalid", f"there is no table {table!r}",
+                                 f"tables: {', '.join(tables)}")
+        return pd.DataFrame(tables[table]["columns"],
+                            columns=["name", "type", "role", "bounds", "keys", "description"])
+
+    def explain(self, sql: str, epsilon: float | None = None) -> Explanation:
+        body: dict[str, Any] = {"sql": sql}
+        if epsilon is not None:
+            body["epsilon"] = epsilon
+        return Explanation(self._call("POST", self._ws("explain"), body)[0])
+
+    def query(self, sql: str, epsilon: float | None = None,
+              request_id: str | None = None) -> dict[str, Any]:
+        """The raw release (dict); retried with the same request id, so charged once."""
+        body: dict[str, Any] = {"sql": sql, "request_id": request_id or uuid.uuid4().hex}
+        if epsilon is not None:
+            body["epsilon"] = epsilon
+        result, headers = self._call("POST", self._ws("query"), body)
+        result = dict(result)
+        result["replayed"] = headers.get("Sandbox-Replayed") == "true"
+        return result
+
+    def sql(self, sql: str, epsilon: float | None = None) -> pd.DataFrame:
+        """Noisy values as a DataFrame; ``attrs["ci95"]`` per cell, ``attrs["release"]``."""
+        return to_frame(self.query(sql, epsilon))
+
+    def budget(self) -> Budget:
+        return Budget(self._call("GET", self._ws("budget"))[0])
+
+
+# -- results and display ---------------------------------------------------------------------
+def to_frame(release: dict[str, Any]) -> pd.DataFrame:
+    import pandas as pd
+
+    columns = list(release["columns"])
+    df = pd.DataFrame(release["rows"], columns=columns)
+    df.attrs["ci95"] = {c: [row[i] for row in release["ci95"]] for i, c in enumerate(columns)}
+    df.attrs["release"] = {k: release.get(k) for k in (
+        "release_id", "policy", "epsilon", "delta", "mechanisms", "suppressed_groups",
+        "budget", "replayed")}
+    df.attrs["noisy"] = True
+    return df
+
+
+class Budget(dict):  # type: ignore[type-arg]
+    def _repr_html_(self) -> str:
+        return _budget_bar(self)
+
+
+class Explanation(dict):  # type: ignore[type-arg]
+    def _repr_html_(self) -> str:
+        cost = self.get("cost", {})
+        acc = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>"
+                      for k, v in (self.get("accuracy") or {}).items())
+        return (f"<div><b>Cost:</b> ε = {_fmt(cost.get('epsilon'))}, δ = "
+                f"{_fmt(cost.get('delta'))} &nbsp; <b>Groups:</b> "
+                f"{html.escape(str(self.get('groups', '')))}<br>"
+                f"<table><tr><th>column</th><th>95% accuracy</th></tr>{acc}</table>"
+                f"<details><summary>rewritten SQL</summary><pre>"
+                f"{html.escape(str(self.get('rewritten_sql', '')))}</pre></details></div>")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def _budget_bar(b: dict[str, Any]) -> str:
+    total = float(b.get("epsilon_total") or 0)
+    left = float(b.get("epsilon_remaining") or 0)
+    pct = 0 if total <= 0 else max(0.0, min(100.0, 100 * left / total))
+    color = "#2a7" if pct > 30 else "#e90" if pct > 10 else "#c33"
+    refresh = f", refreshes on {b['refreshes_on']}" if b.get("refreshes_on") else ""
+    return (f"<div style='margin:4px 0'>Budget remaining: ε {left:.4g} of {total:.4g}"
+            f"{html.escape(refresh)}<div style='width:240px;height:10px;background:#eee;"
+            f"border-radius:3px'><div class='sandbox-budget' style='width:{pct:.0f}%;"
+            f"height:10px;background:{color};border-radius:3px'></div></div></div>")
+
+
+def render(df: pd.DataFrame) -> str:
+    """HTML of a noisy result: values ± 95% interval, epsilon spent, budget, the noise note."""
+    ci = df.attrs.get("ci95", {})
+    rel = df.attrs.get("release", {})
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = []
+    for i, row in enumerate(df.itertuples(index=False)):
+        cells = []
+        for c, v in zip(df.columns, row, strict=True):
+            hw = (ci.get(c) or [None] * len(df))[i] if c in ci else None
+            text = html.escape(_fmt(v))
+            if hw is not None:
+                text += f" <span style='color:#888'>± {html.escape(_fmt(hw))}</span>"
+            cells.append(f"<td>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    suppressed = rel.get("suppressed_groups") or 0
+    extra = f" {suppressed} group(s) were suppressed." if suppressed else ""
+    replay = " (stored answer of an earlier identical request; not charged again)" \
+        if rel.get("replayed") else ""
+    budget = _budget_bar(rel["budget"]) if rel.get("budget") else ""
+    return (f"<div class='sandbox-result'><table><thead><tr>{head}</tr></thead><tbody>"
+            f"{''.join(body)}</tbody></table><div style='font-size:90%'>ε spent: "
+            f"{_fmt(rel.get('epsilon'))} (δ {_fmt(rel.get('delta'))}){replay}</div>{budget}"
+            f"<div style='color:#a60;font-size:90%'>⚠ {html.escape(NOISE_NOTE)}"
+            f"{html.escape(extra)}</div></div>")
+
+
+def _html_formatter(df: Any) -> str | None:
+    if isinstance(getattr(df, "attrs", None), dict) and df.attrs.get("noisy"):
+        return render(df)
+    return df._repr_html_()  # type: ignore[no-any-return]
+
+
+def _register_display() -> None:
+    """Show noisy DataFrames with their intervals in IPython (other frames as usual)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is None:
+        return
+    import pandas as pd
+
+    ip.display_formatter.formatters["text/html"].for_type(pd.DataFrame, _html_formatter)
+
+
+# -- %%dpsql --------------------------------------------------------------------------------
+_clients: dict[str | None, Sandbox] = {}
+
+
+def dpsql(line: str, cell: str) -> pd.DataFrame:
+    """%%dpsql [--epsilon E] [--workspace W]: answer the cell's SQL with noise."""
+    import argparse
+    import shlex
+
+    parser = argparse.ArgumentParser(prog="%%dpsql", add_help=False)
+    parser.add_argument("--epsilon", type=float, default=None)
+    parser.add_argument("--workspace", default=None)
+    try:
+        args = parser.parse_args(shlex.split(line))
+    except SystemExit:
+        raise InvalidRequest("input.invalid", f"bad %%dpsql options: {line!r}",
+                             "use %%dpsql [--epsilon 0.5] [--workspace NAME]") from None
+    client = _clients.get(args.workspace)
+    if client is None:
+        client = _clients[args.workspace] = Sandbox(args.workspace)
+    return client.sql(cell, epsilon=args.epsilon)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    ipython.register_magic_function(dpsql, magic_kind="cell", magic_name="dpsql")
+    _register_display()

@@ -1,0 +1,178 @@
+"""The OpenAPI 3.1 document of the service (served at ``{prefix}api/v1/openapi.json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERROR_CODES: dict[str, tuple[int, str]] = {
+    "gate.*": (400, "The gate refused the query (one code per rule, see docs/gate.md); "
+                    "nothing was executed or charged. Carries line and column when known."),
+    "input.invalid": (400, "Malformed JSON, an unknown field or a field of the wrong type."),
+    "auth.token_in_url": (400, "A token was sent in the URL; only the header is accepted."),
+    "auth.required": (401, "No 'Authorization: token ...' header."),
+    "auth.invalid": (401, "The token is unknown, expired or revoked."),
+    "auth.scope": (403, "The token lacks the scope custom:sandbox:query."),
+    "auth.not_a_user": (403, "The token belongs to a service, not a user."),
+    "workspace.forbidden": (403, "The user is not in the workspace's hub group."),
+    "budget.exhausted": (403, "The query costs more than the remaining budget (not charged)."),
+    "workspace.not_found": (404, "No workspace of that name."),
+    "http.not_found": (404, "No such endpoint."),
+    "http.method_not_allowed": (405, "The endpoint does not take this method."),
+    "request.in_progress": (409, "A request with this id is still running."),
+    "request.duplicate": (409, "The request id was already used and charged once."),
+    "request.failed": (409, "A request with this id failed or was interrupted; it was charged "
+                            "once. Send a new request id."),
+    "limits.body_too_large": (413, "The body exceeds max_body_bytes."),
+    "limits.concurrency": (429, "The member already has per_member_concurrency requests "
+                                "running."),
+    "internal": (500, "An unexpected error (logged for the operator; no details are sent)."),
+    "engine.error": (500, "Execution failed (charged); the engine's text is never sent."),
+    "auth.unavailable": (502, "The hub could not be asked about the token."),
+    "service.unavailable": (503, "The state database was busy or unwritable."),
+    "engine.timeout": (504, "The query ran past query_timeout_s and was stopped (charged). "
+                            "Its family is engine.*."),
+}
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_BUDGET = {"$ref": "#/components/schemas/Budget"}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    out = {}
+    for status in statuses:
+        codes = sorted(c for c, (s, _) in ERROR_CODES.items() if s == status)
+        out[str(status)] = {"description": "Error: " + ", ".join(codes),
+                            "content": {"application/json": {"schema": _ERROR}}}
+    return out
+
+
+def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_WS_PARAM = [{"name": "workspace", "in": "path", "required": True,
+              "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}}]
+_SECURE = [{"hubToken": ["custom:sandbox:query"]}]
+_AUTH_ERRORS = (400, 401, 403, 404, 500, 502, 503)
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def document(prefix: str, version: str) -> dict[str, Any]:
+    base = prefix.rstrip("/") + "/api/v1"
+    paths: dict[str, Any] = {
+        "/health": {"get": {
+            "summary": "Liveness (no authentication)", "operationId": "health", "security": [],
+            "responses": {"200": _ok({"type": "object", "required": ["status", "version"],
+                                      "properties": {"status": {"const": "ok"},
+                                                     "version": {"type": "string"}}})}}},
+        "/openapi.json": {"get": {
+            "summary": "This document (no authentication)", "operationId": "openapi",
+            "security": [], "responses": {"200": _ok({"type": "object"})}}},
+        "/workspaces": {"get": {
+            "summary": "The workspaces of the caller (by hub group membership)",
+            "operationId": "listWorkspaces", "security": _SECURE,
+            "responses": {"200": _ok({"type": "array", "items": {
+                "$ref": "#/components/schemas/WorkspaceSummary"}}),
+                **_errors(400, 401, 403, 500, 502, 503)}}},
+        "/workspaces/{workspace}/schema": {"get": {
+            "summary": "Tables, columns, roles, bounds, joins and privacy defaults (no data)",
+            "operationId": "schema", "security": _SECURE, "parameters": _WS_PARAM,
+            "responses": {"200": _ok({"$ref": "#/components/schemas/Schema"}),
+                          **_errors(*_AUTH_ERRORS)}}},
+        "/workspaces/{workspace}/explain": {"post": {
+            "summary": "What a query would do and cost; touches no data, spends nothing",
+            "operationId": "explain", "security": _SECURE, "parameters": _WS_PARAM,
+            "requestBody": _body({"$ref": "#/components/schemas/ExplainRequest"}),
+            "responses": {"200": _ok({"$ref": "#/components/schemas/Explain"}),
+                          **_errors(*_AUTH_ERRORS, 413, 429)}}},
+        "/workspaces/{workspace}/query": {"post": {
+            "summary": "Answer with differentially private noise, charging the caller once "
+                       "per request id",
+            "operationId": "query", "security": _SECURE, "parameters": _WS_PARAM,
+            "requestBody": _body({"$ref": "#/components/schemas/QueryRequest"}),
+            "responses": {
+                "200": {**_ok({"$ref": "#/components/schemas/Release"}),
+                        "headers": {"Sandbox-Replayed": {
+                            "description": "'true' when this is the stored answer of an "
+                                           "earlier request with the same id (not charged "
+                                           "again)", "schema": {"type": "string"}}}},
+                **_errors(*_AUTH_ERRORS, 409, 413, 429, 504)}}},
+        "/workspaces/{workspace}/budget": {"get": {
+            "summary": "The caller's privacy budget in the workspace",
+            "operationId": "budget", "security": _SECURE, "parameters": _WS_PARAM,
+            "responses": {"200": _ok(_BUDGET), **_errors(*_AUTH_ERRORS)}}},
+    }
+    number_or_null = {"type": ["number", "null"]}
+    schemas = {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["code", "message", "hint"],
+            "properties": {"code": {"type": "string",
+                                    "description": "stable code, see x-error-codes"},
+                           "message": {"type": "string"},
+                           "hint": {"type": ["string", "null"]},
+                           "line": {"type": "integer"}, "column": {"type": "integer"}}}}},
+        "Budget": {"type": "object", "properties": {
+            k: {"type": "number"} for k in ("epsilon_total", "epsilon_spent",
+                                             "epsilon_remaining", "delta_total",
+                                             "delta_spent", "delta_remaining")} | {
+            "refreshes_on": {"type": ["string", "null"]}}},
+        "WorkspaceSummary": {"type": "object", "properties": {
+            "name": {"type": "string"}, "policy": {"type": "string"},
+            "title": {"type": "string"}, "purpose": {"type": "string"}, "budget": _BUDGET}},
+        "Column": {"type": "object", "properties": {
+            "name": {"type": "string"}, "type": {"type": "string"},
+            "role": {"enum": ["dimension", "measure", "filter", "unit"]},
+            "bounds": {"type": ["array", "null"], "items": {"type": "number"}},
+            "keys": {"type": ["array", "null"]}, "description": {"type": "string"}}},
+        "Schema": {"type": "object", "properties": {
+            "workspace": {"type": "string"}, "policy": {"type": "string"},
+            "title": {"type": "string"}, "purpose": {"type": "string"},
+            "tables": {"type": "object", "additionalProperties": {
+                "type": "object", "properties": {
+                    "description": {"type": "string"}, "public": {"type": "boolean"},
+                    "privacy_unit": {"type": ["string", "null"]},
+                    "max_rows_per_unit": {"type": "integer"},
+                    "columns": {"type": "array",
+                                "items": {"$ref": "#/components/schemas/Column"}}}}},
+            "joins": {"type": "array", "items": {"type": "object"}},
+            "privacy": {"type": "object"}, "budget_default": {"type": "object"}}},
+        "ExplainRequest": {"type": "object", "required": ["sql"],
+                           "additionalProperties": False, "properties": {
+                               "sql": {"type": "string"}, "epsilon": number_or_null}},
+        "QueryRequest": {"type": "object", "required": ["sql", "request_id"],
+                         "additionalProperties": False, "properties": {
+                             "sql": {"type": "string"}, "epsilon": number_or_null,
+                             "request_id": {"type": "string",
+                                            "pattern": "^[A-Za-z0-9_-]{1,64}$"}}},
+        "Explain": {"type": "object", "properties": {
+            "rewritten_sql": {"type": "string"}, "postprocess_sql": {"type": "string"},
+            "columns": {"type": "array", "items": {"type": "string"}},
+            "cost": {"type": "object"}, "plan": {"type": "object"},
+            "groups": {"type": "string"}, "accuracy": {"type": "object"}}},
+        "Release": {"type": "object", "properties": {
+            "release_id": {"type": "string"}, "policy": {"type": "string"},
+            "columns": {"type": "array", "items": {"type": "string"}},
+            "rows": {"type": "array", "items": {"type": "array"}},
+            "ci95": {"type": "array", "items": {"type": "array", "items": number_or_null},
+                     "description": "95% half-width per cell (null: exact key or not given)"},
+            "mechanisms": {"type": "object", "additionalProperties": {"type": "string"}},
+            "epsilon": {"type": "number"}, "delta": {"type": "number"},
+            "suppressed_groups": {"type": "integer"}, "noisy": {"const": True},
+            "budget": _BUDGET}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Data sandbox gate", "version": version,
+                 "description": "Differentially private SQL over encrypted data. Every "
+                                "error is {\"error\": {code, message, hint}}."},
+        "servers": [{"url": base}],
+        "paths": paths,
+        "components": {"schemas": schemas, "securitySchemes": {"hubToken": {
+            "type": "apiKey", "in": "header", "name": "Authorization",
+            "description": "'token <JupyterHub API token>' with scope custom:sandbox:query"}}},
+        "x-error-codes": {c: {"status": s, "description": d}
+                          for c, (s, d) in ERROR_CODES.items()},
+    }
