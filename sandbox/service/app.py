@@ -29,7 +29,7 @@ from tornado.ioloop import IOLoop
 from .. import __version__
 from ..catalog import Catalog
 from ..engine import Engine
-from ..errors import DatasetNotFoundError, EngineError, SandboxError
+from ..errors import EngineError, SandboxError
 from ..gate import Gate
 from ..keys import load_kms
 from ..ledger import DuplicateRequestError, SqliteLedger
@@ -202,17 +202,10 @@ class Service:
         kms = load_kms(paths.keystore)
         catalog = Catalog(paths.catalog_db, paths.vault_dir)
         try:
-            def resolve(name: str, version: int | None):  # type: ignore[no-untyped-def]
-                try:
-                    dv = catalog.get(name, version)
-                except DatasetNotFoundError:
-                    return None
-                return dv.spec, dv.version
-
             workspaces: dict[str, Workspace] = {}
             needed: list[tuple[str, int | None]] = []
             for wc in config.workspaces:
-                policy = load_policy(wc.policy, resolve)
+                policy = load_policy(wc.policy, catalog.resolve)
                 workspaces[wc.name] = Workspace(wc.name, wc.group, policy, Gate(policy))
                 for t in policy.tables.values():
                     if (t.dataset, t.version) not in needed:
