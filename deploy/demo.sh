@@ -1,14 +1,35 @@
 #!/usr/bin/env bash
-# Set up and run the demo on a fresh Debian machine with Python 3.11:
-# a virtual environment, the package, a key store, synthetic city data encrypted
-# into the vault, and a first differentially private query.
+# Set up and run the demo on a fresh Debian machine with Python 3.11 (and Node 20):
+# a virtual environment, the package, a key store, synthetic city data encrypted into
+# the vault, the example scenario policies, a first differentially private query, and
+# then (as root) the demo JupyterHub on http://127.0.0.1:8000 with demo accounts.
+# Safe to re-run; Ctrl-C stops the hub, its proxy, the services and every server.
+#   DEMO_SIZE=tiny|small|large   size of the synthetic data (default small)
+#   DEMO_HUB=0                   stop after the first query (no hub, no system users)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=deploy/setup-env.sh
 source deploy/setup-env.sh
 
-export SANDBOX_HOME="${SANDBOX_HOME:-$PWD/.demo/home}"
-export SANDBOX_KEYSTORE="${SANDBOX_KEYSTORE:-$PWD/.demo/keystore}"
+HUB=1
+if [ "${DEMO_HUB:-1}" = 0 ]; then HUB=0; fi
+if [ "$HUB" = 1 ] && [ "$(id -u)" != 0 ]; then
+    echo "note: not root, so only the command-line demo runs (the hub needs root to create" \
+         "system users and run servers as them)" >&2
+    HUB=0
+fi
+
+DEMO_DIR="${SANDBOX_DEMO_DIR:-/var/lib/sandbox-demo}"   # the gate service's state (0700)
+HUB_DIR="${SANDBOX_HUB_STATE_DIR:-/var/lib/sandbox-hub}" # hub database, secrets (root, 0700)
+if [ "$HUB" = 1 ]; then
+    export SANDBOX_HOME="$DEMO_DIR/home" SANDBOX_KEYSTORE="$DEMO_DIR/keystore"
+    mkdir -p "$DEMO_DIR"
+    chmod 700 "$DEMO_DIR"
+else
+    export SANDBOX_HOME="${SANDBOX_HOME:-$PWD/.demo/home}"
+    export SANDBOX_KEYSTORE="${SANDBOX_KEYSTORE:-$PWD/.demo/keystore}"
+fi
+
 sandbox demo --size "${DEMO_SIZE:-small}"
 echo
 sandbox policy check policies/credit_underwriting.yaml
@@ -20,4 +41,80 @@ sandbox query --policy policies/credit_underwriting.yaml --member demo \
     "SELECT district, count(*) AS people, avg(income) AS avg_income FROM persons GROUP BY district"
 echo
 echo "State: $SANDBOX_HOME (encrypted data, catalog); keys: $SANDBOX_KEYSTORE"
-echo "Try: source .venv/bin/activate; export SANDBOX_HOME=$SANDBOX_HOME SANDBOX_KEYSTORE=$SANDBOX_KEYSTORE; sandbox --help"
+if [ "$HUB" = 0 ]; then
+    echo "Try: source .venv/bin/activate; export SANDBOX_HOME=$SANDBOX_HOME SANDBOX_KEYSTORE=$SANDBOX_KEYSTORE; sandbox --help"
+    exit 0
+fi
+
+# ---- the demo hub ---------------------------------------------------------------------
+echo
+echo "Setting up the demo hub (configurable-http-proxy, hub environment, demo accounts)..."
+bash deploy/install-hub.sh
+HUB_VENV="${SANDBOX_HUB_VENV:-/opt/sandbox-hub/venv}"
+
+DEVELOPERS="alice,bob"
+AUDITORS="audrey"
+OPERATORS="oscar"
+mkdir -p "$HUB_DIR"
+chmod 700 "$HUB_DIR"
+PASSWORDS="$HUB_DIR/demo-passwords"   # kept so a re-run prints the same passwords
+touch "$PASSWORDS"
+chmod 600 "$PASSWORDS"
+
+id -u sandbox >/dev/null 2>&1 ||
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin sandbox
+for u in ${DEVELOPERS//,/ } $AUDITORS $OPERATORS; do
+    if ! id -u "$u" >/dev/null 2>&1; then
+        useradd --create-home --shell /bin/bash "$u"
+    fi
+    chmod 700 "$(getent passwd "$u" | cut -d: -f6)"
+    if ! grep -q "^$u:" "$PASSWORDS"; then
+        pw="$(head -c 12 /dev/urandom | base64 | tr -d '+/=' | head -c 14)"
+        echo "$u:$pw" >> "$PASSWORDS"
+    fi
+    grep "^$u:" "$PASSWORDS" | chpasswd
+done
+
+# The gate service's state: policies it serves, its configuration, data and keys, all
+# owned by the `sandbox` user and unreadable by anyone else.
+mkdir -p "$DEMO_DIR/policies"
+cp policies/credit_underwriting.yaml policies/population_livelihood.yaml "$DEMO_DIR/policies/"
+cat > "$DEMO_DIR/service.yaml" <<YAML
+# The demo's gate service (python -m sandbox.service), started by the hub.
+home: home
+keystore: keystore
+workspaces:
+  - name: credit-underwriting
+    group: credit-underwriting
+    policy: policies/credit_underwriting.yaml
+  - name: population-livelihood
+    group: population-livelihood
+    policy: policies/population_livelihood.yaml
+limits: {max_sql_chars: 20000, per_member_concurrency: 2, query_timeout_s: 30, memory_limit: 2GB}
+YAML
+chown -R sandbox:sandbox "$DEMO_DIR"
+chmod 700 "$DEMO_DIR" "$SANDBOX_HOME" "$SANDBOX_KEYSTORE"
+
+export SANDBOX_HUB_STATE_DIR="$HUB_DIR"
+export SANDBOX_HUB_IP=127.0.0.1 SANDBOX_HUB_PORT="${SANDBOX_HUB_PORT:-8000}"
+export SANDBOX_SERVICE_USER=sandbox SANDBOX_SERVICE_CONFIG="$DEMO_DIR/service.yaml"
+export SANDBOX_HUB_DEVELOPERS="$DEVELOPERS" SANDBOX_HUB_AUDITORS="$AUDITORS"
+export SANDBOX_HUB_OPERATORS="$OPERATORS"
+export SANDBOX_HUB_GROUPS="credit-underwriting=$DEVELOPERS;population-livelihood=$DEVELOPERS"
+export SANDBOX_HUB_SERVICE=on
+unset SANDBOX_HOME SANDBOX_KEYSTORE   # the service reads them from its configuration
+
+echo
+echo "=================================================================="
+echo " Demo hub: http://127.0.0.1:$SANDBOX_HUB_PORT/   (Ctrl-C stops everything)"
+echo " Accounts (user: password):"
+while IFS=: read -r u pw; do
+    case ",$DEVELOPERS," in *",$u,"*) role=developer ;; *)
+        if [ "$u" = "$AUDITORS" ]; then role=auditor; else role=operator; fi ;; esac
+    printf '   %-8s %-16s (%s)\n' "$u" "$pw" "$role"
+done < "$PASSWORDS"
+echo " Developers start with getting-started.ipynb in JupyterLab."
+echo " Operator CLI: sudo -u sandbox $HUB_VENV/bin/sandbox --home $DEMO_DIR/home --keystore $DEMO_DIR/keystore budget show"
+echo "=================================================================="
+cd "$HUB_DIR"
+exec "$HUB_VENV/bin/jupyterhub" -f "$OLDPWD/deploy/jupyterhub_config.py"

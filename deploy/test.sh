@@ -1,9 +1,24 @@
 #!/usr/bin/env bash
 # Install everything the tests need and run the whole suite (lint, then pytest).
-# CI runs exactly this (.ci/run).
+# CI runs exactly this (.ci/run). Safe to re-run on a machine where all is installed.
+# The slow tests start a real hub and create (and remove) system users: run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# System packages: Debian's chromium for the browser test (Playwright's own browser
+# download does not work here), Node/npm for configurable-http-proxy.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+if [ "${#missing[@]}" -gt 0 ]; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# configurable-http-proxy and the hub's own environment (/opt/sandbox-hub/venv)
+as_root bash deploy/install-hub.sh
+
 # shellcheck source=deploy/setup-env.sh
 source deploy/setup-env.sh test
-ruff check sandbox tests bench
+ruff check sandbox tests bench deploy
 pytest -q "$@"
