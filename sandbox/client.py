@@ -297,9 +297,14 @@ class Explanation(dict):  # type: ignore[type-arg]
 
 
 def _fmt(v: Any) -> str:
+    """Readable numbers: thousands separators, no exponents for everyday magnitudes."""
+    if isinstance(v, bool) or v is None:
+        return "" if v is None else str(v)
+    if isinstance(v, int) or (isinstance(v, float) and abs(v) >= 100 and abs(v) < 1e15):
+        return f"{v:,.0f}"
     if isinstance(v, float):
         return f"{v:.4g}"
-    return "" if v is None else str(v)
+    return str(v)
 
 
 def _budget_bar(b: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -64,7 +65,9 @@ async def serve(config_path: Path, port: int | None) -> None:
         await stop.wait()
     finally:
         server.stop()
-        await server.close_all_connections()
+        # Idle keep-alive connections (the hub's) would hold the shutdown for their timeout.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.close_all_connections(), timeout=2)
         service.close()
         log.info("sandbox service stopped")
 

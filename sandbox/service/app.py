@@ -545,6 +545,8 @@ def make_app(service: Service, prefix: str, hub_auth: HubAuth | None) -> web.App
     base = prefix + "api/v1/"
     kwargs = {"service": service, "hub_auth": hub_auth}
     handlers = [(re.escape(base) + pattern, handler, kwargs) for pattern, _, handler in ROUTES]
+    # The hub checks that a service answers at its prefix: say where the API is.
+    handlers.append((re.escape(prefix), HealthHandler, kwargs))
     return web.Application(handlers, default_handler_class=NotFoundHandler,
                            default_handler_args=kwargs, sandbox_prefix=prefix,
                            xsrf_cookies=False, serve_traceback=False, compress_response=False)

@@ -76,8 +76,13 @@ def expansion(spec: AggSpec, ctx: RewriteContext) -> exp.Expression:
     if spec.kind in ("count", "count_units", "sum", "quantile"):
         return ms[0]
     if spec.kind == "avg":
+        # An average lies within the bounds of what it averages; clamping the noisy ratio
+        # is post-processing (free) and removes impossible values.
         total, count = ms
-        return _div(total, count)
+        assert spec.bounds is not None
+        lo, hi = spec.bounds
+        return fn("LEAST", fn("GREATEST", _div(total, count), exp.Literal.number(repr(lo))),
+                  exp.Literal.number(repr(hi)))
     count, s1, s2 = ms
     mean = _div(s1, count.copy())
     square = exp.Pow(this=mean, expression=exp.Literal.number(2))
