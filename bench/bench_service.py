@@ -27,18 +27,13 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from common import demo_data
+from common import demo_data, demo_vault
 from test_service import HUB_CONFIG, POLICY, WS, free_port, start_service, stop, wait_http
 
-from sandbox.catalog import Catalog
 from sandbox.engine import Engine
 from sandbox.gate import Gate
-from sandbox.ingest import ingest
-from sandbox.keys import FileKeyStore
 from sandbox.ledger import SqliteLedger
 from sandbox.policy import BudgetPolicy, load_policy
-from sandbox.settings import Paths
-from sandbox.spec import load_spec
 from sandbox.state import State
 
 QUERIES = (
@@ -92,14 +87,7 @@ def main() -> None:
     data = demo_data(args.size)
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        paths = Paths.resolve(tmp / "home", tmp / "keys")
-        paths.ensure_home()
-        kms = FileKeyStore(paths.keystore)
-        kms.init()
-        catalog = Catalog(paths.catalog_db, paths.vault_dir)
-        for n in ("persons", "loans", "districts"):
-            ingest(catalog, kms, data / f"{n}.parquet", load_spec(data / f"{n}.yaml"))
-
+        paths, catalog, kms = demo_vault(tmp, data)
         policy = load_policy(POLICY, catalog.resolve)
         engine = Engine.from_catalog(catalog, kms, [(t.dataset, t.version)
                                                     for t in policy.tables.values()])
