@@ -38,6 +38,7 @@ class Executor(Protocol):
                 timeout_s: float | None = None) -> pa.Table: ...
     def postprocess(self, sql: str, table: pa.Table) -> pa.Table: ...
     def is_unique(self, table: str, column: str) -> bool: ...
+    def column_range(self, table: str, column: str) -> tuple[float, float] | None: ...
 
 
 @dataclass
@@ -226,11 +227,10 @@ class Gate:
     @staticmethod
     def _engine_sql(q: CheckedQuery, executor: Executor) -> str:
         """The rewrite, less bounds the engine's column ranges show to be no-ops."""
-        column_range = getattr(executor, "column_range", None)
-        if column_range is None or q.executed_tree is None:
+        if q.executed_tree is None:
             return q.executed_sql
         aliases = {a: t.engine_table for a, t in q.analysis.sources.tables.items()}
-        return shortcuts.apply(q.executed_tree, aliases, column_range).sql("duckdb")
+        return shortcuts.apply(q.executed_tree, aliases, executor.column_range).sql("duckdb")
 
     def _check_lookup_keys(self, q: CheckedQuery, executor: Executor) -> None:
         for join in q.analysis.tree.args.get("joins") or []:

@@ -98,6 +98,8 @@ CHILD = textwrap.dedent('''
             return engine.postprocess(sql, table)
         def is_unique(self, table, column):
             return engine.is_unique(table, column)
+        def column_range(self, table, column):
+            return engine.column_range(table, column)
 
     release = gate.answer(cfg["sql"], member="alice", ledger=ledger, executor=Executor())
     print("answered", len(release.rows), flush=True)
