@@ -75,21 +75,14 @@ for u in ${DEVELOPERS//,/ } $AUDITORS $OPERATORS; do
     grep "^$u:" "$PASSWORDS" | chpasswd
 done
 
-# The gate service's state: policies it serves, its configuration, data and keys, all
-# owned by the `sandbox` user and unreadable by anyone else.
+# The gate service's state: its configuration, data and keys, all owned by the `sandbox`
+# user and unreadable by anyone else. Workspaces are records the operator makes below.
 mkdir -p "$DEMO_DIR/policies"
 cp policies/credit_underwriting.yaml policies/population_livelihood.yaml "$DEMO_DIR/policies/"
 cat > "$DEMO_DIR/service.yaml" <<YAML
 # The demo's gate service (python -m sandbox.service), started by the hub.
 home: home
 keystore: keystore
-workspaces:
-  - name: credit-underwriting
-    group: credit-underwriting
-    policy: policies/credit_underwriting.yaml
-  - name: population-livelihood
-    group: population-livelihood
-    policy: policies/population_livelihood.yaml
 limits: {max_sql_chars: 20000, per_member_concurrency: 2, query_timeout_s: 30, memory_limit: 2GB}
 YAML
 chown -R sandbox:sandbox "$DEMO_DIR"
@@ -98,11 +91,44 @@ chmod 700 "$DEMO_DIR" "$SANDBOX_HOME" "$SANDBOX_KEYSTORE"
 export SANDBOX_HUB_STATE_DIR="$HUB_DIR"
 export SANDBOX_HUB_IP=127.0.0.1 SANDBOX_HUB_PORT="${SANDBOX_HUB_PORT:-8000}"
 export SANDBOX_SERVICE_USER=sandbox SANDBOX_SERVICE_CONFIG="$DEMO_DIR/service.yaml"
-export SANDBOX_HUB_DEVELOPERS="$DEVELOPERS" SANDBOX_HUB_AUDITORS="$AUDITORS"
-export SANDBOX_HUB_OPERATORS="$OPERATORS"
-export SANDBOX_HUB_GROUPS="credit-underwriting=$DEVELOPERS;population-livelihood=$DEVELOPERS"
+export SANDBOX_HUB_AUDITORS="$AUDITORS" SANDBOX_HUB_OPERATORS="$OPERATORS"
 export SANDBOX_HUB_SERVICE=on
 unset SANDBOX_HOME SANDBOX_KEYSTORE   # the service reads them from its configuration
+
+cd "$HUB_DIR"
+"$HUB_VENV/bin/jupyterhub" -f "$OLDPWD/deploy/jupyterhub_config.py" &
+HUB_PID=$!
+cd "$OLDPWD"
+stop_hub() { kill -TERM "$HUB_PID" 2>/dev/null || true; wait "$HUB_PID" 2>/dev/null || true; }
+trap 'stop_hub; exit 130' INT TERM
+for _ in $(seq 1 120); do
+    if "$HUB_VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+        "http://127.0.0.1:${SANDBOX_HUB_API_PORT:-8081}/hub/api/" 2>/dev/null; then break; fi
+    kill -0 "$HUB_PID" 2>/dev/null || { echo "error: the hub did not start" >&2; exit 1; }
+    sleep 0.5
+done
+
+# The operator (oscar) reviews the example scenarios once and provisions a workspace for
+# each, as the service's user, with a hub token of their own (docs/workspaces.md).
+OPERATOR_TOKEN="$(cd "$HUB_DIR" && "$HUB_VENV/bin/jupyterhub" -f "$OLDPWD/deploy/jupyterhub_config.py" \
+    token "$OPERATORS" 2>/dev/null | tail -n 1)"
+operator() {
+    runuser -u sandbox -- env JUPYTERHUB_API_TOKEN="$OPERATOR_TOKEN" \
+        JUPYTERHUB_API_URL="http://127.0.0.1:${SANDBOX_HUB_API_PORT:-8081}/hub/api" \
+        "$HUB_VENV/bin/sandbox" --home "$DEMO_DIR/home" --keystore "$DEMO_DIR/keystore" "$@"
+}
+EXPIRES="$(date -u -d '+1 year' +%F)"
+for scenario in credit_underwriting population_livelihood; do
+    ws="${scenario//_/-}"
+    operator scenario review "$DEMO_DIR/policies/$scenario.yaml" \
+        --reviewer "demo data review board" --reference "DEMO-$scenario"
+    if operator workspace show "$ws" >/dev/null 2>&1; then
+        operator workspace sync "$ws"
+    else
+        operator workspace create "$ws" --scenario "$ws" --members "$DEVELOPERS" \
+            --budget-epsilon 10 --expires "$EXPIRES"
+    fi
+done
 
 echo
 echo "=================================================================="
@@ -113,8 +139,7 @@ while IFS=: read -r u pw; do
         if [ "$u" = "$AUDITORS" ]; then role=auditor; else role=operator; fi ;; esac
     printf '   %-8s %-16s (%s)\n' "$u" "$pw" "$role"
 done < "$PASSWORDS"
-echo " Developers start with getting-started.ipynb in JupyterLab."
-echo " Operator CLI: sudo -u sandbox $HUB_VENV/bin/sandbox --home $DEMO_DIR/home --keystore $DEMO_DIR/keystore budget show"
+echo " Developers start with getting-started.ipynb and one walk-through per workspace."
+echo " Operator CLI (as root): runuser -u sandbox -- $HUB_VENV/bin/sandbox --home $DEMO_DIR/home --keystore $DEMO_DIR/keystore workspace list"
 echo "=================================================================="
-cd "$HUB_DIR"
-exec "$HUB_VENV/bin/jupyterhub" -f "$OLDPWD/deploy/jupyterhub_config.py"
+wait "$HUB_PID"

@@ -5,12 +5,14 @@
 - configurable-http-proxy (npm) in front, on ``SANDBOX_HUB_IP:SANDBOX_HUB_PORT``;
 - real password login (PAM: the named system users and their passwords);
 - each developer's server runs as their own system user (LocalProcessSpawner), JupyterLab
-  is the default UI, notebooks_template/ is copied into the home on first start;
+  is the default UI, notebooks_template/ and the walk-throughs of the user's workspaces
+  are copied into the home at server start (never over the user's files);
 - idle servers are culled by jupyterhub-idle-culler (a hub-managed service with its role);
 - the gate service ``python -m sandbox.service`` runs as its own system user
   (``SANDBOX_SERVICE_USER``), the only process that can read the key store and the vault;
-- one hub group per workspace, the custom scope ``custom:sandbox:query`` granted to the
-  developers through a role and put into the single-user servers' tokens.
+- one hub group per workspace (made by `sandbox workspace create`); the custom scope
+  ``custom:sandbox:query`` is granted to every user (the service checks workspace
+  membership itself) and put into the single-user servers' tokens.
 
 Every setting comes from the environment (see docs/deployment.md for the table), so the
 tests run a hub in a temporary directory on loopback with the same file.
@@ -71,33 +73,36 @@ STATE_DIR.mkdir(parents=True, exist_ok=True)
 os.chmod(STATE_DIR, 0o700)  # hub database, cookie secret: root only
 
 # --- who may log in --------------------------------------------------------------------
-# Workspace groups: explicit SANDBOX_HUB_GROUPS, else every developer in every workspace
-# group named in the service configuration.
-DEVELOPERS = env_list("SANDBOX_HUB_DEVELOPERS", "alice,bob")
+# Developers become hub users when an operator adds them to a workspace (`sandbox workspace
+# create`/`add-member` create the users and one group per workspace through the REST API);
+# auditors and operators are named here. Login is by PAM, so each needs a system account.
+DEVELOPERS = env_list("SANDBOX_HUB_DEVELOPERS")
 AUDITORS = env_list("SANDBOX_HUB_AUDITORS")
 OPERATORS = env_list("SANDBOX_HUB_OPERATORS")
+GROUPS = parse_groups(env("SANDBOX_HUB_GROUPS", ""))
 
 
-def workspace_groups() -> list[str]:
+def service_home() -> Path:
+    """The service's home (where provisioned templates are), from its configuration."""
     try:
-        conf = yaml.safe_load(SERVICE_CONFIG.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return []
-    return [str(w["group"]) for w in conf.get("workspaces", []) if isinstance(w, dict)
-            and w.get("group")]
+        home = (yaml.safe_load(SERVICE_CONFIG.read_text(encoding="utf-8")) or {}).get("home")
+    except (OSError, yaml.YAMLError, AttributeError):
+        home = None
+    if isinstance(home, str) and home:
+        return (SERVICE_CONFIG.parent / home).resolve()
+    return Path(env("SANDBOX_HOME", str(SERVICE_CONFIG.parent / "home")))
 
 
-GROUPS = parse_groups(env("SANDBOX_HUB_GROUPS", "")) or {
-    g: list(DEVELOPERS) for g in workspace_groups()
-}
+SANDBOX_HOME = service_home()
 
 c.JupyterHub.authenticator_class = "pam"
 c.PAMAuthenticator.open_sessions = False  # no systemd-logind session for a web login
 c.PAMAuthenticator.check_account = True
 c.Authenticator.allowed_users = set(DEVELOPERS + AUDITORS + OPERATORS)
 c.Authenticator.admin_users = set(OPERATORS)
-c.Authenticator.allow_existing_users = False
-c.JupyterHub.load_groups = {name: {"users": members} for name, members in GROUPS.items()}
+c.Authenticator.allow_existing_users = True  # users the operator's workspace commands made
+if GROUPS:
+    c.JupyterHub.load_groups = {name: {"users": members} for name, members in GROUPS.items()}
 
 # --- network: hub, proxy, state ----------------------------------------------------------
 c.JupyterHub.bind_url = f"http://{HUB_IP}:{HUB_PORT}"
@@ -136,12 +141,24 @@ c.Spawner.server_token_scopes = [
 ]
 
 
-def copy_templates(spawner) -> None:  # type: ignore[no-untyped-def]
-    """Copy notebooks_template/* into the user's home, never overwriting a file that exists.
+def _copy_new(src: Path, dest: Path, pw: pwd.struct_passwd) -> bool:
+    """Copy one file as root without following a link planted by the user, never
+    overwriting a file that exists (the user's copy, maybe edited, wins)."""
+    if os.path.lexists(dest):
+        return False
+    try:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as out:
+        out.write(src.read_bytes())
+        os.fchown(out.fileno(), pw.pw_uid, pw.pw_gid)
+    return True
 
-    Runs as root: files are created with O_EXCL|O_NOFOLLOW (a symlink planted by the user
-    is not followed) and handed to the user.
-    """
+
+def copy_templates(spawner) -> None:  # type: ignore[no-untyped-def]
+    """Copy notebooks_template/* and, for each of the user's workspaces, the walk-through
+    the operator provisioned ($SANDBOX_HOME/templates/<workspace>/) into the user's home."""
     try:
         pw = pwd.getpwnam(spawner.user.name)
     except KeyError:
@@ -151,22 +168,15 @@ def copy_templates(spawner) -> None:  # type: ignore[no-untyped-def]
     if not home.exists():
         home.mkdir(mode=0o700, parents=True)
         os.chown(home, pw.pw_uid, pw.pw_gid)
-    if not TEMPLATES.is_dir():
-        return
-    for src in sorted(TEMPLATES.iterdir()):
-        if not src.is_file() or src.name.startswith("."):
+    sources = [TEMPLATES] + [SANDBOX_HOME / "templates" / g.name
+                             for g in spawner.user.groups]
+    for folder in sources:
+        if not folder.is_dir():
             continue
-        dest = home / src.name
-        if os.path.lexists(dest):
-            continue  # the user's copy (maybe edited) wins
-        try:
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        except FileExistsError:
-            continue
-        with os.fdopen(fd, "wb") as out:
-            out.write(src.read_bytes())
-            os.fchown(out.fileno(), pw.pw_uid, pw.pw_gid)
-        spawner.log.info("copied template %s to %s", src.name, dest)
+        for src in sorted(folder.iterdir()):
+            if src.is_file() and not src.name.startswith(".") and \
+                    _copy_new(src, home / src.name, pw):
+                spawner.log.info("copied template %s to %s", src.name, home)
 
 
 c.Spawner.pre_spawn_hook = copy_templates
@@ -185,10 +195,10 @@ c.JupyterHub.custom_scopes = {
 }
 c.JupyterHub.load_roles = [
     {
-        "name": "sandbox-developer",
-        "description": "Query the sandbox gate service",
+        # Every hub user may call the service; what they may query is decided by the
+        # service from workspace records (membership, state, expiry), not by hub roles.
+        "name": "user",
         "scopes": ["self", "custom:sandbox:query", "access:services!service=sandbox"],
-        "users": DEVELOPERS,
     },
     {
         "name": "sandbox-auditor",
@@ -199,8 +209,10 @@ c.JupyterHub.load_roles = [
     {
         "name": "sandbox-operator",
         "description": "Administer the sandbox",
+        # the hub changes `sandbox workspace ...` makes with the operator's own token
         "scopes": ["self", "custom:sandbox:admin", "custom:sandbox:review",
-                   "access:services!service=sandbox"],
+                   "access:services!service=sandbox", "admin:users", "admin:groups",
+                   "admin:servers"],
         "users": OPERATORS,
     },
     {

@@ -47,6 +47,20 @@ KINDS: dict[str, tuple[str, ...]] = {
     "dataset.added": ("dataset", "version", "rows", "sha256"),
     "dataset.removed": ("dataset", "versions"),
     "audit.read": ("what", "filters"),
+    "scenario.approved": ("scenario", "version", "content_hash", "title", "reviewer",
+                          "reference", "datasets", "source"),
+    "workspace.created": ("scenario", "scenario_version", "content_hash", "members", "epsilon",
+                          "delta", "refresh", "expires"),
+    "workspace.member_added": (),
+    "workspace.member_removed": (),
+    "workspace.suspended": ("previous_state", "reason"),
+    "workspace.resumed": ("previous_state",),
+    "workspace.closed": ("previous_state",),
+    "workspace.extended": ("previous_expires", "expires"),
+    "workspace.scenario_changed": ("scenario", "previous_version", "scenario_version",
+                                   "content_hash"),
+    "workspace.hub_synced": ("state", "users_created", "group_members", "servers_stopped"),
+    "workspace.hub_failed": ("error",),
 }
 COMMON = ("v", "seq", "time", "kind", "workspace", "member", "actor", "prev")
 

@@ -636,7 +636,8 @@ def demo(c: Context, size: str) -> None:
     click.get_current_context().invoke(dataset_list, fmt="table")
 
 
-from . import cli_audit  # noqa: E402,F401  (registers the budget and audit commands)
+# Register the budget, audit, scenario and workspace commands.
+from . import cli_audit, cli_workspace  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     main()

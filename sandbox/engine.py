@@ -73,6 +73,8 @@ class Engine:
             self._con.execute(stmt)
         self._con.execute(f"ATTACH ':memory:' AS {DB} (COMPRESS)")
         self._locked = False
+        self._extending = False  # set by load_more only, under _load_lock
+        self._load_lock = threading.Lock()
         self.tables: dict[str, EngineTable] = {}
         self._ranges: dict[tuple[str, str], tuple[float, float]] = {}
         # A second database that never holds data: post-processing of noisy results.
@@ -86,7 +88,7 @@ class Engine:
     def load_arrow(self, name: str, schema: pa.Schema, batches: Iterable[pa.Table],
                    dataset: str = "", version: int = 0,
                    privacy_unit: str | None = None) -> EngineTable:
-        if self._locked:
+        if self._locked and not self._extending:
             raise EngineError("the engine is locked; tables can only be loaded before lock()")
         if not name.isidentifier() or name in self.tables:
             raise EngineError(f"invalid or duplicate engine table name {name!r}")
@@ -189,6 +191,28 @@ class Engine:
                 engine.load_dataset(catalog, kms, dv)
         engine.lock()
         return engine
+
+    def load_more(self, catalog: Catalog, kms: Kms,
+                  datasets: Iterable[tuple[str, int]]) -> list[str]:
+        """Load dataset versions a newly provisioned workspace needs into the locked engine
+        (queries keep running meanwhile; settings stay locked). Returns the tables loaded."""
+        loaded: list[str] = []
+        with self._load_lock:
+            for dataset, version in datasets:
+                if table_name(dataset, version) in self.tables:
+                    continue
+                self._extending = True
+                try:
+                    self.load_dataset(catalog, kms, catalog.get(dataset, version))
+                finally:
+                    self._extending = False
+                loaded.append(table_name(dataset, version))
+            if loaded:
+                self._con.execute(f"CHECKPOINT {DB}")
+        return loaded
+
+    def has_tables(self, datasets: Iterable[tuple[str, int]]) -> bool:
+        return all(table_name(d, v) in self.tables for d, v in datasets)
 
     def _measure_ranges(self, name: str, columns: list[str]) -> None:
         """Min and max of numeric columns, so the gate can leave out clamps and row bounds

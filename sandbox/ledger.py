@@ -183,7 +183,14 @@ class SqliteLedger:
              default: BudgetPolicy) -> SqliteLedger:
         """The ledger of ``workspace``, remembering its scenario and default member budget."""
         with state.transaction() as con:
-            con.execute("INSERT OR REPLACE INTO workspaces VALUES (?,?,?,?,?)",
+            row = con.execute("SELECT policy_id, state FROM workspaces WHERE name = ?",
+                              (workspace,)).fetchone()
+            if row is not None and row[1] != "ad-hoc":
+                raise SandboxError(
+                    f"{workspace!r} is a provisioned workspace; its ledger is the service's",
+                    "query it through the service, or pass another --workspace name")
+            con.execute("INSERT OR REPLACE INTO workspaces (name, policy_id, epsilon, delta, "
+                        "refresh) VALUES (?,?,?,?,?)",
                         (workspace, policy_id, default.epsilon, default.delta, default.refresh))
         return cls(state, workspace, default)
 

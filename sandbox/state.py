@@ -43,6 +43,15 @@ CREATE TABLE IF NOT EXISTS budgets (
 CREATE TABLE IF NOT EXISTS workspaces (
     name TEXT PRIMARY KEY, policy_id TEXT NOT NULL, epsilon REAL NOT NULL, delta REAL NOT NULL,
     refresh TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS scenarios (
+    id TEXT NOT NULL, version INTEGER NOT NULL, title TEXT NOT NULL,
+    content_hash TEXT NOT NULL, text TEXT NOT NULL, datasets TEXT NOT NULL,
+    reviewer TEXT NOT NULL, reference TEXT NOT NULL, reviewed TEXT NOT NULL,
+    source TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (id, version));
+CREATE TABLE IF NOT EXISTS members (
+    workspace TEXT NOT NULL, member TEXT NOT NULL, added TEXT NOT NULL,
+    PRIMARY KEY (workspace, member));
+CREATE INDEX IF NOT EXISTS members_by_member ON members (member);
 CREATE TABLE IF NOT EXISTS charges (
     id TEXT PRIMARY KEY, workspace TEXT NOT NULL, member TEXT NOT NULL, period TEXT NOT NULL,
     epsilon REAL NOT NULL, delta REAL NOT NULL, rho REAL NOT NULL, zcdp_epsilon REAL,
@@ -53,6 +62,21 @@ CREATE TABLE IF NOT EXISTS requests (
     workspace TEXT NOT NULL, member TEXT NOT NULL, request_id TEXT NOT NULL,
     charge_id TEXT NOT NULL, response TEXT, PRIMARY KEY (workspace, member, request_id));
 """
+
+
+# Columns added to ``workspaces`` when operators began provisioning them (sandbox.workspaces);
+# a workspace made by an older ``sandbox query --workspace`` has state 'ad-hoc'.
+_WORKSPACE_COLUMNS = (
+    ("scenario_version", "INTEGER"), ("state", "TEXT NOT NULL DEFAULT 'ad-hoc'"),
+    ("expires", "TEXT"), ("created", "TEXT"), ("hub_status", "TEXT"), ("hub_error", "TEXT"),
+)
+
+
+def _migrate(con: sqlite3.Connection) -> None:
+    have = {row[1] for row in con.execute("PRAGMA table_info(workspaces)")}
+    for name, decl in _WORKSPACE_COLUMNS:
+        if name not in have:
+            con.execute(f"ALTER TABLE workspaces ADD COLUMN {name} {decl}")
 
 
 class StateError(SandboxError):
@@ -91,6 +115,7 @@ class State:
                 con.execute("PRAGMA synchronous=FULL")
                 con.execute("PRAGMA foreign_keys=ON")
                 con.executescript(_SCHEMA)
+                _migrate(con)
             con.execute("SELECT count(*) FROM audit_records").fetchone()
         except sqlite3.Error as exc:
             if con is not None:

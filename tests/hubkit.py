@@ -3,8 +3,9 @@
 ``running_hub()`` builds everything deploy/jupyterhub_config.py expects, in a temporary
 directory on loopback, as root: the hub environment (deploy/install-hub.sh), real system
 users with passwords (unique names, removed afterwards), a service user owning the gate's
-state (mode 0700), tiny encrypted demo data, a service configuration with two workspaces,
-then the hub with configurable-http-proxy, the idle culler and the gate service.
+state (mode 0700), tiny encrypted demo data, a service configuration,
+then the hub with configurable-http-proxy, the idle culler and the gate service; finally an
+operator reviews the example scenarios and provisions a workspace for each with the CLI.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class Hub:
     groups: dict[str, list[str]]
     proc: subprocess.Popen[bytes]
     log: Path
+    operator: str = ""
     tokens: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -164,15 +166,27 @@ class Hub:
     def kernel(self, user: str) -> Kernel:
         return Kernel(self, user)
 
+    def sandbox(self, *args: str, check: bool = True,
+                operator: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run the `sandbox` CLI as the operator does: on the host, as the service's user,
+        with the operator's hub token (from a password login)."""
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("SANDBOX_", "JUPYTERHUB_"))}
+        env.update(SANDBOX_HOME=str(self.home), SANDBOX_KEYSTORE=str(self.keystore),
+                   JUPYTERHUB_API_URL=f"{self.url}/hub/api")
+        if operator:
+            env["JUPYTERHUB_API_TOKEN"] = self.token(self.operator)
+        out = subprocess.run([str(HUB_VENV / "bin" / "sandbox"), *args], env=env,
+                             user=self.service_user, cwd="/",  # no root-owned files in state
+                             capture_output=True, text=True)
+        if check:
+            assert out.returncode == 0, (args, out.stdout, out.stderr)
+        return out
+
     def budget(self, workspace: str, member: str) -> dict[str, Any]:
         """The member's balance as the operator's CLI reports it (as root, on the state)."""
-        out = subprocess.run(
-            [str(HUB_VENV / "bin" / "sandbox"), "budget", "show", "--workspace", workspace,
-             "--member", member, "--format", "json"],
-            env={**os.environ, "SANDBOX_HOME": str(self.home),
-                 "SANDBOX_KEYSTORE": str(self.keystore)},
-            user=self.service_user, cwd="/",  # never leave root-owned files in its state
-            capture_output=True, text=True, check=True).stdout
+        out = self.sandbox("budget", "show", "--workspace", workspace, "--member", member,
+                           "--format", "json", operator=False).stdout
         rows = json.loads(out)
         rows = rows if isinstance(rows, list) else [rows]
         assert len(rows) <= 1, rows
@@ -247,11 +261,8 @@ def _write_service_state(service_dir: Path, service_user: str) -> Path:
     for policy in WORKSPACES.values():
         shutil.copy(ROOT / "policies" / f"{policy}.yaml", service_dir / "policies")
     config = service_dir / "service.yaml"
-    lines = ["home: home", "keystore: keystore", "workspaces:"]
-    for ws, policy in WORKSPACES.items():
-        lines += [f"  - name: {ws}", f"    group: {ws}", f"    policy: policies/{policy}.yaml"]
-    lines += ["limits: {memory_limit: 1GB, query_timeout_s: 60}"]
-    config.write_text("\n".join(lines) + "\n")
+    config.write_text("home: home\nkeystore: keystore\n"
+                      "limits: {memory_limit: 1GB, query_timeout_s: 60}\n")
     pw = pwd.getpwnam(service_user)
     for dirpath, _dirs, files in os.walk(service_dir):
         os.chown(dirpath, pw.pw_uid, pw.pw_gid)
@@ -259,6 +270,16 @@ def _write_service_state(service_dir: Path, service_user: str) -> Path:
             os.chown(os.path.join(dirpath, f), pw.pw_uid, pw.pw_gid)
     os.chmod(service_dir, 0o700)
     return config
+
+
+def provision(hub: Hub) -> None:
+    """The operator reviews both example scenarios and makes one workspace for each."""
+    for ws, policy in WORKSPACES.items():
+        hub.sandbox("scenario", "review", str(hub.service_dir / "policies" / f"{policy}.yaml"),
+                    "--reviewer", "e2e review board", "--reference", f"E2E-{policy}")
+        hub.sandbox("workspace", "create", ws, "--scenario", ws, "--members",
+                    ",".join(hub.groups[ws]), "--budget-epsilon", "10",
+                    "--expires", (dt.date.today() + dt.timedelta(days=30)).isoformat())
 
 
 @contextlib.contextmanager
@@ -271,14 +292,14 @@ def running_hub() -> Iterator[Hub]:
     proc = None
     try:
         users = {}
-        for prefix in ("sbxa", "sbxb"):
+        for prefix in ("sbxa", "sbxb", "sbxo"):
             password = secrets.token_urlsafe(12)
             name = create_user(prefix, password)
             created.append(name)
             users[name] = password
         service_user = create_user("sbxs", system=True)
         created.append(service_user)
-        dev_a, dev_b = list(users)
+        dev_a, dev_b, operator = list(users)
         groups = {"credit-underwriting": [dev_a], "population-livelihood": [dev_b]}
         service_dir = base / "service"
         config = _write_service_state(service_dir, service_user)
@@ -295,8 +316,7 @@ def running_hub() -> Iterator[Hub]:
             "SANDBOX_SERVICE_PORT": str(free_port()),
             "SANDBOX_SERVICE_USER": service_user,
             "SANDBOX_SERVICE_CONFIG": str(config),
-            "SANDBOX_HUB_DEVELOPERS": ",".join(users),
-            "SANDBOX_HUB_GROUPS": ";".join(f"{g}={','.join(m)}" for g, m in groups.items()),
+            "SANDBOX_HUB_OPERATORS": operator,
             "SANDBOX_HUB_SERVICE": "on",
         })
         log = base / "hub.log"
@@ -307,7 +327,7 @@ def running_hub() -> Iterator[Hub]:
                 cwd=hub_dir, env=env, stdout=fh, stderr=subprocess.STDOUT,
                 start_new_session=True)
         hub = Hub(base, f"http://127.0.0.1:{port}", service_dir, service_user, users, groups,
-                  proc, log)
+                  proc, log, operator)
         deadline = time.time() + 90
         while True:
             assert proc.poll() is None, f"hub exited\n{hub.log_tail()}"
@@ -317,6 +337,7 @@ def running_hub() -> Iterator[Hub]:
                 if requests.get(f"{hub.url}/hub/api/", timeout=5).ok and health.ok:
                     break
             time.sleep(0.5)
+        provision(hub)
         yield hub
     finally:
         if proc is not None and proc.poll() is None:

@@ -57,8 +57,12 @@ def test_server_runs_as_the_user_with_lab_and_templates(hub: Hub, dev: str,
     assert out["stdout"].split() == [dev, pwd.getpwnam(dev).pw_dir]
     r = hub.api(dev, "GET", f"/user/{dev}/api/contents")
     names = {c["name"] for c in r.json()["content"]}
-    assert {"getting-started.ipynb", "credit-underwriting.ipynb",
-            "population-livelihood.ipynb"} <= names
+    # the common tour, and the walk-through of the one workspace this developer is in
+    assert {"getting-started.ipynb", "credit-underwriting.ipynb"} <= names
+    assert "population-livelihood.ipynb" not in names
+    walk = hub.api(dev, "GET", f"/user/{dev}/api/contents/credit-underwriting.ipynb").json()
+    code = "".join("".join(c["source"]) for c in walk["content"]["cells"])
+    assert 'Sandbox(workspace="credit-underwriting")' in code
     home = Path(pwd.getpwnam(dev).pw_dir)
     assert (home / "getting-started.ipynb").stat().st_uid == pwd.getpwnam(dev).pw_uid
     # JupyterLab is the default UI
@@ -217,11 +221,69 @@ def test_templates_are_copied_once_and_never_overwrite_edits(hub: Hub) -> None:
     r = hub.api(user, "PUT", f"/user/{user}/api/contents/getting-started.ipynb",
                 json={"type": "notebook", "format": "json", "content": edited})
     assert r.status_code == 200, r.text
-    r = hub.api(user, "DELETE", f"/user/{user}/api/contents/credit-underwriting.ipynb")
+    r = hub.api(user, "DELETE", f"/user/{user}/api/contents/population-livelihood.ipynb")
     assert r.status_code == 204
     hub.stop_server(user)
     hub.start_server(user)
     kept = json.loads((home / "getting-started.ipynb").read_text())
     assert kept["cells"][0]["source"] == ["# my own notes\n"]
-    assert (home / "credit-underwriting.ipynb").exists()  # a deleted template comes back
+    assert (home / "population-livelihood.ipynb").exists()  # a deleted template comes back
     hub.stop_server(user)
+
+
+def test_operator_provisions_a_workspace_for_a_new_developer_and_closes_it(hub: Hub) -> None:
+    """A new system user cannot log in until an operator puts them in a workspace; then
+    they log in, find the walk-through, query; suspension refuses, closing refuses and
+    stops their server; every operator action is in the audit log with the operator."""
+    import datetime as dt
+    import secrets
+
+    from hubkit import create_user, remove_user
+
+    password = secrets.token_urlsafe(12)
+    newcomer = create_user("sbxn", password)
+    try:
+        hub.users[newcomer] = password
+        assert hub.login(newcomer, password).login_status == 403  # not a hub user yet
+        expires = (dt.date.today() + dt.timedelta(days=7)).isoformat()
+        hub.sandbox("workspace", "create", "pilot", "--scenario", "credit-underwriting",
+                    "--members", newcomer, "--budget-epsilon", "3", "--expires", expires)
+        hub.start_server(newcomer)
+        home = Path(pwd.getpwnam(newcomer).pw_dir)
+        assert (home / "pilot.ipynb").is_file() and (home / "getting-started.ipynb").is_file()
+        k = hub.kernel(newcomer)
+        ask = ("from sandbox.client import Sandbox\n"
+               "try:\n"
+               "    df = Sandbox().sql('SELECT purpose, count(*) AS n FROM loans GROUP BY "
+               "purpose', epsilon=0.5)\n"
+               "    print('rows', len(df))\n"
+               "except Exception as exc:\n"
+               "    print('refused', getattr(exc, 'code', type(exc).__name__))\n")
+        try:
+            assert k.check(ask)["stdout"].startswith("rows "), "member cannot query"
+            hub.sandbox("workspace", "suspend", "pilot", "--reason", "e2e")
+            assert k.check(ask)["stdout"].strip() == "refused workspace.suspended"
+            hub.sandbox("workspace", "resume", "pilot")
+            assert k.check(ask)["stdout"].startswith("rows ")
+            hub.sandbox("workspace", "close", "pilot")
+        finally:
+            k.close()
+        model = hub.api(newcomer, "GET", f"/hub/api/users/{newcomer}").json()
+        assert "" not in model.get("servers", {}), "closing did not stop the server"
+        r = hub.api(newcomer, "POST", "/services/sandbox/api/v1/workspaces/pilot/query",
+                    json={"sql": "SELECT count(*) FROM loans", "request_id": "after-close"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "workspace.closed"
+        assert hub.budget("pilot", newcomer)["epsilon_spent"] > 0
+        log = hub.sandbox("audit", "log", "--workspace", "pilot", "--format", "jsonl",
+                          operator=False).stdout
+        kinds = [json.loads(line)["kind"] for line in log.splitlines()]
+        assert kinds[:2] == ["workspace.created", "workspace.hub_synced"]
+        for kind in ("workspace.suspended", "workspace.resumed", "workspace.closed",
+                     "query.answered"):
+            assert kind in kinds, kind
+        actors = {json.loads(line)["actor"] for line in log.splitlines()
+                  if json.loads(line)["kind"].startswith("workspace.")}
+        assert actors == {hub.operator}
+        assert hub.sandbox("audit", "verify", operator=False).returncode == 0
+    finally:
+        remove_user(newcomer)

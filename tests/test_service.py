@@ -32,6 +32,8 @@ from sandbox.keys import FileKeyStore
 from sandbox.ledger import SqliteLedger
 from sandbox.settings import Paths
 from sandbox.spec import load_spec
+from sandbox.state import State
+from sandbox.workspaces import provision_local
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = ROOT / "policies" / "credit_underwriting.yaml"
@@ -81,6 +83,7 @@ c.JupyterHub.authenticator_class = "dummy"
 c.JupyterHub.cleanup_servers = False
 c.JupyterHub.custom_scopes = {{
     "custom:sandbox:query": {{"description": "Ask the data sandbox for noisy answers"}},
+    "custom:sandbox:admin": {{"description": "Administer sandbox workspaces"}},
 }}
 c.JupyterHub.services = [
     {{"name": "admin-test", "api_token": "{admin_token}"}},
@@ -89,11 +92,14 @@ c.JupyterHub.services = [
 c.JupyterHub.load_groups = {{
     "credit-analysts": {{"users": ["alice", "eve"]}},
     "other-team": {{"users": ["carol"]}},
+    "operators": {{"users": ["oscar"]}},
 }}
 c.JupyterHub.load_roles = [
     {{"name": "admin-test", "services": ["admin-test"],
-     "scopes": ["admin:users", "admin:groups", "tokens", "read:roles"]}},
+     "scopes": ["admin:users", "admin:groups", "admin:servers", "tokens", "read:roles"]}},
     {{"name": "sandbox-user", "scopes": ["custom:sandbox:query"], "users": ["alice", "carol"]}},
+    {{"name": "sandbox-operator", "users": ["oscar"],
+     "scopes": ["custom:sandbox:admin", "admin:users", "admin:groups", "admin:servers"]}},
 ]
 c.Spawner.server_token_scopes = ["inherit", "custom:sandbox:query"]
 """
@@ -181,11 +187,15 @@ def vault_home(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Path
     kms = FileKeyStore(paths.keystore)
     kms.init()
     catalog = Catalog(paths.catalog_db, paths.vault_dir)
+    state = State(paths.state_db, kms.audit_signing_key())
     try:
         for name in ("persons", "loans", "districts"):
             ingest(catalog, kms, demo_dir / f"{name}.parquet", load_spec(demo_dir / f"{name}.yaml"))
+        provision_local(state, catalog.resolve, POLICY, WS, ["alice", "eve"], epsilon=10,
+                        expires="2099-12-31", actor="test")
     finally:
         catalog.close()
+        state.close()
     return paths
 
 
@@ -193,9 +203,7 @@ def write_config(path: Path, paths: Paths, **limits: object) -> Path:
     lim = {"max_sql_chars": 2000, "max_body_bytes": 8192, "per_member_concurrency": 2,
            "query_timeout_s": 30, "memory_limit": "512MB", "recover_after_s": 0, **limits}
     path.write_text(
-        f"home: {paths.home}\nkeystore: {paths.keystore}\n"
-        f"workspaces:\n  - name: {WS}\n    group: credit-analysts\n    policy: {POLICY}\n"
-        f"limits: {json.dumps(lim)}\n")
+        f"home: {paths.home}\nkeystore: {paths.keystore}\nlimits: {json.dumps(lim)}\n")
     return path
 
 
@@ -528,17 +536,11 @@ def test_config_errors_name_file_and_line(tmp_path: Path) -> None:
     from sandbox.service.config import load_config
 
     cases = {
-        "workspaces: []\n": ":1: 'workspaces' must be a non-empty list",
-        f"workspaces:\n  - name: a\n    group: g\n    policy: {POLICY}\n    extra: 1\n":
-            ":5: unknown workspace key 'extra'",
-        "workspaces:\n  - name: a\n    group: g\n    policy: nope.yaml\n":
-            ":4: policy file not found",
-        f"workspaces:\n  - {{name: a, group: g, policy: {POLICY}}}\nlimits:\n"
-        "  query_timeout_s: -1\n": ":4: limits.query_timeout_s must be a positive number",
-        f"workspaces:\n  - {{name: a, group: g, policy: {POLICY}}}\nlimits:\n"
-        "  memory_limit: lots\n": ":4: limits.memory_limit must be a size",
-        f"workspaces:\n  - {{name: a, group: g, policy: {POLICY}}}\nbogus: 1\n":
-            ":3: unknown key 'bogus'",
+        "workspaces: []\n": ":1: workspaces are no longer configured here",
+        "limits:\n  query_timeout_s: -1\n": ":2: limits.query_timeout_s must be a positive number",
+        "limits:\n  memory_limit: lots\n": ":2: limits.memory_limit must be a size",
+        "limits: {}\nbogus: 1\n": ":2: unknown key 'bogus'",
+        "home: [1]\n": ":1: 'home' must be a directory path",
     }
     for text, expected in cases.items():
         path = tmp_path / "c.yaml"

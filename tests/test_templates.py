@@ -1,4 +1,6 @@
-"""The notebooks copied into every developer's home (notebooks_template/).
+"""The notebooks copied into developers' homes: notebooks_template/*.ipynb for everyone, and
+notebooks_template/scenarios/<policy id>.ipynb for the members of each workspace of that
+scenario (``__WORKSPACE__`` is replaced by the workspace's name when it is provisioned).
 
 They must be valid nbformat 4 without stored outputs, and every SQL they send through the
 client (``sb.sql(...)``, ``sb.explain(...)``, ``%%dpsql`` cells) must pass the gate with the
@@ -23,12 +25,20 @@ from sandbox.errors import SandboxError
 from sandbox.gate import Gate
 
 TEMPLATES = ROOT / "notebooks_template"
-NOTEBOOKS = sorted(TEMPLATES.glob("*.ipynb"))
+NOTEBOOKS = sorted(TEMPLATES.glob("*.ipynb")) + sorted(TEMPLATES.glob("scenarios/*.ipynb"))
 DEFAULT_WORKSPACE = "credit-underwriting"  # a Sandbox() without workspace (one membership)
 POLICY_FOR = {
     "credit-underwriting": "credit_underwriting",
     "population-livelihood": "population_livelihood",
 }
+PLACEHOLDER = "__WORKSPACE__"
+
+
+def policy_name(notebook: str, workspace: str) -> str:
+    """The policy file a notebook's SQL is checked with (scenario notebooks: by policy id)."""
+    if workspace == PLACEHOLDER:
+        return notebook.removesuffix(".ipynb").replace("-", "_")
+    return POLICY_FOR[workspace]
 
 
 @dataclass
@@ -109,8 +119,13 @@ def sent_sql(path: Path) -> list[SentSql]:
 
 
 def test_the_expected_notebooks_exist() -> None:
-    assert {p.name for p in NOTEBOOKS} >= {
-        "getting-started.ipynb", "credit-underwriting.ipynb", "population-livelihood.ipynb"}
+    assert {str(p.relative_to(TEMPLATES)) for p in NOTEBOOKS} >= {
+        "getting-started.ipynb", "scenarios/credit-underwriting.ipynb",
+        "scenarios/population-livelihood.ipynb"}
+    ids = {re.search(r"^id: (\S+)", p.read_text(), re.M).group(1)  # type: ignore[union-attr]
+           for p in (ROOT / "policies").glob("*.yaml")}
+    for path in TEMPLATES.glob("scenarios/*.ipynb"):  # named by the scenario's policy id
+        assert path.stem in ids, path.name
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -133,9 +148,10 @@ def test_notebook_is_valid_nbformat_without_outputs(path: Path) -> None:
 def test_every_sql_passes_the_gate_except_the_refusal_example(tiny_vault, path: Path) -> None:
     sent = sent_sql(path)
     assert sent, f"{path.name} sends no SQL"
-    gates = {ws: Gate(policy(tiny_vault.catalog, name)) for ws, name in POLICY_FOR.items()}
+    gates: dict[str, Gate] = {}
     for s in sent:
-        gate = gates[s.workspace]
+        name = policy_name(s.notebook, s.workspace)
+        gate = gates.setdefault(name, Gate(policy(tiny_vault.catalog, name)))
         where = f"{s.notebook} cell {s.cell} ({s.workspace}): {s.sql}"
         if s.expect_refusal:
             with pytest.raises(SandboxError):
@@ -158,11 +174,10 @@ def test_getting_started_covers_the_tour() -> None:
         assert needle in code, needle
 
 
-def test_scenario_notebooks_use_their_workspace() -> None:
-    for name, ws in (("credit-underwriting.ipynb", "credit-underwriting"),
-                     ("population-livelihood.ipynb", "population-livelihood")):
-        sent = sent_sql(TEMPLATES / name)
-        assert sent and {s.workspace for s in sent} == {ws}
+def test_scenario_notebooks_use_the_provisioned_workspace() -> None:
+    for path in TEMPLATES.glob("scenarios/*.ipynb"):
+        sent = sent_sql(path)
+        assert sent and {s.workspace for s in sent} == {PLACEHOLDER}, path.name
 
 
 def test_every_notebook_names_its_workspace() -> None:

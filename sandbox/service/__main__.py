@@ -58,9 +58,9 @@ async def serve(config_path: Path, port: int | None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("sandbox service %s listening on http://%s:%d%sapi/v1/ (%d workspaces)",
+    log.info("sandbox service %s listening on http://%s:%d%sapi/v1/ (%d tables loaded)",
              "ready", host, port, prefix if prefix.endswith("/") else prefix + "/",
-             len(service.workspaces))
+             len(service.engine.tables))
     try:
         await stop.wait()
     finally:

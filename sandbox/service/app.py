@@ -31,12 +31,14 @@ from ..catalog import Catalog
 from ..engine import Engine
 from ..errors import EngineError, SandboxError
 from ..gate import Gate
-from ..keys import load_kms
+from ..keys import Kms, load_kms
 from ..ledger import DuplicateRequestError, SqliteLedger
-from ..policy import Policy, load_policy
+from ..policy import Policy
+from ..scenarios import Scenarios, load_approved
 from ..settings import Paths
 from ..sql.refusal import Refusal
 from ..state import State
+from ..workspaces import WorkspaceRecord, Workspaces
 from .config import ServiceConfig
 from .openapi import document
 
@@ -52,7 +54,9 @@ STATUS = {
     "request.failed": 409, "engine.timeout": 504, "engine.error": 500, "input.invalid": 400,
     "auth.required": 401, "auth.invalid": 401, "auth.token_in_url": 400, "auth.scope": 403,
     "auth.not_a_user": 403, "auth.unavailable": 502, "workspace.forbidden": 403,
-    "workspace.not_found": 404, "limits.body_too_large": 413, "limits.concurrency": 429,
+    "workspace.not_found": 404, "workspace.suspended": 403, "workspace.closed": 403,
+    "workspace.expired": 403, "workspace.provisioning": 503, "limits.body_too_large": 413,
+    "limits.concurrency": 429,
     "http.not_found": 404, "http.method_not_allowed": 405, "state.error": 503,
 }
 
@@ -114,8 +118,10 @@ def dumps(body: Any) -> str:
 # -- the service (no HTTP here) ------------------------------------------------------------
 @dataclass(frozen=True)
 class Workspace:
+    """A provisioned workspace as served: its record and its approved policy's gate."""
+
     name: str
-    group: str
+    record: WorkspaceRecord
     policy: Policy
     gate: Gate
 
@@ -131,7 +137,9 @@ class Workspace:
                              "bounds": _jsonable(c.bounds), "keys": _jsonable(c.keys),
                              "description": c.description} for c in t.columns.values()]}
         return {
-            "workspace": self.name, "policy": p.id, "title": p.title, "purpose": p.purpose,
+            "workspace": self.name, "policy": p.id,
+            "scenario_version": self.record.scenario_version, "expires": self.record.expires,
+            "title": p.title, "purpose": p.purpose,
             "tables": tables,
             "joins": [{"left": ".".join(j.left), "right": ".".join(j.right), "kind": j.kind}
                       for j in p.joins],
@@ -139,8 +147,8 @@ class Workspace:
                         "epsilon_max": p.privacy.epsilon_max, "delta": p.privacy.delta,
                         "max_groups_per_unit": p.privacy.max_groups_per_unit,
                         "mechanism": p.privacy.mechanism},
-            "budget_default": {"epsilon": p.budget.epsilon, "delta": p.budget.delta,
-                               "refresh": p.budget.refresh},
+            "budget_default": {"epsilon": self.record.epsilon, "delta": self.record.delta,
+                               "refresh": self.record.refresh},
         }
 
 
@@ -180,41 +188,33 @@ class TimedExecutor:
 
 
 class Service:
-    """Policies, one locked engine, the state database, and the gate operations."""
+    """Approved policies, one locked engine, the state database, and the gate operations.
 
-    def __init__(self, config: ServiceConfig, workspaces: dict[str, Workspace], engine: Engine,
-                 paths: Paths, signer: Any) -> None:
-        self.config, self.workspaces, self.engine = config, workspaces, engine
-        self.paths, self._signer = paths, signer
+    Workspace records are read on every request (a removed member, a suspension or an
+    expiry applies to the next request); policies and gates are cached per approved
+    scenario version, which never changes once stored.
+    """
+
+    def __init__(self, config: ServiceConfig, engine: Engine, paths: Paths, kms: Kms,
+                 signer: Any) -> None:
+        self.config, self.engine, self.paths, self.kms = config, engine, paths, kms
+        self._signer = signer
         self.limits = config.limits
         self._local = threading.local()
         self._states: list[State] = []
         self._states_lock = threading.Lock()
+        self._gates: dict[tuple[str, int], tuple[Policy, Gate]] = {}
+        self._gates_lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=self.limits["workers"],
                                        thread_name_prefix="gate")
         self.active: dict[str, int] = {}  # member -> running explain/query (event loop only)
 
     @classmethod
     def start(cls, config: ServiceConfig) -> Service:
-        """Load policies and data, lock the engine, recover stale reservations."""
+        """Lock an engine holding the data of every open workspace; recover reservations."""
         paths = Paths.resolve(config.home, config.keystore)
         paths.ensure_home()
         kms = load_kms(paths.keystore)
-        catalog = Catalog(paths.catalog_db, paths.vault_dir)
-        try:
-            workspaces: dict[str, Workspace] = {}
-            needed: list[tuple[str, int | None]] = []
-            for wc in config.workspaces:
-                policy = load_policy(wc.policy, catalog.resolve)
-                workspaces[wc.name] = Workspace(wc.name, wc.group, policy, Gate(policy))
-                for t in policy.tables.values():
-                    if (t.dataset, t.version) not in needed:
-                        needed.append((t.dataset, t.version))
-            engine = Engine.from_catalog(catalog, kms, needed,
-                                         memory_limit=config.limits["memory_limit"],
-                                         threads=config.limits["engine_threads"])
-        finally:
-            catalog.close()
         signer = kms.audit_signing_key()
         state = State(paths.state_db, signer)
         try:
@@ -222,11 +222,24 @@ class Service:
             if closed:
                 log.warning("closed %d interrupted reservation(s) (charged, not refunded)",
                             closed)
-            for ws in workspaces.values():
-                SqliteLedger.open(state, ws.name, ws.policy.id, ws.policy.budget)
+            scenarios = Scenarios(state)
+            needed: list[tuple[str, int]] = []
+            for rec in Workspaces(state).all():
+                if rec.open:
+                    sv = scenarios.get(rec.scenario, rec.scenario_version)
+                    needed += [d for d in sv.datasets.items() if d not in needed]
+                    if sv.file_status() != "file matches the review":
+                        log.warning("scenario %s v%d: %s", sv.id, sv.version, sv.file_status())
         finally:
             state.close()
-        return cls(config, workspaces, engine, paths, signer)
+        catalog = Catalog(paths.catalog_db, paths.vault_dir)
+        try:
+            engine = Engine.from_catalog(catalog, kms, needed,
+                                         memory_limit=config.limits["memory_limit"],
+                                         threads=config.limits["engine_threads"])
+        finally:
+            catalog.close()
+        return cls(config, engine, paths, kms, signer)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -247,30 +260,51 @@ class Service:
         return s
 
     def ledger(self, ws: Workspace) -> SqliteLedger:
-        return SqliteLedger(self.state(), ws.name, ws.policy.budget)
+        return SqliteLedger(self.state(), ws.name, ws.record.budget_policy())
 
     # -- operations (run in worker threads) ----------------------------------------------
-    def workspace_for(self, name: str, groups: set[str]) -> Workspace:
-        ws = self.workspaces.get(name)
-        if ws is None:
-            raise Problem("workspace.not_found", f"there is no workspace {name!r}",
-                          "list yours with GET workspaces")
-        if ws.group not in groups:
-            raise Problem("workspace.forbidden", f"you are not a member of workspace {name!r}",
-                          f"ask the operator to add you to the hub group of {name!r}")
-        return ws
+    def _gate(self, rec: WorkspaceRecord) -> tuple[Policy, Gate]:
+        key = (rec.scenario, rec.scenario_version)
+        with self._gates_lock:
+            if key not in self._gates:
+                sv = Scenarios(self.state()).get(*key)
+                catalog = Catalog(self.paths.catalog_db, self.paths.vault_dir)
+                try:
+                    policy = load_approved(sv, catalog.resolve, self.paths.home / "scenarios")
+                    loaded = self.engine.load_more(catalog, self.kms, sv.datasets.items())
+                finally:
+                    catalog.close()
+                if loaded:
+                    log.info("loaded %s for scenario %s v%d", ", ".join(loaded), *key)
+                self._gates[key] = (policy, Gate(policy))
+            return self._gates[key]
 
-    def list_workspaces(self, member: str, groups: set[str]) -> list[dict[str, Any]]:
+    def workspace_for(self, name: str, member: str) -> Workspace:
+        """The workspace if ``member`` may use it now (records are read every time)."""
+        rec = Workspaces(self.state()).access(name, member)
+        policy, gate = self._gate(rec)
+        return Workspace(name, rec, policy, gate)
+
+    def list_workspaces(self, member: str) -> list[dict[str, Any]]:
         out = []
-        for ws in self.workspaces.values():
-            if ws.group in groups:
-                out.append({"name": ws.name, "policy": ws.policy.id, "title": ws.policy.title,
-                            "purpose": ws.policy.purpose,
-                            "budget": self.ledger(ws).balance(member).to_dict()})
+        for rec in Workspaces(self.state()).of_member(member):
+            item: dict[str, Any] = {"name": rec.name, "state": rec.effective_state(),
+                                    "scenario": rec.scenario,
+                                    "scenario_version": rec.scenario_version,
+                                    "expires": rec.expires}
+            if item["state"] == "active":
+                ws = self.workspace_for(rec.name, member)
+                item.update(policy=ws.policy.id, title=ws.policy.title,
+                            purpose=ws.policy.purpose,
+                            budget=self.ledger(ws).balance(member).to_dict())
+            out.append(item)
         return out
 
-    def budget(self, ws: Workspace, member: str) -> dict[str, Any]:
-        return self.ledger(ws).balance(member).to_dict()
+    def schema(self, name: str, member: str) -> dict[str, Any]:
+        return self.workspace_for(name, member).schema()
+
+    def budget(self, name: str, member: str) -> dict[str, Any]:
+        return self.ledger(self.workspace_for(name, member)).balance(member).to_dict()
 
     def _check_size(self, sql: str) -> None:
         limit = self.limits["max_sql_chars"]
@@ -329,7 +363,7 @@ class BaseHandler(web.RequestHandler):
 
     def initialize(self, service: Service, hub_auth: HubAuth | None = None) -> None:
         self.service, self.hub_auth = service, hub_auth
-        self.member, self.groups = "", set()
+        self.member = ""
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -427,10 +461,7 @@ class AuthedHandler(BaseHandler):
                           "ask the operator for the sandbox role; tokens made before it was "
                           "granted must be recreated")
         self.member = str(model["name"])
-        self.groups = set(model.get("groups") or [])
 
-    def workspace(self, name: str) -> Workspace:
-        return self.service.workspace_for(name, self.groups)
 
     def json_body(self, fields: dict[str, tuple[type, ...]], required: tuple[str, ...]
                   ) -> dict[str, Any]:
@@ -483,17 +514,17 @@ class AuthedHandler(BaseHandler):
 
 class WorkspacesHandler(AuthedHandler):
     async def get(self) -> None:
-        self.send_json(await self.run(self.service.list_workspaces, self.member, self.groups))
+        self.send_json(await self.run(self.service.list_workspaces, self.member))
 
 
 class SchemaHandler(AuthedHandler):
-    def get(self, ws: str) -> None:
-        self.send_json(self.workspace(ws).schema())
+    async def get(self, ws: str) -> None:
+        self.send_json(await self.run(self.service.schema, ws, self.member))
 
 
 class BudgetHandler(AuthedHandler):
     async def get(self, ws: str) -> None:
-        self.send_json(await self.run(self.service.budget, self.workspace(ws), self.member))
+        self.send_json(await self.run(self.service.budget, ws, self.member))
 
 
 EXPLAIN_FIELDS: dict[str, tuple[type, ...]] = {"sql": (str,), "epsilon": (int, float, type(None))}
@@ -502,25 +533,28 @@ QUERY_FIELDS: dict[str, tuple[type, ...]] = {**EXPLAIN_FIELDS, "request_id": (st
 
 class ExplainHandler(AuthedHandler):
     async def post(self, ws: str) -> None:
-        workspace = self.workspace(ws)
-        body = self.json_body(EXPLAIN_FIELDS, ("sql",))
+        def work() -> dict[str, Any]:  # one trip to a worker: access, body, then the gate
+            workspace = self.service.workspace_for(ws, self.member)
+            body = self.json_body(EXPLAIN_FIELDS, ("sql",))
+            return self.service.explain(workspace, body["sql"], body.get("epsilon"))
+
         with self.slot():
-            result = await self.run(self.service.explain, workspace, body["sql"],
-                                    body.get("epsilon"))
-        self.send_json(result)
+            self.send_json(await self.run(work))
 
 
 class QueryHandler(AuthedHandler):
     async def post(self, ws: str) -> None:
-        workspace = self.workspace(ws)
-        body = self.json_body(QUERY_FIELDS, ("sql", "request_id"))
-        if not REQUEST_ID_RE.match(body["request_id"]):
-            raise Problem("input.invalid", "the field 'request_id' must be 1-64 letters, digits, "
-                          "'_' or '-'", "use a fresh uuid4 hex per question")
+        def work() -> tuple[dict[str, Any], bool]:
+            workspace = self.service.workspace_for(ws, self.member)
+            body = self.json_body(QUERY_FIELDS, ("sql", "request_id"))
+            if not REQUEST_ID_RE.match(body["request_id"]):
+                raise Problem("input.invalid", "the field 'request_id' must be 1-64 letters, "
+                              "digits, '_' or '-'", "use a fresh uuid4 hex per question")
+            return self.service.query(workspace, self.member, body["sql"],
+                                      body.get("epsilon"), body["request_id"])
+
         with self.slot():
-            result, replayed = await self.run(self.service.query, workspace, self.member,
-                                              body["sql"], body.get("epsilon"),
-                                              body["request_id"])
+            result, replayed = await self.run(work)
         if replayed:
             self.set_header("Sandbox-Replayed", "true")
         self.send_json(result)

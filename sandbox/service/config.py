@@ -2,12 +2,11 @@
 
     home: /path/home            # else $SANDBOX_HOME
     keystore: /path/keystore    # else $SANDBOX_KEYSTORE
-    workspaces:                 # hub group -> scenario policy
-      - name: credit-demo
-        group: credit-analysts
-        policy: policies/credit_underwriting.yaml   # relative to this file
     limits: {max_sql_chars: 20000, max_body_bytes: 65536, per_member_concurrency: 2,
              query_timeout_s: 30, memory_limit: "4GB"}
+
+Workspaces are not configured here: they are records in the state database, made by
+operators with `sandbox scenario review` and `sandbox workspace create` (docs/workspaces.md).
 
 ``LIMITS`` documents each limit once (name, default, help); docs/service.md lists them.
 """
@@ -21,11 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, InputError
-from ..yamlio import LineDict, LineList, line_of, load_yaml
+from ..yamlio import LineDict, line_of, load_yaml
 
-TOP_KEYS = ("home", "keystore", "workspaces", "limits")
-WORKSPACE_KEYS = ("name", "group", "policy")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TOP_KEYS = ("home", "keystore", "limits")
 MEMORY_RE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
 
 
@@ -62,19 +59,10 @@ LIMITS: tuple[Limit, ...] = (
 
 
 @dataclass(frozen=True)
-class WorkspaceConfig:
-    name: str
-    group: str
-    policy: Path
-    line: int
-
-
-@dataclass(frozen=True)
 class ServiceConfig:
     path: Path
     home: Path | None
     keystore: Path | None
-    workspaces: tuple[WorkspaceConfig, ...]
     limits: dict[str, Any] = field(default_factory=dict)
 
     def limit(self, name: str) -> Any:
@@ -127,47 +115,14 @@ def load_config(path: Path) -> ServiceConfig:
         raise _fail(path, line_of(doc) or 1, "the configuration must be a mapping",
                     "see docs/service.md for an example")
     for key in doc:
+        if key == "workspaces":
+            raise _fail(path, line_of(doc, key), "workspaces are no longer configured here",
+                        "they are records now: approve the policy with `sandbox scenario "
+                        "review`, then `sandbox workspace create` (docs/workspaces.md)")
         if key not in TOP_KEYS:
             raise _fail(path, line_of(doc, key), f"unknown key '{key}'",
                         f"allowed keys: {', '.join(TOP_KEYS)}")
     home, keystore = _path(path, doc, "home"), _path(path, doc, "keystore")
-    wdocs = doc.get("workspaces")
-    if not isinstance(wdocs, LineList) or not wdocs:
-        raise _fail(path, line_of(doc, "workspaces") if "workspaces" in doc else doc.line,
-                    "'workspaces' must be a non-empty list",
-                    "add '- {name: ..., group: ..., policy: ...}' entries")
-    workspaces: list[WorkspaceConfig] = []
-    seen: set[str] = set()
-    for i, w in enumerate(wdocs):
-        wline = wdocs.item_lines[i]
-        if not isinstance(w, LineDict):
-            raise _fail(path, wline, f"workspace #{i + 1} must be a mapping",
-                        "write {name: ..., group: ..., policy: ...}")
-        for key in w:
-            if key not in WORKSPACE_KEYS:
-                raise _fail(path, line_of(w, key), f"unknown workspace key '{key}'",
-                            f"allowed keys: {', '.join(WORKSPACE_KEYS)}")
-        for key in WORKSPACE_KEYS:
-            value = w.get(key)
-            if not isinstance(value, str) or not value.strip():
-                raise _fail(path, line_of(w, key) if key in w else w.line,
-                            f"workspace #{i + 1} needs a text '{key}'",
-                            "every workspace has a name, a hub group and a policy file")
-        for key in ("name", "group"):
-            if not NAME_RE.match(w[key]):
-                raise _fail(path, line_of(w, key), f"invalid workspace {key} {w[key]!r}",
-                            "use 1-64 letters, digits, '.', '_' or '-', starting with a "
-                            "letter or digit")
-        if w["name"] in seen:
-            raise _fail(path, line_of(w, "name"), f"duplicate workspace name {w['name']!r}",
-                        "give each workspace a unique name")
-        seen.add(w["name"])
-        pol = Path(w["policy"]).expanduser()
-        pol = pol if pol.is_absolute() else path.parent / pol
-        if not pol.is_file():
-            raise _fail(path, line_of(w, "policy"), f"policy file not found: {pol}",
-                        "give a path that is absolute or relative to this configuration")
-        workspaces.append(WorkspaceConfig(w["name"], w["group"], pol, line_of(w, "policy")))
     ldoc = doc.get("limits", LineDict())
     if ldoc is None:
         ldoc = LineDict()
@@ -181,4 +136,4 @@ def load_config(path: Path) -> ServiceConfig:
             raise _fail(path, line_of(ldoc, key), f"unknown limit '{key}'",
                         f"known limits: {', '.join(known)}")
         limits[key] = _limit_value(path, ldoc, known[key])
-    return ServiceConfig(path, home, keystore, tuple(workspaces), limits)
+    return ServiceConfig(path, home, keystore, limits)

@@ -13,7 +13,10 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "auth.invalid": (401, "The token is unknown, expired or revoked."),
     "auth.scope": (403, "The token lacks the scope custom:sandbox:query."),
     "auth.not_a_user": (403, "The token belongs to a service, not a user."),
-    "workspace.forbidden": (403, "The user is not in the workspace's hub group."),
+    "workspace.forbidden": (403, "The user is not a member of the workspace."),
+    "workspace.suspended": (403, "The operator suspended the workspace."),
+    "workspace.expired": (403, "The workspace is past its last day of use."),
+    "workspace.closed": (403, "The workspace is closed for good."),
     "budget.exhausted": (403, "The query costs more than the remaining budget (not charged)."),
     "workspace.not_found": (404, "No workspace of that name."),
     "http.not_found": (404, "No such endpoint."),
@@ -29,6 +32,8 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "engine.error": (500, "Execution failed (charged); the engine's text is never sent."),
     "auth.unavailable": (502, "The hub could not be asked about the token."),
     "service.unavailable": (503, "The state database was busy or unwritable."),
+    "workspace.provisioning": (503, "The workspace is still being set up (hub not yet in "
+                                    "step)."),
     "engine.timeout": (504, "The query ran past query_timeout_s and was stopped (charged). "
                             "Its family is engine.*."),
 }
@@ -72,7 +77,7 @@ def document(prefix: str, version: str) -> dict[str, Any]:
             "summary": "This document (no authentication)", "operationId": "openapi",
             "security": [], "responses": {"200": _ok({"type": "object"})}}},
         "/workspaces": {"get": {
-            "summary": "The workspaces of the caller (by hub group membership)",
+            "summary": "The workspaces the caller is a member of",
             "operationId": "listWorkspaces", "security": _SECURE,
             "responses": {"200": _ok({"type": "array", "items": {
                 "$ref": "#/components/schemas/WorkspaceSummary"}}),
