@@ -20,9 +20,8 @@ import click
 from .cli import Context, _clean, _emit, _opened_state, format_option, main, pass_ctx
 from .hubsync import HubClient, operator, sync
 from .scenarios import Scenarios
+from .settings import templates_dir
 from .workspaces import WorkspaceRecord, Workspaces
-
-TEMPLATES = Path(__file__).resolve().parent.parent / "notebooks_template"
 
 hub_url_option = click.option("--hub-url", default=None, metavar="URL",
                               help="The hub's REST API (default: $JUPYTERHUB_API_URL or "
@@ -148,8 +147,10 @@ def provision_templates(c: Context, rec: WorkspaceRecord, policy_text: str) -> l
 
     doc = yaml.safe_load(policy_text) or {}
     scenario_id = str(doc.get("id", rec.scenario)) if isinstance(doc, dict) else rec.scenario
-    src = TEMPLATES / "scenarios" / f"{scenario_id}.ipynb"
+    src = templates_dir() / "scenarios" / f"{scenario_id}.ipynb"
     if not src.is_file():
+        click.echo(f"note: no walk-through {src} for this scenario; members get the common "
+                   "templates only (set SANDBOX_TEMPLATES to the templates directory)", err=True)
         return []
     out = c.paths.home / "templates" / rec.name
     out.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ once here (name, default, help) and ``docs/settings.md`` is checked against it.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,12 @@ SETTINGS: tuple[Setting, ...] = (
         "(unset)",
         "Path of a mounted secret file holding a base64-encoded 32-byte master key. "
         "When set, it replaces the file key store.",
+    ),
+    Setting(
+        "SANDBOX_TEMPLATES",
+        "notebooks_template/ of the checkout, else <prefix>/share/sandbox/notebooks_template",
+        "Directory of the notebook templates; `sandbox workspace create` provisions "
+        "`scenarios/<scenario id>.ipynb` from it for the new workspace.",
     ),
     Setting(
         "SANDBOX_DEBUG",
@@ -103,3 +110,15 @@ class Paths:
                 f"cannot write to the home directory {self.home}: {exc.strerror or exc}",
                 "choose a writable directory with --home or SANDBOX_HOME",
             ) from None
+
+
+def templates_dir() -> Path:
+    """Where the notebook templates are: $SANDBOX_TEMPLATES, the checkout (development), or
+    the copy installed with the package (``share/sandbox/notebooks_template``)."""
+    env = os.environ.get("SANDBOX_TEMPLATES", "").strip()
+    if env:
+        return Path(env).expanduser()
+    checkout = Path(__file__).resolve().parent.parent / "notebooks_template"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "sandbox" / "notebooks_template"
