@@ -61,6 +61,16 @@ KINDS: dict[str, tuple[str, ...]] = {
                                    "content_hash"),
     "workspace.hub_synced": ("state", "users_created", "group_members", "servers_stopped"),
     "workspace.hub_failed": ("error",),
+    "export.submitted": ("export_id", "revision", "title", "purpose", "items"),
+    "export.checked": ("export_id", "revision", "rules_version", "outcome", "results",
+                       "report_sha256"),
+    "export.approved": ("export_id", "revision", "comment", "approvals", "approvals_required"),
+    "export.rejected": ("export_id", "revision", "comment"),
+    "export.returned": ("export_id", "revision", "comment"),
+    "export.withdrawn": ("export_id", "revision", "comment"),
+    "export.released": ("export_id", "revision", "manifest_sha256", "files"),
+    "export.revoked": ("export_id", "revision", "comment"),
+    "export.downloaded": ("export_id", "revision", "bundle_sha256"),
 }
 COMMON = ("v", "seq", "time", "kind", "workspace", "member", "actor", "prev")
 

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from .catalog import Catalog, DatasetVersion
 from .errors import IngestError, MalformedRowError, TypeMismatchError
+from .exports import identifiers
 from .fsutil import fsync_dir
 from .keys import Kms
 from .spec import DatasetSpec
@@ -45,6 +46,10 @@ def ingest(catalog: Catalog, kms: Kms, source: Path, spec: DatasetSpec,
     storage_id = uuid.uuid4().hex
     staging = catalog.vault_dir / STAGING / storage_id
     final = catalog.storage_dir(spec.name, storage_id)
+    # The export airlock's keyed-hash index of the identifier values (never in clear).
+    home = identifiers.home_of(catalog)
+    index = identifiers.writer_for(home, kms, spec.identifier_columns)
+    index_file = identifiers.index_path(home, spec.name, storage_id)
     staging.mkdir(parents=True, mode=0o700)
     writer: EncryptedWriter | None = None
     try:
@@ -59,6 +64,7 @@ def ingest(catalog: Catalog, kms: Kms, source: Path, spec: DatasetSpec,
                                          spec.arrow_schema(), spec.identifier_columns, kms,
                                          row_group_size)
             writer.write(table)
+            index.add_table(table)
         if writer is None:
             raise IngestError(f"{source} has no data rows", "ingest a file with at least one row")
         written.append(writer.close())
@@ -67,12 +73,14 @@ def ingest(catalog: Catalog, kms: Kms, source: Path, spec: DatasetSpec,
         final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.rename(staging, final)
         fsync_dir(final.parent)
+        index.write(index_file)
         catalog.register(spec, storage_id, written)
     except BaseException:
         if writer is not None:
             writer.abort()
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(final, ignore_errors=True)
+        index_file.unlink(missing_ok=True)
         raise
     return catalog.get(spec.name)
 

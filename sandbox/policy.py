@@ -34,13 +34,16 @@ MAX_ROWS_PER_UNIT_LIMIT = 1000
 MAX_KEYS = 1000
 
 TOP_KEYS = {"policy_version", "id", "title", "purpose", "review", "tables", "joins", "privacy",
-            "budget"}
+            "budget", "export"}
 TABLE_KEYS = {"dataset", "version", "description", "privacy_unit", "max_rows_per_unit",
               "columns"}
 COLUMN_KEYS = {"role", "keys", "bounds", "description"}
 PRIVACY_KEYS = {"epsilon_default", "epsilon_max", "delta", "max_groups_per_unit", "mechanism"}
 BUDGET_KEYS = {"epsilon", "delta", "refresh"}
 REVIEW_KEYS = {"reviewer", "reference", "date"}
+EXPORT_KEYS = {"min_group_count", "approvals"}
+EXPORT_APPROVALS = (1, 2)
+MIN_GROUP_COUNT_LIMIT = 1_000_000
 
 # (dataset, version or None for latest) -> (spec, resolved version), or None if unknown
 DatasetResolver = Callable[[str, int | None], tuple[DatasetSpec, int] | None]
@@ -114,6 +117,14 @@ class BudgetPolicy:
 
 
 @dataclass(frozen=True)
+class ExportParams:
+    """The ``export:`` section: what the export airlock asks of this scenario."""
+
+    min_group_count: int = 10  # values of groups with a smaller noisy count are flagged
+    approvals: int = 1  # independent reviewers needed (2: the two-person rule)
+
+
+@dataclass(frozen=True)
 class Policy:
     id: str
     title: str
@@ -125,6 +136,7 @@ class Policy:
     review: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     content_hash: str = ""
+    export: ExportParams = field(default_factory=ExportParams)
 
     def join_for(self, a: tuple[str, str], b: tuple[str, str]) -> JoinPolicy | None:
         return next((j for j in self.joins if j.matches(a, b)), None)
@@ -198,6 +210,7 @@ def load_policy(path: Path, resolve: DatasetResolver) -> Policy:
     joins = _load_joins(doc, tables, p)
     privacy = _load_privacy(doc, p)
     budget = _load_budget(doc, p, privacy)
+    export = _load_export(doc, p)
 
     if p.items:
         raise PolicyError(
@@ -208,7 +221,7 @@ def load_policy(path: Path, resolve: DatasetResolver) -> Policy:
     return Policy(
         id=str(pid), title=str(title), purpose=str(purpose), tables=tables, joins=joins,
         privacy=privacy, budget=budget, review={k: review.get(k) for k in REVIEW_KEYS},
-        source=str(path), content_hash=hashlib.sha256(raw).hexdigest(),
+        source=str(path), content_hash=hashlib.sha256(raw).hexdigest(), export=export,
     )
 
 
@@ -458,3 +471,22 @@ def _load_budget(doc: LineDict, p: _Problems, privacy: PrivacyParams) -> BudgetP
         p.add(line_of(bd, "refresh"), f"budget.refresh must be one of {', '.join(REFRESH)}")
         refresh = "none"
     return BudgetPolicy(eps, float(delta), str(refresh))
+
+
+def _load_export(doc: LineDict, p: _Problems) -> ExportParams:
+    ed = _mapping(doc, "export", p, doc, required=False)
+    p.unknown_keys(ed, EXPORT_KEYS, "export")
+    default = ExportParams()
+    mgc = ed.get("min_group_count", default.min_group_count)
+    if not isinstance(mgc, int) or isinstance(mgc, bool) or \
+            not 1 <= mgc <= MIN_GROUP_COUNT_LIMIT:
+        p.add(line_of(ed, "min_group_count"), "export.min_group_count must be an integer from "
+              f"1 to {MIN_GROUP_COUNT_LIMIT:,}")
+        mgc = default.min_group_count
+    approvals = ed.get("approvals", default.approvals)
+    if not isinstance(approvals, int) or isinstance(approvals, bool) or \
+            approvals not in EXPORT_APPROVALS:
+        p.add(line_of(ed, "approvals"), "export.approvals must be 1 or 2 (2: two independent "
+              "reviewers must approve)")
+        approvals = default.approvals
+    return ExportParams(int(mgc), int(approvals))

@@ -1,0 +1,65 @@
+"""Errors of the export airlock, part of the one exception tree (``sandbox.errors``).
+
+    SandboxError
+    └── ExportError                     export.error
+        ├── ExportNotFoundError         export.not_found
+        ├── ExportStateError            export.state            (transition not allowed now)
+        ├── SelfApprovalError           export.self_approval    (reviewer is the requester)
+        ├── DuplicateApprovalError      export.duplicate_approval (two-person rule)
+        ├── NotRequesterError           export.not_requester    (only the requester may)
+        ├── ExportBlockedError          export.blocked          (automatic checks blocked it)
+        ├── ExportRevokedError          export.revoked
+        ├── ExportInputError            export.invalid          (bad items or fields)
+        ├── IdentifierIndexError        export.index            (identifier index missing/damaged)
+        └── BundleInvalidError          export.bundle_invalid   (verify failed)
+
+Messages never contain a matched identifier value.
+"""
+
+from __future__ import annotations
+
+from ..errors import SandboxError
+
+
+class ExportError(SandboxError):
+    code = "export.error"
+
+
+class ExportNotFoundError(ExportError):
+    code = "export.not_found"
+
+
+class ExportStateError(ExportError):
+    code = "export.state"
+
+
+class SelfApprovalError(ExportError):
+    code = "export.self_approval"
+
+
+class DuplicateApprovalError(ExportError):
+    code = "export.duplicate_approval"
+
+
+class NotRequesterError(ExportError):
+    code = "export.not_requester"
+
+
+class ExportBlockedError(ExportError):
+    code = "export.blocked"
+
+
+class ExportRevokedError(ExportError):
+    code = "export.revoked"
+
+
+class ExportInputError(ExportError):
+    code = "export.invalid"
+
+
+class IdentifierIndexError(ExportError):
+    code = "export.index"
+
+
+class BundleInvalidError(ExportError):
+    code = "export.bundle_invalid"

@@ -1,0 +1,543 @@
+"""Export requests and their review: a state machine whose every step is an audit record.
+
+    submitted -> checked -> approved -> released -> revoked
+                        \\-> rejected   (also automatically, when a check blocks)
+                        \\-> returned -> submitted (a new revision)
+    withdrawn: by the requester, from submitted, checked, returned or approved
+
+Each transition and its audit record are one transaction of the state database
+(``sandbox.state``), so the log and the requests never disagree. The store enforces the
+rules that do not depend on who is an auditor (the service decides that): a reviewer can
+never decide on their own request, a policy can ask for two independent approvals, only
+the requester withdraws, nothing blocked can be approved, and only what was approved is
+released. The content of a blocked export is not kept (only its names, sizes and hashes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .. import audit
+from ..policy import Policy
+from . import bundle as bundlemod
+from .checks import CheckContext, CheckReport, Fingerprint, run_checks
+from .errors import (
+    DuplicateApprovalError,
+    ExportBlockedError,
+    ExportInputError,
+    ExportNotFoundError,
+    ExportRevokedError,
+    ExportStateError,
+    NotRequesterError,
+    SelfApprovalError,
+)
+from .items import ExportItem, FileItem, FrameItem
+
+STATES = ("submitted", "checked", "approved", "rejected", "returned", "released",
+          "withdrawn", "revoked")
+DECISIONS = {"approve": "approved", "reject": "rejected", "return": "returned"}
+WITHDRAWABLE = ("submitted", "checked", "returned", "approved")
+CHECKS_ACTOR = "sandbox:checks"
+MAX_TITLE, MAX_PURPOSE, MAX_COMMENT = 200, 4000, 4000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS export_requests (
+    id TEXT PRIMARY KEY, workspace TEXT NOT NULL, requester TEXT NOT NULL, request_id TEXT,
+    title TEXT NOT NULL, purpose TEXT NOT NULL, state TEXT NOT NULL, revision INTEGER NOT NULL,
+    policy_id TEXT NOT NULL, policy_version INTEGER, policy_hash TEXT NOT NULL,
+    approvals_required INTEGER NOT NULL, min_group_count INTEGER NOT NULL, report TEXT,
+    fingerprint TEXT, created TEXT NOT NULL, updated TEXT NOT NULL, released_seq INTEGER,
+    bundle BLOB, bundle_sha256 TEXT, UNIQUE (workspace, requester, request_id));
+CREATE INDEX IF NOT EXISTS export_requests_by_workspace ON export_requests (workspace, state);
+CREATE TABLE IF NOT EXISTS export_items (
+    export_id TEXT NOT NULL REFERENCES export_requests(id), revision INTEGER NOT NULL,
+    position INTEGER NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
+    media_type TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL, data BLOB,
+    meta TEXT NOT NULL, PRIMARY KEY (export_id, revision, position));
+CREATE TABLE IF NOT EXISTS export_events (
+    export_id TEXT NOT NULL REFERENCES export_requests(id), seq INTEGER NOT NULL,
+    event TEXT NOT NULL, actor TEXT NOT NULL, revision INTEGER NOT NULL,
+    comment TEXT NOT NULL, time TEXT NOT NULL, PRIMARY KEY (export_id, seq));
+"""
+_COLUMNS = ("id", "workspace", "requester", "request_id", "title", "purpose", "state",
+            "revision", "policy_id", "policy_version", "policy_hash", "approvals_required",
+            "min_group_count", "report", "fingerprint", "created", "updated", "released_seq",
+            "bundle_sha256")
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    position: int
+    name: str  # the file name in the bundle
+    kind: str  # frame | file
+    media_type: str
+    size: int
+    sha256: str
+    kept: bool  # False when the content was not kept (blocked exports)
+    meta: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"position": self.position, "name": self.name, "kind": self.kind,
+                "media_type": self.media_type, "size": self.size, "sha256": self.sha256,
+                "kept": self.kept, **self.meta}
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int  # the audit record's sequence number
+    event: str  # submitted | checked | approved | rejected | returned | ...
+    actor: str
+    revision: int
+    comment: str
+    time: str  # the audit record's time
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    id: str
+    workspace: str
+    requester: str
+    request_id: str | None
+    title: str
+    purpose: str
+    state: str
+    revision: int
+    policy_id: str
+    policy_version: int | None
+    policy_hash: str
+    approvals_required: int
+    min_group_count: int
+    report: CheckReport | None
+    created: str
+    updated: str
+    released_seq: int | None
+    bundle_sha256: str | None
+    items: tuple[StoredItem, ...]
+    events: tuple[Event, ...]
+
+    @property
+    def approvals(self) -> list[str]:
+        """Reviewers who approved the current revision."""
+        return [e.actor for e in self.events
+                if e.event == "approved" and e.revision == self.revision]
+
+    @property
+    def decisions(self) -> list[Event]:
+        return [e for e in self.events if e.revision == self.revision and
+                e.event in ("approved", "rejected", "returned")]
+
+    def to_dict(self, view: str = "requester") -> dict[str, Any]:
+        """JSON for the service: ``view="requester"`` hides what would locate an
+        identifier; ``"reviewer"`` shows every check detail."""
+        return {
+            "id": self.id, "workspace": self.workspace, "requester": self.requester,
+            "title": self.title, "purpose": self.purpose, "state": self.state,
+            "revision": self.revision,
+            "policy": {"id": self.policy_id, "version": self.policy_version,
+                       "content_hash": self.policy_hash},
+            "approvals_required": self.approvals_required, "approvals": self.approvals,
+            "min_group_count": self.min_group_count,
+            "checks": None if self.report is None else self.report.to_dict(view),
+            "items": [i.to_dict() for i in self.items],
+            "events": [e.to_dict() for e in self.events],
+            "created": self.created, "updated": self.updated,
+            "bundle_sha256": self.bundle_sha256,
+        }
+
+
+def _text(value: Any, what: str, limit: int, required: bool) -> str:
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise ExportInputError(f"{what} must be text", f"give the {what} as a string")
+    value = value.strip()
+    if required and not value:
+        raise ExportInputError(f"the {what} is missing", f"say in a few words the {what}")
+    if len(value) > limit:
+        raise ExportInputError(f"the {what} is longer than {limit} characters",
+                               "shorten it")
+    return value
+
+
+class ExportStore:
+    """Export requests of every workspace, in the state database of a ``State``."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+        if state.signer is not None:  # a read-only state (auditor's copy) is only read
+            with state.transaction() as con:  # not executescript: it would commit others' work
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        con.execute(stmt)
+
+    # -- reading ---------------------------------------------------------------------------
+    def _row(self, con: sqlite3.Connection, export_id: str) -> dict[str, Any]:
+        row = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM export_requests WHERE id = ?",
+                          (export_id,)).fetchone()
+        if row is None:
+            raise ExportNotFoundError(f"there is no export request {export_id!r}",
+                                      "list the export requests to find its id")
+        return dict(zip(_COLUMNS, row, strict=True))
+
+    def _load(self, con: sqlite3.Connection, export_id: str) -> ExportRequest:
+        r = self._row(con, export_id)
+        items = tuple(StoredItem(p, n, k, m, s, h, kept == 1, json.loads(meta))
+                      for p, n, k, m, s, h, kept, meta in con.execute(
+                          "SELECT position, name, kind, media_type, size, sha256, data IS NOT "
+                          "NULL, meta FROM export_items WHERE export_id = ? AND revision = ? "
+                          "ORDER BY position", (export_id, r["revision"])))
+        events = tuple(Event(*e) for e in con.execute(
+            "SELECT seq, event, actor, revision, comment, time FROM export_events WHERE "
+            "export_id = ? ORDER BY seq", (export_id,)))
+        report = CheckReport.from_dict(json.loads(r["report"])) if r["report"] else None
+        return ExportRequest(
+            r["id"], r["workspace"], r["requester"], r["request_id"], r["title"], r["purpose"],
+            r["state"], r["revision"], r["policy_id"], r["policy_version"], r["policy_hash"],
+            r["approvals_required"], r["min_group_count"], report, r["created"], r["updated"],
+            r["released_seq"], r["bundle_sha256"], items, events)
+
+    def get(self, export_id: str) -> ExportRequest:
+        return self._load(self.state.con, export_id)
+
+    def list(self, *, workspace: str | None = None, requester: str | None = None,
+             states: Sequence[str] | None = None) -> list[ExportRequest]:
+        where, args = [], []
+        for col, value in (("workspace", workspace), ("requester", requester)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                args.append(value)
+        if states:
+            where.append(f"state IN ({', '.join('?' * len(states))})")
+            args += list(states)
+        sql = "SELECT id FROM export_requests" + (" WHERE " + " AND ".join(where)
+                                                  if where else "") + " ORDER BY created, id"
+        return [self.get(i) for (i,) in self.state.con.execute(sql, args).fetchall()]
+
+    def item_data(self, export_id: str, position: int) -> bytes:
+        """One item's bytes (current revision) for a reviewer to look at."""
+        r = self._row(self.state.con, export_id)
+        row = self.state.con.execute(
+            "SELECT data FROM export_items WHERE export_id = ? AND revision = ? AND "
+            "position = ?", (export_id, r["revision"], position)).fetchone()
+        if row is None or row[0] is None:
+            raise ExportNotFoundError(f"export {export_id} has no kept item #{position}",
+                                      "the content of blocked exports is not kept")
+        return bytes(row[0])
+
+    def approved_fingerprints(self, workspace: str,
+                              exclude: str | None = None) -> tuple[Fingerprint, ...]:
+        """What earlier approved (or released) exports of the workspace let out."""
+        rows = self.state.con.execute(
+            "SELECT fingerprint FROM export_requests WHERE workspace = ? AND state IN "
+            "('approved', 'released', 'revoked') AND fingerprint IS NOT NULL AND id != ? "
+            "ORDER BY created", (workspace, exclude or "")).fetchall()
+        return tuple(Fingerprint.from_dict(json.loads(f)) for (f,) in rows)
+
+    # -- writing helpers --------------------------------------------------------------------
+    def _event(self, con: sqlite3.Connection, req: dict[str, Any], event: str, actor: str,
+               **fields: Any) -> int:
+        """Append ``export.<event>`` and keep it with the request (same transaction)."""
+        seq = self.state.append(con, f"export.{event}", workspace=req["workspace"],
+                                member=req["requester"], actor=actor, export_id=req["id"],
+                                revision=req["revision"], **fields)
+        (when,) = con.execute("SELECT time FROM audit_records WHERE seq = ?", (seq,)).fetchone()
+        con.execute("INSERT INTO export_events VALUES (?,?,?,?,?,?,?)",
+                    (req["id"], seq, event, actor, req["revision"], fields.get("comment") or "",
+                     when))
+        return seq
+
+    def _set(self, con: sqlite3.Connection, export_id: str, **cols: Any) -> None:
+        cols["updated"] = audit.now_iso()
+        con.execute(f"UPDATE export_requests SET {', '.join(f'{k} = ?' for k in cols)} "
+                    "WHERE id = ?", (*cols.values(), export_id))
+
+    @staticmethod
+    def _expect(req: dict[str, Any], allowed: Sequence[str], doing: str) -> None:
+        if req["state"] not in allowed:
+            raise ExportStateError(
+                f"export {req['id']} is {req['state']}: it can be {doing} only when "
+                f"{' or '.join(allowed)}",
+                "reload the request to see its current state")
+
+    def _store_items(self, con: sqlite3.Connection, export_id: str, revision: int,
+                     items: Sequence[ExportItem]) -> list[dict[str, Any]]:
+        summary = []
+        for pos, it in enumerate(items):
+            data = it.data
+            meta: dict[str, Any] = {"release_ids": list(it.release_ids),
+                                    "postprocessing": list(it.postprocessing)}
+            if isinstance(it, FrameItem):
+                meta.update(columns=list(it.columns), rows=len(it.rows))
+            sha = hashlib.sha256(data).hexdigest()
+            con.execute("INSERT INTO export_items VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        (export_id, revision, pos, it.filename, it.kind, it.media_type,
+                         len(data), sha, data, json.dumps(meta, ensure_ascii=False)))
+            summary.append({"name": it.filename, "kind": it.kind, "media_type": it.media_type,
+                            "size": len(data), "sha256": sha})
+        return summary
+
+    def _checked(self, con: sqlite3.Connection, req: dict[str, Any],
+                 report: CheckReport) -> None:
+        """Record the check report; a blocked export is rejected and its content dropped."""
+        report_json = json.dumps(report.to_dict("reviewer"), ensure_ascii=False,
+                                 allow_nan=False, default=str)
+        self._event(con, req, "checked", CHECKS_ACTOR, rules_version=report.rules_version,
+                    outcome=report.outcome, results=report.summary(),
+                    report_sha256=report.digest())
+        fp = replace(report.fingerprint, export_id=req["id"], title=req["title"])
+        self._set(con, req["id"], state="checked", report=report_json,
+                  fingerprint=json.dumps(fp.to_dict()))
+        if report.blocked:
+            rules = ", ".join(r.rule for r in report.results if r.outcome == "block")
+            comment = f"blocked by the automatic checks ({rules}); the content was not kept"
+            self._event(con, {**req, "state": "checked"}, "rejected", CHECKS_ACTOR,
+                        comment=comment)
+            con.execute("UPDATE export_items SET data = NULL WHERE export_id = ?", (req["id"],))
+            self._set(con, req["id"], state="rejected")
+
+    def _context(self, ctx: CheckContext, req: dict[str, Any]) -> CheckContext:
+        return replace(ctx, min_group_count=req["min_group_count"],
+                       prior_exports=self.approved_fingerprints(req["workspace"], req["id"]))
+
+    # -- the transitions --------------------------------------------------------------------
+    def submit(self, *, workspace: str, requester: str, title: str, purpose: str,
+               items: Sequence[ExportItem], policy: Policy, policy_version: int | None = None,
+               request_id: str | None = None,
+               context: CheckContext | None = None) -> ExportRequest:
+        """A new request (state submitted). With a ``context`` the checks run now too
+        (state checked, or rejected when a check blocks). A repeated ``request_id`` of the
+        same requester returns the first request and stores nothing."""
+        title = _text(title, "title", MAX_TITLE, True)
+        purpose = _text(purpose, "purpose", MAX_PURPOSE, True)
+        if not items:
+            raise ExportInputError("an export needs at least one item",
+                                   "pass the frames or files to export")
+        if request_id is not None:
+            row = self.state.con.execute(
+                "SELECT id FROM export_requests WHERE workspace = ? AND requester = ? AND "
+                "request_id = ?", (workspace, requester, request_id)).fetchone()
+            if row is not None:
+                return self.get(row[0])
+        export_id = uuid.uuid4().hex
+        req = {"id": export_id, "workspace": workspace, "requester": requester,
+               "title": title, "revision": 1, "state": "submitted",
+               "min_group_count": policy.export.min_group_count}
+        report = None
+        if context is not None:
+            report = run_checks(items, self._context(context, req), export_id, title)
+        now = audit.now_iso()
+        with self.state.transaction() as con:
+            try:
+                con.execute(f"INSERT INTO export_requests ({', '.join(_COLUMNS)}) VALUES "
+                            f"({', '.join('?' * len(_COLUMNS))})",
+                            (export_id, workspace, requester, request_id, title, purpose,
+                             "submitted", 1, policy.id, policy_version, policy.content_hash,
+                             policy.export.approvals, policy.export.min_group_count, None,
+                             None, now, now, None, None))
+            except sqlite3.IntegrityError:
+                raise ExportStateError(f"request {request_id} was just submitted",
+                                       "fetch it again") from None
+            summary = self._store_items(con, export_id, 1, items)
+            self._event(con, req, "submitted", requester, title=title, purpose=purpose,
+                        items=summary)
+            if report is not None:
+                self._checked(con, req, report)
+        return self.get(export_id)
+
+    def check(self, export_id: str, context: CheckContext,
+              items: Sequence[ExportItem] | None = None) -> ExportRequest:
+        """Run the checks of a submitted request (when ``submit`` had no context). The
+        items are read back from the store unless given."""
+        r = self._row(self.state.con, export_id)
+        self._expect(r, ("submitted",), "checked")
+        if items is None:
+            items = self._stored_items(export_id, r["revision"])
+        report = run_checks(items, self._context(context, r), export_id, r["title"])
+        with self.state.transaction() as con:
+            r = self._row(con, export_id)
+            self._expect(r, ("submitted",), "checked")
+            self._checked(con, r, report)
+        return self.get(export_id)
+
+    def _stored_items(self, export_id: str, revision: int) -> list[ExportItem]:
+        """Items as stored (frames as their CSV files)."""
+        out: list[ExportItem] = []
+        for name, media, data, meta in self.state.con.execute(
+                "SELECT name, media_type, data, meta FROM export_items WHERE "
+                "export_id = ? AND revision = ? ORDER BY position", (export_id, revision)):
+            m = json.loads(meta)
+            out.append(FileItem(name, bytes(data or b""), media, tuple(m["release_ids"]),
+                                tuple(m["postprocessing"])))
+        return out
+
+    def resubmit(self, export_id: str, requester: str, items: Sequence[ExportItem], *,
+                 title: str | None = None, purpose: str | None = None,
+                 context: CheckContext | None = None) -> ExportRequest:
+        """A returned request, changed by its requester: a new revision, checked again;
+        approvals of earlier revisions do not count."""
+        r = self._row(self.state.con, export_id)
+        if r["requester"] != requester:
+            raise NotRequesterError(f"only {r['requester']} can change export {export_id}",
+                                    "submit a request of your own")
+        self._expect(r, ("returned",), "resubmitted")
+        if not items:
+            raise ExportInputError("an export needs at least one item",
+                                   "pass the frames or files to export")
+        title = _text(title, "title", MAX_TITLE, True) if title is not None else r["title"]
+        purpose = _text(purpose, "purpose", MAX_PURPOSE, True) if purpose is not None \
+            else r["purpose"]
+        req = {**r, "revision": r["revision"] + 1, "title": title}
+        report = None if context is None else run_checks(
+            items, self._context(context, req), export_id, title)
+        with self.state.transaction() as con:
+            cur = self._row(con, export_id)
+            self._expect(cur, ("returned",), "resubmitted")
+            self._set(con, export_id, state="submitted", revision=req["revision"],
+                      title=title, purpose=purpose, report=None, fingerprint=None)
+            summary = self._store_items(con, export_id, req["revision"], items)
+            self._event(con, req, "submitted", requester, title=title, purpose=purpose,
+                        items=summary)
+            if report is not None:
+                self._checked(con, req, report)
+        return self.get(export_id)
+
+    def decide(self, export_id: str, reviewer: str, decision: str,
+               comment: str = "") -> ExportRequest:
+        """approve, reject or return (with comments) a checked request. The service must
+        make sure ``reviewer`` is an auditor; the store makes sure it is not the requester,
+        that one reviewer counts once, and that blocked requests are never approved."""
+        if decision not in DECISIONS:
+            raise ExportInputError(f"unknown decision {decision!r}",
+                                   f"use one of {', '.join(DECISIONS)}")
+        comment = _text(comment, "comment", MAX_COMMENT, decision != "approve")
+        with self.state.transaction() as con:
+            r = self._row(con, export_id)
+            if reviewer == r["requester"]:
+                raise SelfApprovalError(
+                    f"{reviewer} requested export {export_id} and cannot decide on it: a "
+                    "reviewer can never decide on their own request (separation of duties)",
+                    "ask another auditor to review it")
+            self._expect(r, ("checked",), DECISIONS[decision])
+            report = json.loads(r["report"]) if r["report"] else None
+            if decision == "approve" and (report is None or report["outcome"] == "blocked"):
+                raise ExportBlockedError(
+                    f"export {export_id} was blocked by the automatic checks and can never "
+                    "be approved", "reject it; the requester can submit a corrected export")
+            if decision != "approve":
+                self._event(con, r, DECISIONS[decision], reviewer, comment=comment)
+                self._set(con, export_id, state=DECISIONS[decision])
+                return self._load(con, export_id)
+            approvers = {a for (a,) in con.execute(
+                "SELECT actor FROM export_events WHERE export_id = ? AND revision = ? AND "
+                "event = 'approved'", (export_id, r["revision"]))}
+            if reviewer in approvers:
+                raise DuplicateApprovalError(
+                    f"{reviewer} already approved export {export_id}: the policy asks for "
+                    f"{r['approvals_required']} approvals by different reviewers (two-person "
+                    "rule)", "a second auditor must approve it")
+            count = len(approvers) + 1
+            self._event(con, r, "approved", reviewer, comment=comment,
+                        approvals=count, approvals_required=r["approvals_required"])
+            if count >= r["approvals_required"]:
+                self._set(con, export_id, state="approved")
+            else:
+                self._set(con, export_id)
+            return self._load(con, export_id)
+
+    def withdraw(self, export_id: str, requester: str, comment: str = "") -> ExportRequest:
+        comment = _text(comment, "comment", MAX_COMMENT, False)
+        with self.state.transaction() as con:
+            r = self._row(con, export_id)
+            if requester != r["requester"]:
+                raise NotRequesterError(
+                    f"only the requester ({r['requester']}) can withdraw export {export_id}",
+                    "a reviewer rejects it instead")
+            self._expect(r, WITHDRAWABLE, "withdrawn")
+            self._event(con, r, "withdrawn", requester, comment=comment)
+            self._set(con, export_id, state="withdrawn")
+            return self._load(con, export_id)
+
+    def revoke(self, export_id: str, reviewer: str, comment: str) -> ExportRequest:
+        """After release: logged and shown to the requester (the bundle already left; the
+        revocation says it must no longer be used)."""
+        comment = _text(comment, "comment", MAX_COMMENT, True)
+        with self.state.transaction() as con:
+            r = self._row(con, export_id)
+            if reviewer == r["requester"]:
+                raise SelfApprovalError(
+                    f"{reviewer} requested export {export_id} and cannot revoke it: a "
+                    "reviewer can never decide on their own request (separation of duties)",
+                    "ask an auditor to revoke it")
+            self._expect(r, ("released",), "revoked")
+            self._event(con, r, "revoked", reviewer, comment=comment)
+            self._set(con, export_id, state="revoked")
+            return self._load(con, export_id)
+
+    def release(self, export_id: str, actor: str) -> ExportRequest:
+        """approved -> released: the release record (holding the manifest's hash) is
+        appended, then the signed bundle with its inclusion proof is built and kept."""
+        req = self.get(export_id)
+        if req.state != "approved":
+            self._expect({"id": export_id, "state": req.state}, ("approved",), "released")
+        body = bundlemod.manifest_body(req, self._files(req))
+        digest = bundlemod.body_digest(body)
+        with self.state.transaction() as con:
+            r = self._row(con, export_id)
+            self._expect(r, ("approved",), "released")
+            seq = self._event(con, r, "released", actor, manifest_sha256=digest,
+                              files=[{"name": f["name"], "sha256": f["sha256"]}
+                                     for f in body["files"]])
+            self._set(con, export_id, state="released", released_seq=seq)
+        self._bundle(export_id)
+        return self.get(export_id)
+
+    def _files(self, req: ExportRequest) -> list[tuple[StoredItem, bytes]]:
+        return [(it, self.item_data(req.id, it.position)) for it in req.items]
+
+    def _bundle(self, export_id: str) -> bytes:
+        """The kept bundle, built (again) if missing."""
+        row = self.state.con.execute("SELECT bundle FROM export_requests WHERE id = ?",
+                                     (export_id,)).fetchone()
+        if row is not None and row[0] is not None:
+            return bytes(row[0])
+        req = self.get(export_id)
+        if req.released_seq is None:
+            raise ExportStateError(f"export {export_id} was not released",
+                                   "it is released once approved")
+        if self.state.signer is None:
+            raise ExportStateError("this state database is read-only",
+                                   "build bundles where the key store is")
+        files = self._files(req)
+        body = bundlemod.manifest_body(req, files)
+        proof = self.state.proof(req.released_seq)
+        data = bundlemod.build(body, files, proof, self.state.signer)
+        with self.state.transaction() as con:
+            self._set(con, export_id, bundle=data,
+                      bundle_sha256=hashlib.sha256(data).hexdigest())
+        return data
+
+    def download(self, export_id: str, actor: str) -> bytes:
+        """The signed bundle of a released export; each download is an audit record. The
+        service decides who may download (the requester, auditors)."""
+        req = self.get(export_id)
+        if req.state == "revoked":
+            last = next(e for e in reversed(req.events) if e.event == "revoked")
+            raise ExportRevokedError(f"export {export_id} was revoked by {last.actor}: "
+                                     f"{last.comment}", "it must no longer be used")
+        self._expect({"id": export_id, "state": req.state}, ("released",), "downloaded")
+        data = self._bundle(export_id)
+        with self.state.transaction() as con:
+            r = self._row(con, export_id)
+            self._expect(r, ("released",), "downloaded")
+            self._event(con, r, "downloaded", actor,
+                        bundle_sha256=hashlib.sha256(data).hexdigest())
+        return data

@@ -1,0 +1,353 @@
+"""The review state machine: transitions, separation of duties, the two-person rule, and an
+audit record for every step."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gatekit import policy
+from sandbox.exports import (
+    DuplicateApprovalError,
+    ExportInputError,
+    ExportNotFoundError,
+    ExportRevokedError,
+    ExportStateError,
+    ExportStore,
+    FrameItem,
+    IdentifierIndex,
+    NotRequesterError,
+    SelfApprovalError,
+    state_context,
+)
+from sandbox.gate import Gate, Release
+from sandbox.ledger import SqliteLedger
+from sandbox.policy import ExportParams, Policy
+from sandbox.state import State
+
+SQL = ("SELECT district, count(*) AS people, avg(income) AS avg_income FROM persons "
+       "GROUP BY district")
+
+
+@pytest.fixture(scope="module")
+def index(tiny_vault) -> IdentifierIndex:  # type: ignore[no-untyped-def]
+    return IdentifierIndex.load(tiny_vault.catalog, tiny_vault.kms, build_missing=False)
+
+
+class World:
+    """A workspace 'w' with one answered query, its export store and check context."""
+
+    def __init__(self, path: Path, tiny_vault: Any, engine: Any, index: IdentifierIndex,
+                 approvals: int = 1) -> None:
+        base = policy(tiny_vault.catalog)
+        self.policy: Policy = replace(base, export=ExportParams(20, approvals))
+        self.state = State(path, Ed25519PrivateKey.generate())
+        self.gate = Gate(self.policy)
+        ledger = SqliteLedger.open(self.state, "w", self.policy.id, self.policy.budget)
+        self.release: Release = self.gate.answer(SQL, member="alice", ledger=ledger,
+                                                 executor=engine, request_id="r-1")
+        self.ctx = state_context(self.state, "w", index, min_group_count=20, gate=self.gate)
+        self.store = ExportStore(self.state)
+
+    def frame(self, name: str = "by_district", **kw: Any) -> FrameItem:
+        r = self.release
+        return FrameItem(name, tuple(r.columns), tuple(tuple(x) for x in r.rows),
+                         (r.release_id,), **kw)
+
+    def submit(self, requester: str = "alice", items: list[Any] | None = None,
+               checks: bool = True, **kw: Any) -> Any:
+        return self.store.submit(workspace="w", requester=requester, title="Incomes",
+                                 purpose="underwriting model calibration",
+                                 items=[self.frame()] if items is None else items,
+                                 policy=self.policy,
+                                 context=self.ctx if checks else None, **kw)
+
+    def exports_log(self) -> list[dict[str, Any]]:
+        return list(self.state.records(kind="export."))
+
+
+@pytest.fixture
+def world(tmp_path, tiny_vault, engine, index) -> World:  # type: ignore[no-untyped-def]
+    return World(tmp_path / "state.sqlite", tiny_vault, engine, index)
+
+
+@pytest.fixture
+def world2(tmp_path, tiny_vault, engine, index) -> World:  # type: ignore[no-untyped-def]
+    return World(tmp_path / "state.sqlite", tiny_vault, engine, index, approvals=2)
+
+
+def test_submit_checks_and_records(world: World) -> None:
+    req = world.submit()
+    assert req.state == "checked" and req.report is not None and req.report.outcome == "pass"
+    assert req.approvals_required == 1 and req.min_group_count == 20
+    assert req.policy_hash == world.policy.content_hash
+    recs = world.exports_log()
+    assert [r["kind"] for r in recs] == ["export.submitted", "export.checked"]
+    sub, chk = recs
+    assert sub["export_id"] == req.id and sub["member"] == "alice" and sub["actor"] == "alice"
+    assert sub["items"][0]["sha256"] == req.items[0].sha256
+    assert sub["items"][0]["name"] == "by_district.csv"
+    assert chk["outcome"] == "pass" and chk["rules_version"] == req.report.rules_version
+    assert chk["report_sha256"] == req.report.digest()
+    assert [e.seq for e in req.events] == [r["seq"] for r in recs]
+    d = req.to_dict("requester")
+    assert d["state"] == "checked" and d["checks"]["outcome"] == "pass"
+    assert world.store.item_data(req.id, 0) == world.frame().data
+    assert world.state.verify().ok
+
+
+def test_self_approval_is_refused(world: World) -> None:
+    req = world.submit()
+    size = world.state.size()
+    with pytest.raises(SelfApprovalError) as info:
+        world.store.decide(req.id, "alice", "approve")
+    assert info.value.code == "export.self_approval"
+    assert "own request" in info.value.message
+    for decision in ("reject", "return"):
+        with pytest.raises(SelfApprovalError):
+            world.store.decide(req.id, "alice", decision, "no")
+    assert world.state.size() == size  # nothing recorded
+    assert world.store.get(req.id).state == "checked"
+
+
+def test_one_approval_releases(world: World) -> None:
+    req = world.submit()
+    req = world.store.decide(req.id, "audrey", "approve", "fine")
+    assert req.state == "approved" and req.approvals == ["audrey"]
+    req = world.store.release(req.id, "alice")
+    assert req.state == "released" and req.bundle_sha256
+    data = world.store.download(req.id, "alice")
+    assert data[:2] == b"PK"
+    kinds = [r["kind"] for r in world.exports_log()]
+    assert kinds == ["export.submitted", "export.checked", "export.approved",
+                     "export.released", "export.downloaded"]
+    approved = world.exports_log()[2]
+    assert (approved["actor"], approved["approvals"], approved["approvals_required"],
+            approved["comment"]) == ("audrey", 1, 1, "fine")
+    assert world.state.verify().ok
+
+
+def test_two_person_rule(world2: World) -> None:
+    w = world2
+    req = w.submit()
+    assert req.approvals_required == 2
+    req = w.store.decide(req.id, "audrey", "approve")
+    assert req.state == "checked" and req.approvals == ["audrey"]
+    with pytest.raises(ExportStateError):
+        w.store.release(req.id, "alice")  # one approval is not enough
+    with pytest.raises(DuplicateApprovalError) as info:
+        w.store.decide(req.id, "audrey", "approve")
+    assert info.value.code == "export.duplicate_approval"
+    assert "different reviewers" in info.value.message
+    with pytest.raises(SelfApprovalError):
+        w.store.decide(req.id, "alice", "approve")
+    req = w.store.decide(req.id, "ramon", "approve")
+    assert req.state == "approved" and req.approvals == ["audrey", "ramon"]
+    assert [r["approvals"] for r in w.exports_log() if r["kind"] == "export.approved"] == [1, 2]
+
+
+def test_a_returned_request_is_revised_and_approvals_start_again(world2: World) -> None:
+    w = world2
+    req = w.submit()
+    w.store.decide(req.id, "audrey", "approve")
+    req = w.store.decide(req.id, "ramon", "return", "round the averages, please")
+    assert req.state == "returned"
+    with pytest.raises(NotRequesterError):
+        w.store.resubmit(req.id, "bob", [w.frame()], context=w.ctx)
+    rounded = FrameItem("by_district", tuple(w.release.columns),
+                        tuple((d, n, round(a)) for d, n, a in w.release.rows),
+                        (w.release.release_id,))
+    req = w.store.resubmit(req.id, "alice", [rounded], context=w.ctx)
+    assert req.state == "checked" and req.revision == 2 and req.approvals == []
+    assert req.items[0].sha256 != w.exports_log()[0]["items"][0]["sha256"]
+    req = w.store.decide(req.id, "audrey", "approve")
+    assert req.state == "checked"  # audrey's approval of revision 1 does not count
+    req = w.store.decide(req.id, "ramon", "approve")
+    assert req.state == "approved"
+    recs = w.exports_log()
+    assert [(r["kind"], r["revision"]) for r in recs] == [
+        ("export.submitted", 1), ("export.checked", 1), ("export.approved", 1),
+        ("export.returned", 1), ("export.submitted", 2), ("export.checked", 2),
+        ("export.approved", 2), ("export.approved", 2)]
+    assert recs[3]["comment"] == "round the averages, please"
+
+
+@pytest.mark.parametrize(("setup", "action"), [
+    ([], "release"),
+    ([], "revoke"),
+    ([], "download"),
+    ([], "resubmit"),
+    (["approve"], "approve"),
+    (["approve"], "reject"),
+    (["approve", "release"], "withdraw"),
+    (["approve", "release"], "approve"),
+    (["reject"], "approve"),
+    (["reject"], "withdraw"),
+    (["withdraw"], "approve"),
+    (["withdraw"], "withdraw"),
+    (["approve", "release", "revoke"], "release"),
+])
+def test_illegal_transitions_are_refused(world: World, setup: list[str], action: str) -> None:
+    req = world.submit()
+    s = world.store
+
+    def do(step: str) -> Any:
+        return {
+            "approve": lambda: s.decide(req.id, "audrey", "approve"),
+            "reject": lambda: s.decide(req.id, "audrey", "reject", "no"),
+            "release": lambda: s.release(req.id, "alice"),
+            "revoke": lambda: s.revoke(req.id, "audrey", "leaked"),
+            "download": lambda: s.download(req.id, "alice"),
+            "withdraw": lambda: s.withdraw(req.id, "alice"),
+            "resubmit": lambda: s.resubmit(req.id, "alice", [world.frame()]),
+        }[step]()
+
+    for step in setup:
+        do(step)
+    before = (s.get(req.id).state, world.state.size())
+    with pytest.raises((ExportStateError, ExportRevokedError)) as info:
+        do(action)
+    assert info.value.code in ("export.state", "export.revoked")
+    assert (s.get(req.id).state, world.state.size()) == before
+
+
+def test_decisions_need_a_checked_request(world: World) -> None:
+    req = world.submit(checks=False)
+    assert req.state == "submitted" and req.report is None
+    with pytest.raises(ExportStateError) as info:
+        world.store.decide(req.id, "audrey", "approve")
+    assert "submitted" in info.value.message and "checked" in info.value.message
+    req = world.store.check(req.id, world.ctx)
+    assert req.state == "checked" and req.report is not None
+    assert req.report.outcome == "pass"  # read back from the stored CSV
+    with pytest.raises(ExportStateError):
+        world.store.check(req.id, world.ctx)
+
+
+def test_only_the_requester_withdraws(world: World) -> None:
+    req = world.submit()
+    with pytest.raises(NotRequesterError) as info:
+        world.store.withdraw(req.id, "audrey")
+    assert info.value.code == "export.not_requester"
+    world.store.decide(req.id, "audrey", "approve")
+    req = world.store.withdraw(req.id, "alice", "not needed any more")
+    assert req.state == "withdrawn"
+    rec = world.exports_log()[-1]
+    assert (rec["kind"], rec["actor"], rec["comment"]) == ("export.withdrawn", "alice",
+                                                          "not needed any more")
+
+
+def test_revocation_after_release_is_logged_and_visible(world: World) -> None:
+    req = world.submit()
+    world.store.decide(req.id, "audrey", "approve")
+    world.store.release(req.id, "alice")
+    with pytest.raises(SelfApprovalError):
+        world.store.revoke(req.id, "alice", "oops")
+    with pytest.raises(ExportInputError):
+        world.store.revoke(req.id, "audrey", "   ")
+    req = world.store.revoke(req.id, "audrey", "a group turned out to be too small")
+    assert req.state == "revoked"
+    seen = req.to_dict("requester")
+    assert seen["events"][-1]["event"] == "revoked"
+    assert seen["events"][-1]["comment"] == "a group turned out to be too small"
+    with pytest.raises(ExportRevokedError) as info:
+        world.store.download(req.id, "alice")
+    assert "too small" in info.value.message
+    assert world.exports_log()[-1]["kind"] == "export.revoked"
+
+
+def test_a_blocked_export_is_rejected_and_its_content_not_kept(world: World,  # type: ignore[no-untyped-def]
+                                                              demo_tables) -> None:
+    idn = demo_tables["persons"].column("id_number").to_pylist()[0]
+    leak = FrameItem("leak", ("district", "who"), (("Siming", idn),))
+    req = world.submit(items=[leak])
+    assert req.state == "rejected" and req.report is not None and req.report.blocked
+    assert not req.items[0].kept
+    with pytest.raises(ExportNotFoundError):
+        world.store.item_data(req.id, 0)
+    recs = world.exports_log()
+    assert [r["kind"] for r in recs] == ["export.submitted", "export.checked",
+                                         "export.rejected"]
+    assert recs[2]["actor"] == "sandbox:checks" and "identifiers" in recs[2]["comment"]
+    dump = world.state.con.execute("SELECT group_concat(CAST(data AS TEXT)) FROM "
+                                   "export_items").fetchone()[0] or ""
+    log = "".join(json.dumps(r, ensure_ascii=False) for r in world.state.records())
+    requester_view = json.dumps(req.to_dict("requester"), ensure_ascii=False)
+    for text in (dump, log, requester_view):
+        assert idn not in text
+    assert "details" in json.dumps(req.to_dict("reviewer"))
+    with pytest.raises(ExportStateError):
+        world.store.decide(req.id, "audrey", "approve")
+
+
+def test_repeated_request_id_is_one_request(world: World) -> None:
+    first = world.submit(request_id="u-1")
+    again = world.submit(request_id="u-1")
+    assert again.id == first.id
+    assert len(world.store.list(workspace="w")) == 1
+    assert len(world.exports_log()) == 2
+
+
+def test_differencing_against_earlier_approved_exports(world: World) -> None:
+    first = world.submit()
+    second = world.submit()
+    assert second.report is not None and second.report.outcome == "pass"  # nothing approved
+    world.store.decide(first.id, "audrey", "approve")
+    third = world.submit()
+    assert third.report is not None
+    res = third.report.result("differencing")
+    assert res.outcome == "review"
+    assert [o["export_id"] for o in res.details["overlaps"]] == [first.id]
+
+
+def test_listing_and_input_errors(world: World) -> None:
+    a = world.submit()
+    b = world.submit(requester="bob")
+    world.store.decide(b.id, "audrey", "reject", "not within the purpose")
+    s = world.store
+    assert [r.id for r in s.list(workspace="w")] == [a.id, b.id]
+    assert [r.id for r in s.list(requester="bob")] == [b.id]
+    assert [r.id for r in s.list(states=["rejected"])] == [b.id]
+    assert s.list(workspace="other") == []
+    with pytest.raises(ExportNotFoundError):
+        s.get("nope")
+    with pytest.raises(ExportInputError):
+        s.decide(a.id, "audrey", "reject")  # a rejection needs a comment
+    with pytest.raises(ExportInputError):
+        s.decide(a.id, "audrey", "maybe")
+    with pytest.raises(ExportInputError):
+        world.submit(items=[])
+    with pytest.raises(ExportInputError):
+        s.submit(workspace="w", requester="alice", title=" ", purpose="p",
+                 items=[world.frame()], policy=world.policy)
+
+
+def test_every_transition_is_in_the_log_and_the_log_verifies(world2: World) -> None:
+    w = world2
+    s = w.store
+    a = w.submit()
+    s.decide(a.id, "audrey", "approve", "ok")
+    s.decide(a.id, "ramon", "approve", "ok")
+    s.release(a.id, "alice")
+    s.download(a.id, "alice")
+    s.revoke(a.id, "audrey", "superseded")
+    b = w.submit(requester="bob")
+    s.decide(b.id, "audrey", "return", "explain the purpose")
+    s.resubmit(b.id, "bob", [w.frame()], purpose="for the pricing model", context=w.ctx)
+    s.withdraw(b.id, "bob")
+    c = w.submit(checks=False)
+    s.check(c.id, w.ctx)
+    s.decide(c.id, "ramon", "reject", "duplicate of an earlier export")
+    for req in (s.get(a.id), s.get(b.id), s.get(c.id)):
+        logged = [(r["seq"], r["kind"]) for r in w.exports_log() if r["export_id"] == req.id]
+        assert logged == [(e.seq, f"export.{e.event}") for e in req.events]
+    assert s.get(a.id).state == "revoked"
+    assert s.get(b.id).state == "withdrawn" and s.get(b.id).revision == 2
+    assert s.get(c.id).state == "rejected"
+    report = w.state.verify()
+    assert report.ok, report.problems
