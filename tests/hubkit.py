@@ -102,6 +102,7 @@ class Hub:
     proc: subprocess.Popen[bytes]
     log: Path
     operator: str = ""
+    auditor: str = ""
     tokens: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -292,14 +293,14 @@ def running_hub() -> Iterator[Hub]:
     proc = None
     try:
         users = {}
-        for prefix in ("sbxa", "sbxb", "sbxo"):
+        for prefix in ("sbxa", "sbxb", "sbxo", "sbxr"):
             password = secrets.token_urlsafe(12)
             name = create_user(prefix, password)
             created.append(name)
             users[name] = password
         service_user = create_user("sbxs", system=True)
         created.append(service_user)
-        dev_a, dev_b, operator = list(users)
+        dev_a, dev_b, operator, auditor = list(users)
         groups = {"credit-underwriting": [dev_a], "population-livelihood": [dev_b]}
         service_dir = base / "service"
         config = _write_service_state(service_dir, service_user)
@@ -317,6 +318,7 @@ def running_hub() -> Iterator[Hub]:
             "SANDBOX_SERVICE_USER": service_user,
             "SANDBOX_SERVICE_CONFIG": str(config),
             "SANDBOX_HUB_OPERATORS": operator,
+            "SANDBOX_HUB_AUDITORS": auditor,
             "SANDBOX_HUB_SERVICE": "on",
         })
         log = base / "hub.log"
@@ -327,7 +329,7 @@ def running_hub() -> Iterator[Hub]:
                 cwd=hub_dir, env=env, stdout=fh, stderr=subprocess.STDOUT,
                 start_new_session=True)
         hub = Hub(base, f"http://127.0.0.1:{port}", service_dir, service_user, users, groups,
-                  proc, log, operator)
+                  proc, log, operator, auditor)
         deadline = time.time() + 90
         while True:
             assert proc.poll() is None, f"hub exited\n{hub.log_tail()}"

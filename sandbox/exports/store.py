@@ -453,6 +453,15 @@ class ExportStore:
                 self._set(con, export_id)
             return self._load(con, export_id)
 
+    def review(self, export_id: str, reviewer: str, decision: str,
+               comment: str = "") -> ExportRequest:
+        """``decide``, then release at once when the last approval needed came in: what the
+        console and `sandbox export approve|reject|return` do."""
+        req = self.decide(export_id, reviewer, decision, comment)
+        if req.state == "approved":
+            req = self.release(export_id, reviewer)
+        return req
+
     def withdraw(self, export_id: str, requester: str, comment: str = "") -> ExportRequest:
         comment = _text(comment, "comment", MAX_COMMENT, False)
         with self.state.transaction() as con:

@@ -52,7 +52,9 @@ async def serve(config_path: Path, port: int | None) -> None:
     body_cap = config.limits["max_body_bytes"]
     # Bodies up to 16x the limit are read and answered with a JSON 413; beyond that the
     # connection is closed without reading further.
-    server = HTTPServer(app, max_body_size=max(body_cap * 16, 1 << 20), xheaders=True)
+    server = HTTPServer(app, max_body_size=max(body_cap * 16, 1 << 20,
+                                               config.limits["max_export_bytes"]),
+                        xheaders=True)
     server.listen(port, address=host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -30,6 +30,14 @@ from .. import __version__
 from ..catalog import Catalog
 from ..engine import Engine
 from ..errors import EngineError, SandboxError
+from ..exports import (
+    ExportRequest,
+    ExportStore,
+    IdentifierIndex,
+    item_from_dict,
+    state_context,
+)
+from ..exports.errors import ExportNotFoundError
 from ..gate import Gate
 from ..keys import Kms, load_kms
 from ..ledger import DuplicateRequestError, SqliteLedger
@@ -39,6 +47,7 @@ from ..settings import Paths
 from ..sql.refusal import Refusal
 from ..state import State
 from ..workspaces import WorkspaceRecord, Workspaces
+from . import console
 from .config import ServiceConfig
 from .openapi import document
 
@@ -48,7 +57,8 @@ SCOPE = "custom:sandbox:query"
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Codes whose messages are written for developers and may be passed on as they are.
 PUBLIC_PREFIXES = ("gate.", "budget.", "request.", "engine.", "input.", "auth.", "workspace.",
-                   "limits.", "http.")
+                   "limits.", "http.", "export.")
+NOT_PUBLIC = {"export.index"}  # an operator's problem (a missing identifier index)
 STATUS = {
     "budget.exhausted": 403, "request.duplicate": 409, "request.in_progress": 409,
     "request.failed": 409, "engine.timeout": 504, "engine.error": 500, "input.invalid": 400,
@@ -58,6 +68,9 @@ STATUS = {
     "workspace.expired": 403, "workspace.provisioning": 503, "limits.body_too_large": 413,
     "limits.concurrency": 429,
     "http.not_found": 404, "http.method_not_allowed": 405, "state.error": 503,
+    "export.invalid": 400, "export.not_found": 404, "export.state": 409,
+    "export.blocked": 409, "export.revoked": 410, "export.not_requester": 403,
+    "export.self_approval": 403, "export.duplicate_approval": 409,
 }
 
 
@@ -88,7 +101,8 @@ def status_of(exc: SandboxError) -> int:
 
 def error_body(exc: BaseException | None) -> tuple[int, dict[str, Any]]:
     """Status and JSON body for any exception; only developer-facing text gets through."""
-    if isinstance(exc, SandboxError) and exc.code.startswith(PUBLIC_PREFIXES):
+    if isinstance(exc, SandboxError) and exc.code.startswith(PUBLIC_PREFIXES) and \
+            exc.code not in NOT_PUBLIC:
         return status_of(exc), {"error": exc.to_dict()}
     if isinstance(exc, SandboxError) and exc.code == "state.error":
         return 503, {"error": {"code": "service.unavailable",
@@ -204,10 +218,23 @@ class Service:
         self._states: list[State] = []
         self._states_lock = threading.Lock()
         self._gates: dict[tuple[str, int], tuple[Policy, Gate]] = {}
-        self._gates_lock = threading.Lock()
+        self._gates_lock = threading.RLock()
+        self._identifiers: IdentifierIndex | None = None
         self.pool = ThreadPoolExecutor(max_workers=self.limits["workers"],
                                        thread_name_prefix="gate")
         self.active: dict[str, int] = {}  # member -> running explain/query (event loop only)
+
+    @property
+    def identifiers(self) -> IdentifierIndex:
+        """The identifier index of every dataset version (rebuilt when data was added)."""
+        with self._gates_lock:
+            if self._identifiers is None:
+                catalog = Catalog(self.paths.catalog_db, self.paths.vault_dir)
+                try:
+                    self._identifiers = IdentifierIndex.load(catalog, self.kms)
+                finally:
+                    catalog.close()
+            return self._identifiers
 
     @classmethod
     def start(cls, config: ServiceConfig) -> Service:
@@ -239,7 +266,9 @@ class Service:
                                          threads=config.limits["engine_threads"])
         finally:
             catalog.close()
-        return cls(config, engine, paths, kms, signer)
+        service = cls(config, engine, paths, kms, signer)
+        _ = service.identifiers  # builds any missing index now, not at the first export
+        return service
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -276,6 +305,7 @@ class Service:
                     catalog.close()
                 if loaded:
                     log.info("loaded %s for scenario %s v%d", ", ".join(loaded), *key)
+                self._identifiers = None  # data may have been added: reload the index
                 self._gates[key] = (policy, Gate(policy))
             return self._gates[key]
 
@@ -340,6 +370,53 @@ class Service:
         body = release.to_dict()
         body["budget"] = ledger.balance(member).to_dict()
         return body, False
+
+    # -- exports ---------------------------------------------------------------------------
+    def export_store(self) -> ExportStore:
+        store = getattr(self._local, "exports", None)
+        if store is None:
+            store = self._local.exports = ExportStore(self.state())
+        return store
+
+    def submit_export(self, ws: Workspace, member: str, body: dict[str, Any]
+                      ) -> dict[str, Any]:
+        items = body["items"]
+        if not isinstance(items, list):
+            raise Problem("input.invalid", "the field 'items' must be a list",
+                          "send [{kind: frame|file, ...}, ...]")
+        parsed = [item_from_dict(d) for d in items]
+        ctx = state_context(self.state(), ws.name, self.identifiers, gate=ws.gate,
+                            min_group_count=ws.policy.export.min_group_count)
+        req = self.export_store().submit(
+            workspace=ws.name, requester=member, title=body.get("title") or "",
+            purpose=body.get("purpose") or "", items=parsed, policy=ws.policy,
+            policy_version=ws.record.scenario_version, request_id=body.get("request_id"),
+            context=ctx)
+        return req.to_dict("requester")
+
+    def own_export(self, ws: Workspace, member: str, export_id: str) -> ExportRequest:
+        """A request of this member in this workspace (others' are 'not found')."""
+        try:
+            req = self.export_store().get(export_id)
+        except SandboxError:
+            req = None
+        if req is None or req.workspace != ws.name or req.requester != member:
+            raise ExportNotFoundError(f"you have no export {export_id!r} in {ws.name!r}",
+                                      "list yours with GET exports")
+        return req
+
+    def list_exports(self, ws: Workspace, member: str) -> list[dict[str, Any]]:
+        return [r.to_dict("requester") for r in
+                self.export_store().list(workspace=ws.name, requester=member)]
+
+    def withdraw_export(self, ws: Workspace, member: str, export_id: str,
+                        comment: str) -> dict[str, Any]:
+        self.own_export(ws, member, export_id)
+        return self.export_store().withdraw(export_id, member, comment).to_dict("requester")
+
+    def download_export(self, ws: Workspace, member: str, export_id: str) -> bytes:
+        self.own_export(ws, member, export_id)
+        return self.export_store().download(export_id, member)
 
     def _replay(self, ledger: SqliteLedger, member: str, request_id: str, state: str,
                 response: dict[str, Any] | None) -> dict[str, Any]:
@@ -463,12 +540,13 @@ class AuthedHandler(BaseHandler):
         self.member = str(model["name"])
 
 
-    def json_body(self, fields: dict[str, tuple[type, ...]], required: tuple[str, ...]
-                  ) -> dict[str, Any]:
-        limit = self.service.limits["max_body_bytes"]
+    def json_body(self, fields: dict[str, tuple[type, ...]], required: tuple[str, ...],
+                  limit_name: str = "max_body_bytes") -> dict[str, Any]:
+        limit = self.service.limits[limit_name]
         if len(self.request.body) > limit:
             raise Problem("limits.body_too_large", f"the request body is larger than {limit} "
-                          "bytes", "send a shorter query")
+                          "bytes", "send a shorter query" if limit_name == "max_body_bytes"
+                          else "export fewer or smaller items")
         try:
             body = json.loads(self.request.body or b"null")
         except (ValueError, UnicodeDecodeError):
@@ -560,7 +638,70 @@ class QueryHandler(AuthedHandler):
         self.send_json(result)
 
 
+EXPORT_FIELDS: dict[str, tuple[type, ...]] = {
+    "title": (str,), "purpose": (str,), "items": (list,), "request_id": (str, type(None))}
+WITHDRAW_FIELDS: dict[str, tuple[type, ...]] = {"comment": (str, type(None))}
+
+
+class ExportsHandler(AuthedHandler):
+    async def get(self, ws: str) -> None:
+        def work() -> list[dict[str, Any]]:
+            return self.service.list_exports(self.service.workspace_for(ws, self.member),
+                                             self.member)
+
+        self.send_json(await self.run(work))
+
+    async def post(self, ws: str) -> None:
+        def work() -> dict[str, Any]:
+            workspace = self.service.workspace_for(ws, self.member)
+            body = self.json_body(EXPORT_FIELDS, ("title", "purpose", "items"),
+                                  "max_export_bytes")
+            rid = body.get("request_id")
+            if rid is not None and not REQUEST_ID_RE.match(rid):
+                raise Problem("input.invalid", "the field 'request_id' must be 1-64 letters, "
+                              "digits, '_' or '-'", "use a fresh uuid4 hex per export")
+            return self.service.submit_export(workspace, self.member, body)
+
+        with self.slot():
+            self.send_json(await self.run(work), 201)
+
+
+class ExportHandler(AuthedHandler):
+    async def get(self, ws: str, export_id: str) -> None:
+        def work() -> dict[str, Any]:
+            workspace = self.service.workspace_for(ws, self.member)
+            return self.service.own_export(workspace, self.member, export_id).to_dict(
+                "requester")
+
+        self.send_json(await self.run(work))
+
+
+class ExportWithdrawHandler(AuthedHandler):
+    async def post(self, ws: str, export_id: str) -> None:
+        def work() -> dict[str, Any]:
+            workspace = self.service.workspace_for(ws, self.member)
+            body = self.json_body(WITHDRAW_FIELDS, ())
+            return self.service.withdraw_export(workspace, self.member, export_id,
+                                                body.get("comment") or "")
+
+        self.send_json(await self.run(work))
+
+
+class ExportBundleHandler(AuthedHandler):
+    async def get(self, ws: str, export_id: str) -> None:
+        def work() -> bytes:
+            workspace = self.service.workspace_for(ws, self.member)
+            return self.service.download_export(workspace, self.member, export_id)
+
+        data = await self.run(work)
+        self.set_header("Content-Type", "application/zip")
+        self.set_header("Content-Disposition",
+                        f'attachment; filename="export-{export_id}.zip"')
+        self.finish(data)
+
+
 WS = r"([A-Za-z0-9][A-Za-z0-9_.-]{0,63})"
+EXPORT_ID = r"([0-9a-f]{32})"
 ROUTES: tuple[tuple[str, str, type[BaseHandler]], ...] = (
     # (regex under {prefix}api/v1/, OpenAPI path, handler)
     ("health", "/health", HealthHandler),
@@ -570,6 +711,13 @@ ROUTES: tuple[tuple[str, str, type[BaseHandler]], ...] = (
     (f"workspaces/{WS}/explain", "/workspaces/{workspace}/explain", ExplainHandler),
     (f"workspaces/{WS}/query", "/workspaces/{workspace}/query", QueryHandler),
     (f"workspaces/{WS}/budget", "/workspaces/{workspace}/budget", BudgetHandler),
+    (f"workspaces/{WS}/exports", "/workspaces/{workspace}/exports", ExportsHandler),
+    (f"workspaces/{WS}/exports/{EXPORT_ID}", "/workspaces/{workspace}/exports/{export_id}",
+     ExportHandler),
+    (f"workspaces/{WS}/exports/{EXPORT_ID}/withdraw",
+     "/workspaces/{workspace}/exports/{export_id}/withdraw", ExportWithdrawHandler),
+    (f"workspaces/{WS}/exports/{EXPORT_ID}/bundle",
+     "/workspaces/{workspace}/exports/{export_id}/bundle", ExportBundleHandler),
 )
 
 
@@ -579,6 +727,7 @@ def make_app(service: Service, prefix: str, hub_auth: HubAuth | None) -> web.App
     base = prefix + "api/v1/"
     kwargs = {"service": service, "hub_auth": hub_auth}
     handlers = [(re.escape(base) + pattern, handler, kwargs) for pattern, _, handler in ROUTES]
+    handlers += console.routes(prefix, kwargs)
     # The hub checks that a service answers at its prefix: say where the API is.
     handlers.append((re.escape(prefix), HealthHandler, kwargs))
     return web.Application(handlers, default_handler_class=NotFoundHandler,

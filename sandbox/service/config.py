@@ -39,6 +39,9 @@ LIMITS: tuple[Limit, ...] = (
           "Longest SQL text accepted; longer queries are refused with gate.too_large (400)."),
     Limit("max_body_bytes", 65536, int,
           "Largest request body accepted; larger bodies get limits.body_too_large (413)."),
+    Limit("max_export_bytes", 48 << 20, int,
+          "Largest export request body (items base64-encoded); larger ones get "
+          "limits.body_too_large (413). The export rules limit the items themselves."),
     Limit("per_member_concurrency", 2, int,
           "Explain and query requests one member may have running at once; more get "
           "limits.concurrency (429)."),

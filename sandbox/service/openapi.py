@@ -19,6 +19,15 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "workspace.closed": (403, "The workspace is closed for good."),
     "budget.exhausted": (403, "The query costs more than the remaining budget (not charged)."),
     "workspace.not_found": (404, "No workspace of that name."),
+    "export.invalid": (400, "An export item or field is malformed, or breaks the export "
+                            "limits (count, size, type)."),
+    "export.not_requester": (403, "Only the requester may do this to the export."),
+    "export.self_approval": (403, "A reviewer can never decide on their own request."),
+    "export.not_found": (404, "No export of that id among the caller's."),
+    "export.state": (409, "The export is not in a state that allows this."),
+    "export.blocked": (409, "The automatic checks blocked the export."),
+    "export.duplicate_approval": (409, "This reviewer already approved (two-person rule)."),
+    "export.revoked": (410, "An auditor revoked the released export; it must not be used."),
     "http.not_found": (404, "No such endpoint."),
     "http.method_not_allowed": (405, "The endpoint does not take this method."),
     "request.in_progress": (409, "A request with this id is still running."),
@@ -58,6 +67,9 @@ def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 _WS_PARAM = [{"name": "workspace", "in": "path", "required": True,
               "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}}]
 _SECURE = [{"hubToken": ["custom:sandbox:query"]}]
+_EXPORT = {"$ref": "#/components/schemas/Export"}
+_EXPORT_PARAMS = [*_WS_PARAM, {"name": "export_id", "in": "path", "required": True,
+                               "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}]
 _AUTH_ERRORS = (400, 401, 403, 404, 500, 502, 503)
 
 
@@ -109,6 +121,39 @@ def document(prefix: str, version: str) -> dict[str, Any]:
             "summary": "The caller's privacy budget in the workspace",
             "operationId": "budget", "security": _SECURE, "parameters": _WS_PARAM,
             "responses": {"200": _ok(_BUDGET), **_errors(*_AUTH_ERRORS)}}},
+        "/workspaces/{workspace}/exports": {
+            "get": {"summary": "The caller's export requests in the workspace",
+                    "operationId": "listExports", "security": _SECURE,
+                    "parameters": _WS_PARAM,
+                    "responses": {"200": _ok({"type": "array", "items": _EXPORT}),
+                                  **_errors(*_AUTH_ERRORS)}},
+            "post": {"summary": "Ask to take frames or files out: checked at once, then "
+                                "reviewed by an auditor (docs/exports.md)",
+                     "operationId": "submitExport", "security": _SECURE,
+                     "parameters": _WS_PARAM,
+                     "requestBody": _body({"$ref": "#/components/schemas/ExportSubmit"}),
+                     "responses": {"201": _ok(_EXPORT, "Created (state checked, or rejected "
+                                                       "when a check blocks)"),
+                                   **_errors(*_AUTH_ERRORS, 409, 413, 429)}}},
+        "/workspaces/{workspace}/exports/{export_id}": {"get": {
+            "summary": "One of the caller's export requests: state, checks, decisions",
+            "operationId": "getExport", "security": _SECURE, "parameters": _EXPORT_PARAMS,
+            "responses": {"200": _ok(_EXPORT), **_errors(*_AUTH_ERRORS)}}},
+        "/workspaces/{workspace}/exports/{export_id}/withdraw": {"post": {
+            "summary": "Withdraw one's own request before it is released",
+            "operationId": "withdrawExport", "security": _SECURE,
+            "parameters": _EXPORT_PARAMS,
+            "requestBody": _body({"type": "object", "properties": {
+                "comment": {"type": ["string", "null"]}}}),
+            "responses": {"200": _ok(_EXPORT), **_errors(*_AUTH_ERRORS, 409)}}},
+        "/workspaces/{workspace}/exports/{export_id}/bundle": {"get": {
+            "summary": "The signed bundle of a released export (each download is logged)",
+            "operationId": "downloadExport", "security": _SECURE,
+            "parameters": _EXPORT_PARAMS,
+            "responses": {"200": {"description": "zip: files, manifest.json, manifest.sig",
+                                  "content": {"application/zip": {"schema": {
+                                      "type": "string", "format": "binary"}}}},
+                          **_errors(*_AUTH_ERRORS, 409, 410)}}},
     }
     number_or_null = {"type": ["number", "null"]}
     schemas = {
@@ -119,6 +164,21 @@ def document(prefix: str, version: str) -> dict[str, Any]:
                            "message": {"type": "string"},
                            "hint": {"type": ["string", "null"]},
                            "line": {"type": "integer"}, "column": {"type": "integer"}}}}},
+        "ExportSubmit": {"type": "object", "required": ["title", "purpose", "items"],
+                         "additionalProperties": False, "properties": {
+            "title": {"type": "string"}, "purpose": {"type": "string"},
+            "request_id": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+            "items": {"type": "array", "items": {"type": "object", "description":
+                      "{kind: frame, name, columns, rows, release_ids, postprocessing} or "
+                      "{kind: file, name, media_type, data_base64, release_ids}"}}}},
+        "Export": {"type": "object", "description": "An export request as its requester "
+                   "sees it (check details that would locate an identifier are hidden)",
+                   "properties": {
+            "id": {"type": "string"}, "workspace": {"type": "string"},
+            "state": {"enum": ["submitted", "checked", "approved", "rejected", "returned",
+                               "released", "withdrawn", "revoked"]},
+            "checks": {"type": ["object", "null"]}, "items": {"type": "array"},
+            "events": {"type": "array"}, "approvals_required": {"type": "integer"}}},
         "Budget": {"type": "object", "properties": {
             k: {"type": "number"} for k in ("epsilon_total", "epsilon_spent",
                                              "epsilon_remaining", "delta_total",
