@@ -637,7 +637,7 @@ def demo(c: Context, size: str) -> None:
 
 
 # Register the budget, audit, scenario and workspace commands.
-from . import cli_audit, cli_workspace  # noqa: E402,F401
+from . import cli_audit, cli_export, cli_workspace  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -6,6 +6,8 @@
     sb.explain("SELECT purpose, count(*) FROM loans GROUP BY purpose")
     df = sb.sql("SELECT purpose, count(*) AS n FROM loans GROUP BY purpose", epsilon=0.5)
     df.attrs["ci95"], df.attrs["release"]; sb.budget()
+    sb.export({"by_purpose": df, "chart.png": "chart.png"}, title=..., purpose=...)
+    sb.exports(); sb.download(export_id)   # the signed bundle once an auditor approved
 
     %load_ext sandbox.client            # then a %%dpsql [--epsilon E] [--workspace W] cell
 
@@ -34,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 __all__ = [
-    "AuthError", "BudgetExhausted", "InvalidRequest", "LimitExceeded", "QueryFailed",
+    "AuthError", "BudgetExhausted", "ExportError", "InvalidRequest", "LimitExceeded", "QueryFailed",
     "QueryRefused", "RequestConflict", "Sandbox", "SandboxServiceError", "ServiceUnavailable",
     "WorkspaceError", "render",
 ]
@@ -103,11 +105,15 @@ class ServiceUnavailable(SandboxServiceError):
     """The service could not be reached or failed internally."""
 
 
+class ExportError(SandboxServiceError):
+    """An export request was refused (malformed, too large, wrong state, revoked)."""
+
+
 FAMILIES: dict[str, type[SandboxServiceError]] = {
     "auth": AuthError, "workspace": WorkspaceError, "gate": QueryRefused,
     "budget": BudgetExhausted, "request": RequestConflict, "limits": LimitExceeded,
     "input": InvalidRequest, "http": InvalidRequest, "engine": QueryFailed,
-    "service": ServiceUnavailable, "internal": ServiceUnavailable,
+    "service": ServiceUnavailable, "internal": ServiceUnavailable, "export": ExportError,
 }
 
 
@@ -174,10 +180,11 @@ class Sandbox:
         return f"Sandbox(workspace={self.workspace!r}, url={self.base!r})"
 
     # -- HTTP -----------------------------------------------------------------------------
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None
-              ) -> tuple[Any, dict[str, str]]:
-        """JSON call with retries on connection errors, 502 and 503 (same body, same id)."""
-        data = None if body is None else json.dumps(body).encode()
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
+              raw: bool = False) -> tuple[Any, dict[str, str]]:
+        """JSON call with retries on connection errors, 502 and 503 (same body, same id);
+        ``raw`` returns the answer's bytes (a bundle) instead of JSON."""
+        data = None if body is None else json.dumps(body, default=_plain).encode()
         headers = {"Authorization": f"token {self.token}", "Accept": "application/json"}
         if data is not None:
             headers["Content-Type"] = "application/json"
@@ -189,7 +196,9 @@ class Sandbox:
                                          method=method)
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return json.loads(resp.read() or b"null"), dict(resp.headers.items())
+                    content = resp.read()
+                    return (content if raw else json.loads(content or b"null"),
+                            dict(resp.headers.items()))
             except urllib.error.HTTPError as exc:
                 try:
                     payload = json.loads(exc.read() or b"null")
@@ -263,6 +272,65 @@ class Sandbox:
     def budget(self) -> Budget:
         return Budget(self._call("GET", self._ws("budget"))[0])
 
+    # -- exports (the only way anything leaves) -------------------------------------------
+    def export(self, items: Any, *, title: str, purpose: str) -> ExportStatus:
+        """Ask to take results out: DataFrames (from ``sb.sql`` or derived from them) and
+        files (CSV, Parquet, PNG, SVG, TXT, JSON). ``items`` is a dict name -> DataFrame,
+        path or bytes, or a list of DataFrames and paths. Checked at once; an auditor
+        decides; ``download`` fetches the signed bundle once it is released."""
+        from .exports import FileItem, FrameItem, item_to_dict
+
+        named = items.items() if isinstance(items, dict) else [
+            (None, it) for it in (items if isinstance(items, list | tuple) else [items])]
+        payload = []
+        for i, (name, it) in enumerate(named, start=1):
+            if hasattr(it, "columns") and hasattr(it, "itertuples"):
+                item: Any = FrameItem.from_pandas(str(name or f"table{i}"), it)
+            elif isinstance(it, bytes | bytearray):
+                if not name:
+                    raise InvalidRequest("input.invalid", "bytes need a file name",
+                                         'pass a dict: {"notes.txt": data}')
+                item = FileItem(str(name), bytes(it))
+            elif isinstance(it, str | os.PathLike):
+                path = os.fspath(it)
+                with open(path, "rb") as fh:
+                    item = FileItem(str(name or os.path.basename(path)), fh.read())
+            else:
+                raise InvalidRequest("input.invalid", f"cannot export a {type(it).__name__}",
+                                     "pass DataFrames, file paths or bytes")
+            payload.append(item_to_dict(item))
+        body = {"title": title, "purpose": purpose, "items": payload,
+                "request_id": uuid.uuid4().hex}
+        return ExportStatus(self._call("POST", self._ws("exports"), body)[0])
+
+    def exports(self) -> pd.DataFrame:
+        """Your export requests here and their states (revoked ones say so)."""
+        import pandas as pd
+
+        rows = [{"id": r["id"], "title": r["title"], "state": r["state"],
+                 "checks": (r.get("checks") or {}).get("outcome"),
+                 "approvals": f"{len(r['approvals'])}/{r['approvals_required']}",
+                 "updated": r["updated"]}
+                for r in self._call("GET", self._ws("exports"))[0]]
+        return pd.DataFrame(rows, columns=["id", "title", "state", "checks", "approvals",
+                                           "updated"])
+
+    def export_status(self, export_id: str) -> ExportStatus:
+        return ExportStatus(self._call("GET", self._ws(f"exports/{export_id}"))[0])
+
+    def withdraw(self, export_id: str, comment: str = "") -> ExportStatus:
+        return ExportStatus(self._call("POST", self._ws(f"exports/{export_id}/withdraw"),
+                                       {"comment": comment})[0])
+
+    def download(self, export_id: str, path: str | None = None) -> str:
+        """Save the signed bundle of a released export; returns the file's path. Anyone can
+        check it with `sandbox export verify FILE`."""
+        data, _ = self._call("GET", self._ws(f"exports/{export_id}/bundle"), raw=True)
+        path = path or f"export-{export_id}.zip"
+        with open(path, "wb") as fh:
+            fh.write(data)
+        return path
+
 
 # -- results and display ---------------------------------------------------------------------
 def to_frame(release: dict[str, Any]) -> pd.DataFrame:
@@ -281,6 +349,32 @@ def to_frame(release: dict[str, Any]) -> pd.DataFrame:
 class Budget(dict):  # type: ignore[type-arg]
     def _repr_html_(self) -> str:
         return _budget_bar(self)
+
+
+class ExportStatus(dict):  # type: ignore[type-arg]
+    """An export request as the service reports it to its requester."""
+
+    def _repr_html_(self) -> str:
+        checks = self.get("checks") or {}
+        rows = "".join(
+            f"<tr><td>{html.escape(str(r.get('rule')))}</td><td>"
+            f"{html.escape(str(r.get('outcome')))}</td><td>"
+            f"{html.escape(str(r.get('message', '')))}</td></tr>"
+            for r in checks.get("results", []))
+        return (f"<div><b>export {html.escape(str(self.get('id')))}</b>: "
+                f"{html.escape(str(self.get('state')))} (checks: "
+                f"{html.escape(str(checks.get('outcome')))}; approvals "
+                f"{len(self.get('approvals') or [])}/{self.get('approvals_required')})"
+                f"<table>{rows}</table></div>")
+
+
+def _plain(value: Any) -> Any:
+    """JSON for numpy scalars and dates in exported frames."""
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"cannot send a {type(value).__name__}")
 
 
 class Explanation(dict):  # type: ignore[type-arg]

@@ -21,6 +21,7 @@ from .errors import SandboxError
 from .workspaces import WorkspaceRecord, Workspaces
 
 ADMIN_SCOPE = "custom:sandbox:admin"
+REVIEW_SCOPE = "custom:sandbox:review"
 DEFAULT_HUB_API = "http://127.0.0.1:8081/hub/api"
 
 
@@ -128,14 +129,16 @@ def _hub_message(r: requests.Response) -> str:
         return ""
 
 
-def operator(hub: HubClient) -> str:
-    """The operator's hub name, once the token proves the operator role."""
+def operator(hub: HubClient, scope: str = ADMIN_SCOPE) -> str:
+    """The hub user name of the token's owner, once the token proves the role: the
+    operator's (``custom:sandbox:admin``) or an auditor's (``custom:sandbox:review``)."""
     model = hub.whoami()
     scopes = set(model.get("scopes") or [])
-    if ADMIN_SCOPE not in scopes or model.get("kind", "user") != "user":
+    if scope not in scopes or model.get("kind", "user") != "user":
+        role = "sandbox-operator" if scope == ADMIN_SCOPE else "sandbox-auditor"
         raise OperatorRequiredError(
-            f"the hub token of {model.get('name', '?')!r} lacks the operator scope "
-            f"{ADMIN_SCOPE}", "use the token of a user with the sandbox-operator role")
+            f"the hub token of {model.get('name', '?')!r} lacks the scope {scope}",
+            f"use the token of a user with the {role} role")
     return str(model.get("name") or "")
 
 

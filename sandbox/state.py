@@ -61,6 +61,7 @@ CREATE INDEX IF NOT EXISTS charges_by_member ON charges (workspace, member, peri
 CREATE TABLE IF NOT EXISTS requests (
     workspace TEXT NOT NULL, member TEXT NOT NULL, request_id TEXT NOT NULL,
     charge_id TEXT NOT NULL, response TEXT, PRIMARY KEY (workspace, member, request_id));
+CREATE INDEX IF NOT EXISTS requests_by_charge ON requests (charge_id);
 """
 
 

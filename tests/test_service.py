@@ -84,6 +84,7 @@ c.JupyterHub.cleanup_servers = False
 c.JupyterHub.custom_scopes = {{
     "custom:sandbox:query": {{"description": "Ask the data sandbox for noisy answers"}},
     "custom:sandbox:admin": {{"description": "Administer sandbox workspaces"}},
+    "custom:sandbox:review": {{"description": "Review exports"}},
 }}
 c.JupyterHub.services = [
     {{"name": "admin-test", "api_token": "{admin_token}"}},
@@ -93,11 +94,15 @@ c.JupyterHub.load_groups = {{
     "credit-analysts": {{"users": ["alice", "eve"]}},
     "other-team": {{"users": ["carol"]}},
     "operators": {{"users": ["oscar"]}},
+    "auditors": {{"users": ["audrey", "ramon", "rita"]}},
 }}
 c.JupyterHub.load_roles = [
     {{"name": "admin-test", "services": ["admin-test"],
      "scopes": ["admin:users", "admin:groups", "admin:servers", "tokens", "read:roles"]}},
-    {{"name": "sandbox-user", "scopes": ["custom:sandbox:query"], "users": ["alice", "carol"]}},
+    {{"name": "sandbox-user", "scopes": ["custom:sandbox:query"],
+     "users": ["alice", "carol", "rita"]}},
+    {{"name": "sandbox-auditor", "scopes": ["custom:sandbox:review"],
+     "users": ["audrey", "ramon", "rita"]}},
     {{"name": "sandbox-operator", "users": ["oscar"],
      "scopes": ["custom:sandbox:admin", "admin:users", "admin:groups", "admin:servers"]}},
 ]

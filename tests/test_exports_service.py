@@ -1,0 +1,296 @@
+"""The export airlock through the real service and the real CLI, against a real hub.
+
+Developers submit through the service (their hub token); auditors decide with
+`sandbox export approve|reject|return|revoke` (their own hub token carrying
+custom:sandbox:review); anyone verifies a bundle with `sandbox export verify`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import requests
+from test_service import (  # noqa: F401  (fixtures)
+    POLICY,
+    Hub,
+    Svc,
+    assert_clean,
+    free_port,
+    hub,
+    rid,
+    start_service,
+    stop,
+    write_config,
+)
+
+from sandbox.catalog import Catalog
+from sandbox.exports import normalise
+from sandbox.ingest import ingest
+from sandbox.keys import FileKeyStore
+from sandbox.settings import Paths
+from sandbox.spec import load_spec
+from sandbox.state import State
+from sandbox.workspaces import provision_local
+
+SANDBOX = Path(sys.executable).parent / "sandbox"
+WS, WS2 = "credit-x", "credit-two"  # WS2: the policy asks for two approvals
+SQL = "SELECT purpose, count(*) AS n, avg(amount) AS a FROM loans GROUP BY purpose"
+REVIEW = ["custom:sandbox:review"]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Paths:
+    base = tmp_path_factory.mktemp("exports")
+    paths = Paths.resolve(base / "home", base / "keystore")
+    paths.ensure_home()
+    kms = FileKeyStore(paths.keystore)
+    kms.init()
+    catalog = Catalog(paths.catalog_db, paths.vault_dir)
+    state = State(paths.state_db, kms.audit_signing_key())
+    two = base / "credit_two.yaml"
+    text = POLICY.read_text()
+    assert "approvals: 1" in text
+    two.write_text(text.replace("id: credit-underwriting", "id: credit-two")
+                   .replace("approvals: 1", "approvals: 2"))
+    try:
+        for name in ("persons", "loans", "districts"):
+            ingest(catalog, kms, demo_dir / f"{name}.parquet", load_spec(demo_dir / f"{name}.yaml"))
+        for ws, policy in ((WS, POLICY), (WS2, two)):
+            provision_local(state, catalog.resolve, policy, ws, ["alice", "carol", "rita"],
+                            epsilon=50, expires="2099-12-31", actor="test")
+    finally:
+        catalog.close()
+        state.close()
+    return paths
+
+
+@pytest.fixture(scope="module")
+def service(hub: Hub, home: Paths, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+            ) -> Iterator[Svc]:
+    config = write_config(tmp_path_factory.mktemp("exp-svc") / "service.yaml", home,
+                          max_export_bytes=200_000)
+    svc = start_service(hub, config, free_port())
+    yield svc
+    stop(svc.proc)
+
+
+@pytest.fixture(scope="module")
+def tokens(hub: Hub) -> dict[str, str]:  # noqa: F811
+    return {"alice": hub.token("alice"), "carol": hub.token("carol"),
+            "rita": hub.token("rita", scopes=["custom:sandbox:query", *REVIEW]),
+            "audrey": hub.token("audrey", scopes=REVIEW),
+            "ramon": hub.token("ramon", scopes=REVIEW)}
+
+
+@pytest.fixture(scope="module")
+def identifier(demo_dir: Path) -> str:
+    """A real ID number from the data (what must never leave)."""
+    return str(pq.read_table(demo_dir / "persons.parquet", columns=["id_number"])
+               .column(0)[3].as_py())
+
+
+def cli(hub: Hub, home: Paths, *args: str, token: str | None = None,  # noqa: F811
+        ok: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SANDBOX_", "JUPYTERHUB_"))}
+    env.update(SANDBOX_HOME=str(home.home), SANDBOX_KEYSTORE=str(home.keystore),
+               JUPYTERHUB_API_URL=hub.api)
+    if token:
+        env["JUPYTERHUB_API_TOKEN"] = token
+    out = subprocess.run([str(SANDBOX), *args], env=env, capture_output=True, text=True,
+                         timeout=120)
+    if ok:
+        assert out.returncode == 0, (args, out.stdout, out.stderr)
+    return out
+
+
+def release(svc: Svc, token: str, ws: str = WS) -> dict:
+    r = svc.call("POST", f"workspaces/{ws}/query", token, json={"sql": SQL, "request_id": rid()})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def frame_of(rel: dict, name: str = "by_purpose") -> dict:
+    return {"kind": "frame", "name": name, "columns": rel["columns"], "rows": rel["rows"],
+            "release_ids": [rel["release_id"]]}
+
+
+def submit(svc: Svc, token: str, items: list[dict], ws: str = WS, **kw: str
+           ) -> requests.Response:
+    body = {"title": kw.get("title", "loan mix"), "purpose": kw.get("purpose", "report"),
+            "items": items, "request_id": rid()}
+    return svc.call("POST", f"workspaces/{ws}/exports", token, json=body)
+
+
+def test_a_frame_of_released_noisy_values_passes_the_checks(service: Svc, tokens) -> None:
+    rel = release(service, tokens["alice"])
+    r = submit(service, tokens["alice"], [frame_of(rel)])
+    assert r.status_code == 201, r.text
+    doc = r.json()
+    assert doc["state"] == "checked" and doc["checks"]["outcome"] == "pass", doc["checks"]
+    assert {c["rule"] for c in doc["checks"]["results"]} >= {
+        "identifiers", "provenance", "small_cells", "types", "limits"}
+    listed = service.call("GET", f"workspaces/{WS}/exports", tokens["alice"]).json()
+    assert doc["id"] in [x["id"] for x in listed]
+
+
+@pytest.mark.parametrize("variant", [
+    lambda v: v, lambda v: v.lower(), lambda v: " ".join(v[i:i + 4] for i in range(0, len(v), 4)),
+    lambda v: f"note: {v[:6]}-{v[6:14]}-{v[14:]} checked",
+])
+def test_an_identifier_in_any_column_is_blocked_and_not_shown(service: Svc, tokens,
+                                                               identifier: str, variant) -> None:
+    rel = release(service, tokens["alice"])
+    rows = [list(row) for row in rel["rows"]]
+    rows[0][0] = variant(identifier)
+    r = submit(service, tokens["alice"], [{"kind": "frame", "name": "leak",
+                                           "columns": rel["columns"], "rows": rows,
+                                           "release_ids": [rel["release_id"]]}])
+    assert r.status_code == 201, r.text
+    doc = r.json()
+    assert doc["state"] == "rejected" and doc["checks"]["outcome"] == "blocked"
+    text = r.text.lower()
+    assert identifier.lower() not in text and normalise(identifier) not in text
+    shown = service.call("GET", f"workspaces/{WS}/exports/{doc['id']}", tokens["alice"])
+    assert identifier.lower() not in shown.text.lower()
+
+
+def test_an_identifier_in_a_file_is_blocked(service: Svc, tokens, identifier: str) -> None:
+    data = f"district,who\nSiming,{identifier}\n".encode()
+    r = submit(service, tokens["alice"], [{"kind": "file", "name": "list.csv",
+                                           "media_type": "text/csv",
+                                           "data_base64": base64.b64encode(data).decode()}])
+    assert r.status_code == 201 and r.json()["checks"]["outcome"] == "blocked"
+    assert identifier not in r.text
+
+
+def test_bad_uploads_get_clear_errors(service: Svc, tokens) -> None:
+    cases = [
+        ({"title": "x", "purpose": "y", "items": "nope"}, 400, "input.invalid"),
+        ({"title": "x", "purpose": "y", "items": [{"kind": "exe"}]}, 400, "export.invalid"),
+        ({"title": "x", "purpose": "y", "items": []}, 400, "export.invalid"),
+        ({"title": "", "purpose": "y", "items": [{"kind": "file", "name": "a.txt",
+                                                  "data_base64": "aGk="}]}, 400,
+         "export.invalid"),
+    ]
+    for body, status, code in cases:
+        r = service.call("POST", f"workspaces/{WS}/exports", tokens["alice"], json=body)
+        assert r.status_code == status and r.json()["error"]["code"] == code, (body, r.text)
+        assert_clean(r)
+    # a type that may never leave is blocked by the checks (recorded, then rejected)
+    r = service.call("POST", f"workspaces/{WS}/exports", tokens["alice"], json={
+        "title": "x", "purpose": "y",
+        "items": [{"kind": "file", "name": "run.sh", "data_base64": "aGk="}]})
+    assert r.status_code == 201 and r.json()["state"] == "rejected"
+    types = next(c for c in r.json()["checks"]["results"] if c["rule"] == "types")
+    assert types["outcome"] == "block"
+    big = {"title": "x", "purpose": "y", "items": [{"kind": "file", "name": "a.txt",
+                                                    "data_base64": "A" * 300_000}]}
+    r = service.call("POST", f"workspaces/{WS}/exports", tokens["alice"], json=big)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "limits.body_too_large"
+
+
+def test_review_self_approval_two_person_rule_bundle_and_verify(
+        service: Svc, hub: Hub, home: Paths, tokens, tmp_path: Path) -> None:  # noqa: F811
+    rel = release(service, tokens["rita"], WS2)
+    doc = submit(service, tokens["rita"], [frame_of(rel)], ws=WS2).json()
+    eid = doc["id"]
+    assert doc["approvals_required"] == 2 and doc["state"] == "checked"
+    # a developer's token cannot decide; the requester (also an auditor) cannot either
+    out = cli(hub, home, "export", "approve", eid, token=tokens["alice"], ok=False)
+    assert out.returncode == 2 and "custom:sandbox:review" in out.stderr
+    out = cli(hub, home, "export", "approve", eid, token=tokens["rita"], ok=False)
+    assert out.returncode == 2 and "export.self_approval" in out.stderr
+    # two different auditors are needed
+    assert "checked (1/2 approvals)" in cli(hub, home, "export", "approve", eid,
+                                            token=tokens["audrey"]).stdout
+    out = cli(hub, home, "export", "approve", eid, token=tokens["audrey"], ok=False)
+    assert out.returncode == 2 and "export.duplicate_approval" in out.stderr
+    r = service.call("GET", f"workspaces/{WS2}/exports/{eid}/bundle", tokens["rita"])
+    assert r.status_code == 409 and r.json()["error"]["code"] == "export.state"
+    assert "released" in cli(hub, home, "export", "approve", eid, token=tokens["ramon"]).stdout
+    # others cannot see or fetch it
+    for path in (f"exports/{eid}", f"exports/{eid}/bundle"):
+        r = service.call("GET", f"workspaces/{WS2}/{path}", tokens["carol"])
+        assert r.status_code == 404 and r.json()["error"]["code"] == "export.not_found"
+    r = service.call("GET", f"workspaces/{WS2}/exports/{eid}/bundle", tokens["rita"])
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/zip"
+    bundle = tmp_path / "bundle.zip"
+    bundle.write_bytes(r.content)
+    ok = cli(hub, home, "export", "verify", str(bundle))
+    assert ok.stdout.startswith("OK: export " + eid)
+    names = zipfile.ZipFile(io.BytesIO(r.content)).namelist()
+    assert "manifest.json" in names and "manifest.sig" in names
+    # any changed byte fails: in a file, in the manifest
+    for offset in (len(r.content) // 3, r.content.index(b'"export_id"') + 2):
+        bad = bytearray(r.content)
+        bad[offset] ^= 0x01
+        (tmp_path / "bad.zip").write_bytes(bytes(bad))
+        out = cli(hub, home, "export", "verify", str(tmp_path / "bad.zip"), ok=False)
+        assert out.returncode == 2 and "FAILED" in out.stderr
+    # the log holds every step and verifies
+    log = cli(hub, home, "audit", "log", "--kind", "export.", "--format", "jsonl").stdout
+    kinds = [json.loads(x)["kind"] for x in log.splitlines() if json.loads(x)["export_id"] == eid]
+    assert kinds == ["export.submitted", "export.checked", "export.approved",
+                     "export.approved", "export.released", "export.downloaded"]
+    assert cli(hub, home, "audit", "verify").returncode == 0
+    # revocation: visible to the requester, no more downloads
+    cli(hub, home, "export", "revoke", eid, "--comment", "wrong period", token=tokens["ramon"])
+    r = service.call("GET", f"workspaces/{WS2}/exports/{eid}/bundle", tokens["rita"])
+    assert r.status_code == 410 and "wrong period" in r.json()["error"]["message"]
+    assert service.call("GET", f"workspaces/{WS2}/exports/{eid}",
+                        tokens["rita"]).json()["state"] == "revoked"
+
+
+def test_return_withdraw_and_reject(service: Svc, hub: Hub, home: Paths,  # noqa: F811
+                                    tokens) -> None:
+    rel = release(service, tokens["carol"])
+    eid = submit(service, tokens["carol"], [frame_of(rel)]).json()["id"]
+    out = cli(hub, home, "export", "return", eid, token=tokens["audrey"], ok=False)
+    assert out.returncode == 2  # a return needs a comment
+    cli(hub, home, "export", "return", eid, "--comment", "add units", token=tokens["audrey"])
+    doc = service.call("GET", f"workspaces/{WS}/exports/{eid}", tokens["carol"]).json()
+    assert doc["state"] == "returned" and doc["events"][-1]["comment"] == "add units"
+    r = service.call("POST", f"workspaces/{WS}/exports/{eid}/withdraw", tokens["alice"],
+                     json={})
+    assert r.status_code == 404  # not alice's
+    r = service.call("POST", f"workspaces/{WS}/exports/{eid}/withdraw", tokens["carol"],
+                     json={"comment": "not needed"})
+    assert r.status_code == 200 and r.json()["state"] == "withdrawn"
+    eid2 = submit(service, tokens["carol"], [frame_of(rel)]).json()["id"]
+    cli(hub, home, "export", "reject", eid2, "--comment", "no", token=tokens["audrey"])
+    listed = json.loads(cli(hub, home, "export", "list", "--format", "json").stdout)
+    states = {x["id"]: x["state"] for x in listed}
+    assert states[eid] == "withdrawn" and states[eid2] == "rejected"
+    shown = cli(hub, home, "export", "show", eid2).stdout
+    assert "rejected by audrey: no" in shown
+
+
+def test_client_export_roundtrip(service: Svc, hub: Hub, home: Paths, tokens,  # noqa: F811
+                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandbox.client import ExportError, Sandbox
+
+    sb = Sandbox(WS, url=service.base.removesuffix("api/v1/"), token=tokens["alice"])
+    df = sb.sql(SQL, epsilon=0.5)
+    status = sb.export({"mix": df, "notes.txt": b"noisy counts, see release ids"},
+                       title="mix", purpose="board report")
+    assert status["state"] == "checked" and "human_review" in json.dumps(status["checks"])
+    assert status["id"] in set(sb.exports()["id"])
+    cli(hub, home, "export", "approve", status["id"], token=tokens["audrey"])
+    monkeypatch.chdir(tmp_path)
+    path = sb.download(status["id"])
+    assert cli(hub, home, "export", "verify", path).returncode == 0
+    with pytest.raises(ExportError) as info:
+        sb.withdraw(status["id"])
+    assert info.value.code == "export.state"
+    shutil.rmtree(tmp_path, ignore_errors=True)
