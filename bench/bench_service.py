@@ -137,8 +137,9 @@ def main() -> None:
         catalog.close()
         gate = Gate(policy)
         # The in-process path charges the same durable ledger kind as the service (one
-        # State connection per thread, a separate database), so that the difference is
-        # the service itself: HTTP, auth, JSON.
+        # State connection per thread, a separate database) and keeps each answer under
+        # its request id as the service does, so that the difference is the service
+        # itself: HTTP, authentication, the workspace check, JSON.
         local_state = threading.local()
 
         def local_ledger() -> SqliteLedger:
@@ -198,7 +199,8 @@ def main() -> None:
 
             def inproc(i: int, sql: str) -> None:
                 gate_pool.submit(gate.answer, sql, member=f"m{i}", ledger=local_ledger(),
-                                 executor=engine, epsilon=0.001).result()
+                                 executor=engine, epsilon=0.001,
+                                 request_id=uuid.uuid4().hex).result()
 
             print(f"demo data: {args.size}; {args.clients} clients x {args.queries} queries")
             for sql in QUERIES:  # warm both paths (plan calibration, caches)

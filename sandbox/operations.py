@@ -47,10 +47,14 @@ def verify_dataset(catalog: Catalog, kms: Kms, dv: DatasetVersion) -> VerifyResu
 
 
 def remove_dataset(catalog: Catalog, name: str, version: int | None = None) -> list[int]:
-    """Unregister first (atomic), then delete the files: never a catalog row without files."""
+    """Unregister first (atomic), then delete the files and their identifier index: never a
+    catalog row without files."""
+    from .exports.identifiers import remove_orphans
+
     gone = catalog.unregister(name, version)
     for dv in gone:
         shutil.rmtree(catalog.storage_dir(dv.name, dv.storage_id), ignore_errors=True)
+    remove_orphans(catalog)
     return [dv.version for dv in gone]
 
 

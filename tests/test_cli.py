@@ -227,11 +227,15 @@ def test_dataset_add_list_show_verify_remove(sandbox, paths: Paths, demo_dir: pa
         "persons@2: ok",
     ]
 
+    indexes = paths.home / "exports" / "identifiers" / "persons"
+    v1_index = indexes / f"{v1_path.parent.name}.idx"
+    assert v1_index.is_file() and len(list(indexes.glob("*.idx"))) == 2
     assert (
         _ok(sandbox("dataset", "remove", "persons", "--version", "1", "--yes")).strip()
         == "removed persons version(s) 1"
     )
     assert not v1_path.exists()
+    assert not v1_index.exists() and len(list(indexes.glob("*.idx"))) == 1  # its index too
     assert "nothing removed" in _error(
         sandbox("dataset", "remove", "persons", input="n\n"), "sandbox.error"
     )
