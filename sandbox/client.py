@@ -273,11 +273,13 @@ class Sandbox:
         return Budget(self._call("GET", self._ws("budget"))[0])
 
     # -- exports (the only way anything leaves) -------------------------------------------
-    def export(self, items: Any, *, title: str, purpose: str) -> ExportStatus:
+    def export(self, items: Any, *, title: str | None = None, purpose: str | None = None,
+               resubmit: str | None = None) -> ExportStatus:
         """Ask to take results out: DataFrames (from ``sb.sql`` or derived from them) and
         files (CSV, Parquet, PNG, SVG, TXT, JSON). ``items`` is a dict name -> DataFrame,
         path or bytes, or a list of DataFrames and paths. Checked at once; an auditor
-        decides; ``download`` fetches the signed bundle once it is released."""
+        decides; ``download`` fetches the signed bundle once it is released. A request
+        returned for changes is sent again with ``resubmit=export_id``."""
         from .exports import FileItem, FrameItem, item_to_dict
 
         named = items.items() if isinstance(items, dict) else [
@@ -299,8 +301,12 @@ class Sandbox:
                 raise InvalidRequest("input.invalid", f"cannot export a {type(it).__name__}",
                                      "pass DataFrames, file paths or bytes")
             payload.append(item_to_dict(item))
-        body = {"title": title, "purpose": purpose, "items": payload,
-                "request_id": uuid.uuid4().hex}
+        body: dict[str, Any] = {"items": payload}
+        body.update({k: v for k, v in (("title", title), ("purpose", purpose)) if v is not None})
+        if resubmit is not None:
+            return ExportStatus(self._call("POST", self._ws(f"exports/{resubmit}/resubmit"),
+                                           body)[0])
+        body["request_id"] = uuid.uuid4().hex
         return ExportStatus(self._call("POST", self._ws("exports"), body)[0])
 
     def exports(self) -> pd.DataFrame:

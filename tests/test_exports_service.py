@@ -261,6 +261,16 @@ def test_return_withdraw_and_reject(service: Svc, hub: Hub, home: Paths,  # noqa
     cli(hub, home, "export", "return", eid, "--comment", "add units", token=tokens["audrey"])
     doc = service.call("GET", f"workspaces/{WS}/exports/{eid}", tokens["carol"]).json()
     assert doc["state"] == "returned" and doc["events"][-1]["comment"] == "add units"
+    r = service.call("POST", f"workspaces/{WS}/exports/{eid}/resubmit", tokens["alice"],
+                     json={"items": [frame_of(rel)]})
+    assert r.status_code == 404  # only the requester may change it
+    r = service.call("POST", f"workspaces/{WS}/exports/{eid}/resubmit", tokens["carol"],
+                     json={"items": [frame_of(rel, "by_purpose_units")],
+                           "title": "loan mix (units)"})
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert (doc["state"], doc["revision"], doc["title"]) == ("checked", 2, "loan mix (units)")
+    cli(hub, home, "export", "return", eid, "--comment", "still no", token=tokens["audrey"])
     r = service.call("POST", f"workspaces/{WS}/exports/{eid}/withdraw", tokens["alice"],
                      json={})
     assert r.status_code == 404  # not alice's

@@ -378,15 +378,24 @@ class Service:
             store = self._local.exports = ExportStore(self.state())
         return store
 
-    def submit_export(self, ws: Workspace, member: str, body: dict[str, Any]
-                      ) -> dict[str, Any]:
+    def _export_context(self, ws: Workspace) -> Any:
+        return state_context(self.state(), ws.name, self.identifiers, gate=ws.gate,
+                             min_group_count=ws.policy.export.min_group_count)
+
+    def submit_export(self, ws: Workspace, member: str, body: dict[str, Any],
+                      resubmit: str | None = None) -> dict[str, Any]:
+        """A new request, or (``resubmit``) a new revision of one returned for changes."""
         items = body["items"]
         if not isinstance(items, list):
             raise Problem("input.invalid", "the field 'items' must be a list",
                           "send [{kind: frame|file, ...}, ...]")
         parsed = [item_from_dict(d) for d in items]
-        ctx = state_context(self.state(), ws.name, self.identifiers, gate=ws.gate,
-                            min_group_count=ws.policy.export.min_group_count)
+        ctx = self._export_context(ws)
+        if resubmit is not None:
+            self.own_export(ws, member, resubmit)
+            return self.export_store().resubmit(
+                resubmit, member, parsed, title=body.get("title"), purpose=body.get("purpose"),
+                context=ctx).to_dict("requester")
         req = self.export_store().submit(
             workspace=ws.name, requester=member, title=body.get("title") or "",
             purpose=body.get("purpose") or "", items=parsed, policy=ws.policy,
@@ -666,6 +675,17 @@ class ExportsHandler(AuthedHandler):
             self.send_json(await self.run(work), 201)
 
 
+class ExportResubmitHandler(AuthedHandler):
+    async def post(self, ws: str, export_id: str) -> None:
+        def work() -> dict[str, Any]:
+            workspace = self.service.workspace_for(ws, self.member)
+            body = self.json_body(EXPORT_FIELDS, ("items",), "max_export_bytes")
+            return self.service.submit_export(workspace, self.member, body, export_id)
+
+        with self.slot():
+            self.send_json(await self.run(work))
+
+
 class ExportHandler(AuthedHandler):
     async def get(self, ws: str, export_id: str) -> None:
         def work() -> dict[str, Any]:
@@ -716,6 +736,8 @@ ROUTES: tuple[tuple[str, str, type[BaseHandler]], ...] = (
      ExportHandler),
     (f"workspaces/{WS}/exports/{EXPORT_ID}/withdraw",
      "/workspaces/{workspace}/exports/{export_id}/withdraw", ExportWithdrawHandler),
+    (f"workspaces/{WS}/exports/{EXPORT_ID}/resubmit",
+     "/workspaces/{workspace}/exports/{export_id}/resubmit", ExportResubmitHandler),
     (f"workspaces/{WS}/exports/{EXPORT_ID}/bundle",
      "/workspaces/{workspace}/exports/{export_id}/bundle", ExportBundleHandler),
 )

@@ -146,6 +146,12 @@ def document(prefix: str, version: str) -> dict[str, Any]:
             "requestBody": _body({"type": "object", "properties": {
                 "comment": {"type": ["string", "null"]}}}),
             "responses": {"200": _ok(_EXPORT), **_errors(*_AUTH_ERRORS, 409)}}},
+        "/workspaces/{workspace}/exports/{export_id}/resubmit": {"post": {
+            "summary": "A changed version of a request returned for changes (new revision, "
+                       "checked again)", "operationId": "resubmitExport",
+            "security": _SECURE, "parameters": _EXPORT_PARAMS,
+            "requestBody": _body({"$ref": "#/components/schemas/ExportSubmit"}),
+            "responses": {"200": _ok(_EXPORT), **_errors(*_AUTH_ERRORS, 409, 413, 429)}}},
         "/workspaces/{workspace}/exports/{export_id}/bundle": {"get": {
             "summary": "The signed bundle of a released export (each download is logged)",
             "operationId": "downloadExport", "security": _SECURE,
