@@ -35,9 +35,9 @@ echo
 sandbox policy check policies/credit_underwriting.yaml
 sandbox policy check policies/population_livelihood.yaml
 echo
-echo "$ sandbox query --policy policies/credit_underwriting.yaml --member demo \\"
+echo "$ sandbox query --policy policies/credit_underwriting.yaml --member demo --workspace cli-demo \\"
 echo "    \"SELECT district, count(*) AS people, avg(income) AS avg_income FROM persons GROUP BY district\""
-sandbox query --policy policies/credit_underwriting.yaml --member demo \
+sandbox query --policy policies/credit_underwriting.yaml --member demo --workspace cli-demo \
     "SELECT district, count(*) AS people, avg(income) AS avg_income FROM persons GROUP BY district"
 echo
 echo "State: $SANDBOX_HOME (encrypted data, catalog); keys: $SANDBOX_KEYSTORE"
@@ -101,6 +101,7 @@ HUB_PID=$!
 cd "$OLDPWD"
 stop_hub() { kill -TERM "$HUB_PID" 2>/dev/null || true; wait "$HUB_PID" 2>/dev/null || true; }
 trap 'stop_hub; exit 130' INT TERM
+trap 'stop_hub' EXIT   # a failed step below must not leave the hub running
 for _ in $(seq 1 120); do
     if "$HUB_VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
         "http://127.0.0.1:${SANDBOX_HUB_API_PORT:-8081}/hub/api/" 2>/dev/null; then break; fi
@@ -110,8 +111,12 @@ done
 
 # The operator (oscar) reviews the example scenarios once and provisions a workspace for
 # each, as the service's user, with a hub token of their own (docs/workspaces.md).
-OPERATOR_TOKEN="$(cd "$HUB_DIR" && "$HUB_VENV/bin/jupyterhub" -f "$OLDPWD/deploy/jupyterhub_config.py" \
-    token "$OPERATORS" 2>/dev/null | tail -n 1)"
+OPERATOR_TOKEN="$(cd "$HUB_DIR" && "$HUB_VENV/bin/jupyterhub" token \
+    -f "$OLDPWD/deploy/jupyterhub_config.py" "$OPERATORS" 2>/dev/null | tail -n 1)"
+if ! [[ "$OPERATOR_TOKEN" =~ ^[0-9a-f]{32}$ ]]; then
+    echo "error: could not make a hub token for the operator $OPERATORS" >&2
+    exit 1
+fi
 operator() {
     runuser -u sandbox -- env JUPYTERHUB_API_TOKEN="$OPERATOR_TOKEN" \
         JUPYTERHUB_API_URL="http://127.0.0.1:${SANDBOX_HUB_API_PORT:-8081}/hub/api" \

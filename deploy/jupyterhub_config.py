@@ -247,6 +247,11 @@ if ENABLE_SERVICE == "on" or (ENABLE_SERVICE == "auto" and service_available):
         "environment": service_env,
         "cwd": str(SERVICE_CONFIG.parent),
         "display": False,
+        # The auditor console (docs/console.md) signs users in with the hub's OAuth. Its
+        # tokens may carry the review scope, which the hub grants only to users who hold it
+        # (auditors); a developer's console token lacks it and is refused by the service.
+        "oauth_client_allowed_scopes": ["custom:sandbox:review"],
+        "oauth_no_confirm": True,  # part of the platform: no "authorize this service?" page
     }
     if SERVICE_USER:
         service["user"] = SERVICE_USER

@@ -244,7 +244,12 @@ class Workspaces:
         check_budget(epsilon, delta)
         refresh = str(pbudget.get("refresh", "never"))
         with self.state.transaction() as con:
-            if con.execute("SELECT 1 FROM workspaces WHERE name = ?", (name,)).fetchone():
+            row = con.execute("SELECT state FROM workspaces WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] == "ad-hoc":
+                raise WorkspaceError(f"the name {name!r} is taken by the ledger of operators' "
+                                     f"command-line queries (`sandbox query --workspace "
+                                     f"{name}`)", "choose another workspace name")
+            if row is not None:
                 raise WorkspaceError(f"a workspace named {name!r} already exists",
                                      "choose another name; names are never reused, so the "
                                      "audit log stays unambiguous")

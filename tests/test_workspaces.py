@@ -285,6 +285,9 @@ def test_ad_hoc_ledger_cannot_take_over_a_workspace(env) -> None:
     create(state)
     with pytest.raises(SandboxError, match="provisioned workspace"):
         SqliteLedger.open(state, "ws", "x", BudgetPolicy(100, 0.1, "none"))
+    SqliteLedger.open(state, "cli-ledger", "x", BudgetPolicy(100, 0.1, "none"))
+    with pytest.raises(WorkspaceError, match="sandbox query --workspace cli-ledger"):
+        create(state, name="cli-ledger")
 
 
 def test_old_state_database_gains_the_workspace_columns(paths, keystore) -> None:

@@ -14,6 +14,7 @@ import decimal
 import json
 import logging
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -752,6 +753,9 @@ def make_app(service: Service, prefix: str, hub_auth: HubAuth | None) -> web.App
     handlers += console.routes(prefix, kwargs)
     # The hub checks that a service answers at its prefix: say where the API is.
     handlers.append((re.escape(prefix), HealthHandler, kwargs))
+    # Signed cookies (the console's OAuth state, token and XSRF; the JSON API uses none).
+    # Per process: a restart signs auditors out and the hub's OAuth signs them in again.
     return web.Application(handlers, default_handler_class=NotFoundHandler,
                            default_handler_args=kwargs, sandbox_prefix=prefix,
-                           xsrf_cookies=False, serve_traceback=False, compress_response=False)
+                           cookie_secret=secrets.token_bytes(32), xsrf_cookies=False,
+                           serve_traceback=False, compress_response=False)
