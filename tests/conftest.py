@@ -125,17 +125,22 @@ class Vault:
         return self.catalog.storage_dir(dv.name, dv.storage_id) / dv.files[index].file_name
 
 
-@pytest.fixture(scope="session")
-def tiny_vault(tmp_path_factory: pytest.TempPathFactory, demo_dir: pathlib.Path) -> Iterator[Vault]:
-    base = tmp_path_factory.mktemp("vault")
+def make_vault(base: pathlib.Path, demo_dir: pathlib.Path) -> Vault:
+    """A new home and key store under ``base`` with every tiny demo dataset ingested (the
+    caller closes ``vault.catalog``)."""
     paths = Paths.resolve(base / "home", base / "keystore")
     paths.ensure_home()
     kms = FileKeyStore(paths.keystore)
     kms.init()
     cat = Catalog(paths.catalog_db, paths.vault_dir)
-    versions = _ingest_demo(cat, kms, demo_dir, DEMO_DATASETS)
-    yield Vault(paths, kms, cat, versions)
-    cat.close()
+    return Vault(paths, kms, cat, _ingest_demo(cat, kms, demo_dir, DEMO_DATASETS))
+
+
+@pytest.fixture(scope="session")
+def tiny_vault(tmp_path_factory: pytest.TempPathFactory, demo_dir: pathlib.Path) -> Iterator[Vault]:
+    vault = make_vault(tmp_path_factory.mktemp("vault"), demo_dir)
+    yield vault
+    vault.catalog.close()
 
 
 def make_engine(vault: Vault) -> Engine:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import requests
+from conftest import make_vault
 from test_service import (  # noqa: F401  (fixtures)
     POLICY,
     Hub,
@@ -34,12 +35,8 @@ from test_service import (  # noqa: F401  (fixtures)
     write_config,
 )
 
-from sandbox.catalog import Catalog
 from sandbox.exports import normalise
-from sandbox.ingest import ingest
-from sandbox.keys import FileKeyStore
 from sandbox.settings import Paths
-from sandbox.spec import load_spec
 from sandbox.state import State
 from sandbox.workspaces import provision_local
 
@@ -52,20 +49,15 @@ REVIEW = ["custom:sandbox:review"]
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Paths:
     base = tmp_path_factory.mktemp("exports")
-    paths = Paths.resolve(base / "home", base / "keystore")
-    paths.ensure_home()
-    kms = FileKeyStore(paths.keystore)
-    kms.init()
-    catalog = Catalog(paths.catalog_db, paths.vault_dir)
-    state = State(paths.state_db, kms.audit_signing_key())
+    vault = make_vault(base, demo_dir)
+    paths, catalog = vault.paths, vault.catalog
+    state = State(paths.state_db, vault.kms.audit_signing_key())
     two = base / "credit_two.yaml"
     text = POLICY.read_text()
     assert "approvals: 1" in text
     two.write_text(text.replace("id: credit-underwriting", "id: credit-two")
                    .replace("approvals: 1", "approvals: 2"))
     try:
-        for name in ("persons", "loans", "districts"):
-            ingest(catalog, kms, demo_dir / f"{name}.parquet", load_spec(demo_dir / f"{name}.yaml"))
         for ws, policy in ((WS, POLICY), (WS2, two)):
             provision_local(state, catalog.resolve, policy, ws, ["alice", "carol", "rita"],
                             epsilon=50, expires="2099-12-31", actor="test")

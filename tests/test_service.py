@@ -25,13 +25,10 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import make_vault
 
-from sandbox.catalog import Catalog
-from sandbox.ingest import ingest
-from sandbox.keys import FileKeyStore
 from sandbox.ledger import SqliteLedger
 from sandbox.settings import Paths
-from sandbox.spec import load_spec
 from sandbox.state import State
 from sandbox.workspaces import provision_local
 
@@ -186,16 +183,10 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
 @pytest.fixture(scope="module")
 def vault_home(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Paths:
     """A home of its own with the tiny demo data ingested (the service writes its state)."""
-    base = tmp_path_factory.mktemp("svc")
-    paths = Paths.resolve(base / "home", base / "keystore")
-    paths.ensure_home()
-    kms = FileKeyStore(paths.keystore)
-    kms.init()
-    catalog = Catalog(paths.catalog_db, paths.vault_dir)
-    state = State(paths.state_db, kms.audit_signing_key())
+    vault = make_vault(tmp_path_factory.mktemp("svc"), demo_dir)
+    paths, catalog = vault.paths, vault.catalog
+    state = State(paths.state_db, vault.kms.audit_signing_key())
     try:
-        for name in ("persons", "loans", "districts"):
-            ingest(catalog, kms, demo_dir / f"{name}.parquet", load_spec(demo_dir / f"{name}.yaml"))
         provision_local(state, catalog.resolve, POLICY, WS, ["alice", "eve"], epsilon=10,
                         expires="2099-12-31", actor="test")
     finally:

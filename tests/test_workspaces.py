@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import make_vault
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -309,19 +310,10 @@ def test_old_state_database_gains_the_workspace_columns(paths, keystore) -> None
 
 @pytest.fixture(scope="module")
 def shared_vault(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path):
-    from conftest import DEMO_DATASETS, _ingest_demo
-
-    from sandbox.settings import Paths
-
     base = tmp_path_factory.mktemp("shared")
-    paths = Paths.resolve(base / "home", base / "keys")
-    paths.ensure_home()
-    kms = FileKeyStore(paths.keystore)
-    kms.init()
-    catalog = Catalog(paths.catalog_db, paths.vault_dir)
-    _ingest_demo(catalog, kms, demo_dir, DEMO_DATASETS)
-    yield base, kms, catalog
-    catalog.close()
+    vault = make_vault(base, demo_dir)
+    yield base, vault.kms, vault.catalog
+    vault.catalog.close()
 
 
 OPS = st.lists(st.tuples(st.sampled_from(["add", "remove", "suspend", "resume", "close"]),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import make_vault
 from test_service import (  # noqa: F401  (fixtures)
     POLICY,
     SIMPLE,
@@ -32,11 +33,7 @@ from test_service import (  # noqa: F401  (fixtures)
     write_config,
 )
 
-from sandbox.catalog import Catalog
-from sandbox.ingest import ingest
-from sandbox.keys import FileKeyStore
 from sandbox.settings import Paths
-from sandbox.spec import load_spec
 
 SANDBOX = Path(sys.executable).parent / "sandbox"  # the command installed beside pytest
 OPERATOR_SCOPES = ["custom:sandbox:admin", "admin:users", "admin:groups", "admin:servers"]
@@ -46,16 +43,9 @@ EXPIRES = "2099-12-31"
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Paths:
     base = tmp_path_factory.mktemp("ops")
-    paths = Paths.resolve(base / "home", base / "keystore")
-    paths.ensure_home()
-    kms = FileKeyStore(paths.keystore)
-    kms.init()
-    catalog = Catalog(paths.catalog_db, paths.vault_dir)
-    try:
-        for name in ("persons", "loans", "districts"):
-            ingest(catalog, kms, demo_dir / f"{name}.parquet", load_spec(demo_dir / f"{name}.yaml"))
-    finally:
-        catalog.close()
+    vault = make_vault(base, demo_dir)
+    vault.catalog.close()
+    paths = vault.paths
     shutil.copy(POLICY, base / "credit.yaml")
     return paths
 
