@@ -28,6 +28,8 @@ ROLES = ("dimension", "measure", "filter")
 UNIT = "unit"  # the implied role of a table's privacy unit column
 MECHANISMS = ("laplace", "gaussian")
 REFRESH = ("none", "monthly")
+DEFAULT_BUDGET_DELTA = 1e-5  # budget.delta when a policy gives none
+DEFAULT_REFRESH = "none"
 ID_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 MAX_ROWS_PER_UNIT_LIMIT = 1000
@@ -460,13 +462,13 @@ def _load_budget(doc: LineDict, p: _Problems, privacy: PrivacyParams) -> BudgetP
     if eps < privacy.epsilon_default:
         p.add(line_of(bd, "epsilon"), "budget.epsilon is smaller than one query's "
               "privacy.epsilon_default")
-    delta = _number(bd.get("delta", 1e-5))
+    delta = _number(bd.get("delta", DEFAULT_BUDGET_DELTA))
     if delta is None or not 0 <= delta < 1:
         p.add(line_of(bd, "delta"), "budget.delta must be a number from 0 to 1")
         delta = 0.0
     if delta is not None and delta < privacy.delta:
         p.add(line_of(bd, "delta"), "budget.delta is smaller than one query's privacy.delta")
-    refresh = bd.get("refresh", "none")
+    refresh = bd.get("refresh", DEFAULT_REFRESH)
     if refresh not in REFRESH:
         p.add(line_of(bd, "refresh"), f"budget.refresh must be one of {', '.join(REFRESH)}")
         refresh = "none"

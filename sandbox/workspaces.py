@@ -19,9 +19,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
+
 from .errors import InputError, SandboxError
 from .ledger import SqliteLedger
-from .policy import BudgetPolicy
+from .policy import DEFAULT_BUDGET_DELTA, DEFAULT_REFRESH, BudgetPolicy
 from .scenarios import Scenarios
 from .state import State
 
@@ -235,14 +237,13 @@ class Workspaces:
             raise InputError("a workspace needs at least one member", "e.g. --members alice,bob")
         expires = parse_expiry(expires, today)
         sv = Scenarios(self.state).get(scenario, version)
-        check_budget(epsilon, delta)
-        import yaml  # the stored policy's budget section gives delta and refresh defaults
-
+        # the approved policy's budget section gives the delta default and the refresh
         doc = yaml.safe_load(sv.text) or {}
         pbudget = (doc.get("budget") or {}) if isinstance(doc, dict) else {}
-        delta = float(delta if delta is not None else pbudget.get("delta", 1e-6))
+        delta = float(delta if delta is not None else
+                      pbudget.get("delta", DEFAULT_BUDGET_DELTA))
         check_budget(epsilon, delta)
-        refresh = str(pbudget.get("refresh", "never"))
+        refresh = str(pbudget.get("refresh", DEFAULT_REFRESH))
         with self.state.transaction() as con:
             row = con.execute("SELECT state FROM workspaces WHERE name = ?", (name,)).fetchone()
             if row is not None and row[0] == "ad-hoc":
