@@ -211,9 +211,6 @@ class Engine:
                 self._con.execute(f"CHECKPOINT {DB}")
         return loaded
 
-    def has_tables(self, datasets: Iterable[tuple[str, int]]) -> bool:
-        return all(table_name(d, v) in self.tables for d, v in datasets)
-
     def _measure_ranges(self, name: str, columns: list[str]) -> None:
         """Min and max of numeric columns, so the gate can leave out clamps and row bounds
         that cannot change any value (the released result is the same either way)."""

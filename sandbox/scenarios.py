@@ -12,7 +12,6 @@ import datetime as dt
 import hashlib
 import json
 import re
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,7 +183,3 @@ def load_approved(sv: ScenarioVersion, resolve: Resolver, cache_dir: Path) -> Po
     if current != sv.text.encode("utf-8"):
         atomic_write_bytes(path, sv.text.encode("utf-8"))
     return load_policy(path, pinned(resolve, sv.datasets))
-
-
-def scenario_count(con: sqlite3.Connection) -> int:
-    return int(con.execute("SELECT count(*) FROM scenarios").fetchone()[0])
