@@ -62,33 +62,6 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
-def run(label: str, clients: int, per_client: int, fn,  # type: ignore[no-untyped-def]
-        think_s: float = 0.0) -> list[float]:
-    lat: list[float] = []
-    lock = threading.Lock()
-
-    def worker(i: int) -> None:
-        rng = random.Random(i)
-        for j in range(per_client):
-            if think_s:
-                time.sleep(rng.expovariate(1 / think_s))
-            sql = QUERIES[(i + j) % len(QUERIES)]
-            t0 = time.perf_counter()
-            fn(i, sql)
-            dt = time.perf_counter() - t0
-            with lock:
-                lat.append(dt)
-
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(worker, range(clients)))
-    wall = time.perf_counter() - t0
-    print(f"{label:<12} {len(lat):>5} queries  {len(lat) / wall:8.1f} q/s  "
-          f"p50 {pct(lat, .5) * 1000:8.1f} ms  p99 {pct(lat, .99) * 1000:8.1f} ms  "
-          f"mean {sum(lat) / len(lat) * 1000:8.1f} ms")
-    return lat
-
-
 def run_mixed(label: str, clients: int, per_client: int, fns: dict[str, object],
               think_s: float = 0.0) -> dict[str, list[float]]:
     """Each client alternates between the paths, so both are measured under the same load
@@ -110,13 +83,21 @@ def run_mixed(label: str, clients: int, per_client: int, fns: dict[str, object],
             with lock:
                 lat[name].append(dt)
 
+    t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(worker, range(clients)))
+    wall = time.perf_counter() - t0
     for name, values in lat.items():
-        print(f"{label + ' ' + name:<24} {len(values):>4} queries  p50 "
+        rate = f"{len(values) / wall:6.1f} q/s  " if len(names) == 1 else ""
+        print(f"{(label + ' ' + name).strip():<24} {len(values):>4} queries  {rate}p50 "
               f"{pct(values, .5) * 1000:8.1f} ms  p99 {pct(values, .99) * 1000:8.1f} ms  "
               f"mean {sum(values) / len(values) * 1000:8.1f} ms")
     return lat
+
+
+def run(label: str, clients: int, per_client: int, fn) -> list[float]:  # type: ignore[no-untyped-def]
+    """One path alone (its throughput is meaningful only then)."""
+    return run_mixed(label, clients, per_client, {"": fn})[""]
 
 
 def main() -> None:

@@ -107,6 +107,9 @@ class Scenarios:
         except UnicodeDecodeError:
             raise InputError(f"{path} is not UTF-8 text", "save the policy as UTF-8") from None
         digest = hashlib.sha256(raw).hexdigest()
+        if digest != policy.content_hash:  # what was checked must be what is stored
+            raise ScenarioError(f"{path} changed while it was being reviewed",
+                                "review it again once nobody is editing it")
         datasets = {t.dataset: int(t.version) for t in policy.tables.values()
                     if t.version is not None}
         with self.state.transaction() as con:

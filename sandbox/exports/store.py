@@ -261,6 +261,13 @@ class ExportStore:
                     "WHERE id = ?", (*cols.values(), export_id))
 
     @staticmethod
+    def _not_requester(r: dict[str, Any], reviewer: str, doing: str, hint: str) -> None:
+        if reviewer == r["requester"]:
+            raise SelfApprovalError(
+                f"{reviewer} requested export {r['id']} and cannot {doing}: a reviewer can "
+                "never decide on their own request (separation of duties)", hint)
+
+    @staticmethod
     def _expect(req: dict[str, Any], allowed: Sequence[str], doing: str) -> None:
         if req["state"] not in allowed:
             raise ExportStateError(
@@ -421,11 +428,7 @@ class ExportStore:
         comment = _text(comment, "comment", MAX_COMMENT, decision != "approve")
         with self.state.transaction() as con:
             r = self._row(con, export_id)
-            if reviewer == r["requester"]:
-                raise SelfApprovalError(
-                    f"{reviewer} requested export {export_id} and cannot decide on it: a "
-                    "reviewer can never decide on their own request (separation of duties)",
-                    "ask another auditor to review it")
+            self._not_requester(r, reviewer, "decide on it", "ask another auditor to review it")
             self._expect(r, ("checked",), DECISIONS[decision])
             report = json.loads(r["report"]) if r["report"] else None
             if decision == "approve" and (report is None or report["outcome"] == "blocked"):
@@ -481,11 +484,7 @@ class ExportStore:
         comment = _text(comment, "comment", MAX_COMMENT, True)
         with self.state.transaction() as con:
             r = self._row(con, export_id)
-            if reviewer == r["requester"]:
-                raise SelfApprovalError(
-                    f"{reviewer} requested export {export_id} and cannot revoke it: a "
-                    "reviewer can never decide on their own request (separation of duties)",
-                    "ask an auditor to revoke it")
+            self._not_requester(r, reviewer, "revoke it", "ask an auditor to revoke it")
             self._expect(r, ("released",), "revoked")
             self._event(con, r, "revoked", reviewer, comment=comment)
             self._set(con, export_id, state="revoked")
