@@ -335,6 +335,11 @@ class SqliteLedger:
                                    + (" and below 1" if name == "delta" else ""),
                                    "e.g. --epsilon 5 --delta 1e-5")
         with self.state.transaction() as con:
+            row = con.execute("SELECT state FROM workspaces WHERE name = ?",
+                              (self.workspace,)).fetchone()
+            if row is not None and row[0] == "closed":
+                raise SandboxError(f"workspace {self.workspace!r} is closed; its ledger is "
+                                   "frozen", "provision a new workspace")
             eps0, delta0, refresh = self._limits(con, member)
             eps1 = (eps0 + (epsilon or 0)) if add else (epsilon if epsilon is not None else eps0)
             delta1 = (delta0 + (delta or 0)) if add else (delta if delta is not None else delta0)

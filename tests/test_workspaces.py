@@ -21,6 +21,7 @@ from gatekit import ROOT
 from sandbox.catalog import Catalog
 from sandbox.errors import InputError, SandboxError
 from sandbox.keys import FileKeyStore
+from sandbox.ledger import SqliteLedger
 from sandbox.scenarios import ScenarioNotFoundError, Scenarios, load_approved
 from sandbox.state import State
 from sandbox.workspaces import (
@@ -236,6 +237,11 @@ def test_closing_is_final_and_freezes_the_ledger(env) -> None:
             action()
         assert state.size() == size
     assert store.get("ws").state == "closed"
+    # the freeze holds in the ledger itself, whatever command reaches it (`budget set`)
+    size = state.size()
+    with pytest.raises(SandboxError, match="frozen"):
+        SqliteLedger.existing(state, "ws").set_budget("bob", epsilon=9.0, actor="o")
+    assert state.size() == size
 
 
 def test_budgets_are_per_member_and_changes_audited(env) -> None:
