@@ -26,6 +26,7 @@ from .vault import open_encrypted, read_batches
 
 log = logging.getLogger(__name__)
 DB = "vault"
+SHADOW = "shadow"  # the same tables, empty: generated SQL is bound here before it is charged
 RANK = "__sandbox_rank"  # random rank of a row within its privacy unit (see sql.rewrite)
 
 # Applied in this order: each later setting may forbid changing the earlier ones.
@@ -72,6 +73,9 @@ class Engine:
         for stmt in LOCKDOWN:
             self._con.execute(stmt)
         self._con.execute(f"ATTACH ':memory:' AS {DB} (COMPRESS)")
+        self._con.execute(f"ATTACH ':memory:' AS {SHADOW}")
+        self._bound: dict[str, pa.Schema] = {}  # SQL -> result schema (bind cache)
+        self._bound_lock = threading.Lock()
         self._locked = False
         self._extending = False  # set by load_more only, under _load_lock
         self._load_lock = threading.Lock()
@@ -117,6 +121,8 @@ class Engine:
                               "the failure was logged for operators") from None
         finally:
             self._con.unregister("_sandbox_load")
+        self._con.execute(f'CREATE TABLE {SHADOW}.main."{name}" AS SELECT * FROM '
+                          f'{DB}.main."{name}" LIMIT 0')
         (rows,) = self._con.execute(f'SELECT count(*) FROM {DB}.main."{name}"').fetchone()
         cols = tuple((c[0], str(c[1])) for c in self._con.execute(
             f'DESCRIBE {DB}.main."{name}"').fetchall() if c[0] != RANK)
@@ -256,9 +262,27 @@ class Engine:
         finally:
             cursor.close()
 
+    def bind(self, sql: str) -> pa.Schema:
+        """Run one SELECT on empty copies of the tables: binder and type errors, and errors
+        in constant expressions, surface here without reading any data. Returns the result
+        schema; cached per SQL text."""
+        with self._bound_lock:
+            schema = self._bound.get(sql)
+        if schema is None:
+            schema = self._run(sql, SHADOW, None, None).schema
+            with self._bound_lock:
+                if len(self._bound) > 4096:
+                    self._bound.clear()
+                self._bound[sql] = schema
+        return schema
+
     def execute(self, sql: str, params: list[object] | None = None,
                 timeout_s: float | None = None) -> pa.Table:
         """Run one SELECT; engine messages are logged, never returned."""
+        return self._run(sql, DB, params, timeout_s)
+
+    def _run(self, sql: str, db: str, params: list[object] | None,
+             timeout_s: float | None) -> pa.Table:
         if not self._locked:
             raise EngineError("the engine must be locked before it answers queries")
         cursor = self._con.cursor()
@@ -273,7 +297,7 @@ class Engine:
                 not re.match(r"\s*(SELECT|WITH)\b", sql, re.IGNORECASE):
             cursor.close()
             raise EngineError("the engine runs exactly one SELECT statement")
-        cursor.execute(f"USE {DB}")
+        cursor.execute(f"USE {db}")
         timer = None
         timed_out = threading.Event()
         if timeout_s is not None:

@@ -14,28 +14,33 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Protocol
 
 import pyarrow as pa
 from sqlglot import exp
 
 from .audit import values_digest
-from .errors import SandboxError
+from .errors import EngineError, SandboxError
 from .ledger import Ledger
 from .policy import Policy
 from .sql import allowlist, shortcuts
 from .sql.analyse import Analysis, analyse
 from .sql.parse import parse
 from .sql.plan import PrivacyPlan, ci_halfwidth, plan, release
-from .sql.postprocess import Output, build, finish
+from .sql.postprocess import ROW, Output, build, finish
 from .sql.refusal import Refusal
 from .sql.resolve import resolve
 from .sql.rewrite import RewriteContext, rewrite
+from .sql.rewrite.public_keys import key_rows
 
 
 class Executor(Protocol):
     def execute(self, sql: str, params: list[object] | None = None,
                 timeout_s: float | None = None) -> pa.Table: ...
+    def bind(self, sql: str) -> pa.Schema:
+        """The result schema of ``sql`` run on a data-free copy of the tables."""
+        ...
     def postprocess(self, sql: str, table: pa.Table) -> pa.Table: ...
     def is_unique(self, table: str, column: str) -> bool: ...
     def column_range(self, table: str, column: str) -> tuple[float, float] | None: ...
@@ -95,6 +100,8 @@ def _json_rows(rows: list[list[Any]]) -> list[list[Any]]:
 
 
 def _jsonable(v: Any) -> Any:
+    if isinstance(v, Decimal):
+        v = float(v)
     if isinstance(v, float) and not math.isfinite(v):
         return None
     if hasattr(v, "isoformat"):
@@ -204,13 +211,15 @@ class Gate:
         try:
             q = self.check(sql, epsilon)
             self._check_lookup_keys(q, executor)
+            engine_sql = self._engine_sql(q, executor)
+            self._bind(q, engine_sql, executor)
         except Refusal as refusal:
             ledger.refused(member, sql, refusal.code, refusal.message)
             raise
         reservation = ledger.reserve(member, q.plan.cost, sql=sql, rewritten=q.executed_sql,
                                      request_id=request_id)
         try:
-            exact = executor.execute(self._engine_sql(q, executor), timeout_s=timeout_s)
+            exact = executor.execute(engine_sql, timeout_s=timeout_s)
             result = self._release(q, exact, executor)
         except SandboxError as exc:
             ledger.fail(reservation, exc.code)
@@ -232,6 +241,18 @@ class Gate:
         aliases = {a: t.engine_table for a, t in q.analysis.sources.tables.items()}
         return shortcuts.apply(q.executed_tree, aliases, executor.column_range).sql("duckdb")
 
+    def _bind(self, q: CheckedQuery, engine_sql: str, executor: Executor) -> None:
+        """Run the engine and post-processing SQL on data-free tables before any budget is
+        reserved: a type or binder error is then a free refusal, never a failure after the
+        charge (what could still fail on a value is made total by the rewrite)."""
+        try:
+            schema = executor.bind(engine_sql)
+            executor.postprocess(q.post_sql, _noisy_table(q, schema, {}, []))
+        except SandboxError:
+            raise Refusal("gate.engine_check", "the rewritten query does not type-check against "
+                          "the scenario's tables", "check the types of the columns you combine "
+                          "(docs/gate.md lists the functions and their types)") from None
+
     def _check_lookup_keys(self, q: CheckedQuery, executor: Executor) -> None:
         for join in q.analysis.tree.args.get("joins") or []:
             for col in join.args["on"].find_all(exp.Column):
@@ -242,20 +263,11 @@ class Gate:
                                   "ask the operator to fix the lookup table", col)
 
     def _release(self, q: CheckedQuery, exact: pa.Table, executor: Executor) -> Release:
+        _check_keys(q, exact)
         groups = exact.num_rows
         columns = {name: exact.column(name).to_pylist() for name in exact.column_names}
         noisy = release(q.plan, columns, groups)
-        data: dict[str, Any] = {}
-        for i in range(len(q.analysis.keys)):
-            data[f"__k{i}"] = exact.column(f"__k{i}").take(pa.array(noisy.keep, pa.int64()))
-        for name, values in noisy.values.items():
-            data[name] = pa.array(values, type=pa.float64()) if any(
-                isinstance(v, float) for v in values) else pa.array(values, type=pa.int64())
-        for i, o in enumerate(q.outputs):
-            if o.placeholder is not None:
-                data[f"__ci{i}"] = pa.array(self._cis(q, o, noisy.values, len(noisy.keep)),
-                                            type=pa.float64())
-        table = pa.table(data) if data else pa.table({"__empty": pa.array([], pa.int8())})
+        table = _noisy_table(q, exact.schema, noisy.values, noisy.keep, exact)
         out = executor.postprocess(q.post_sql, table)
         n_out = len(q.outputs)
         names = [o.name for o in q.outputs]
@@ -268,7 +280,8 @@ class Gate:
                 extra += 1
             else:
                 ci_cols.append([None] * out.num_rows)
-        rows = [list(r) for r in zip(*value_cols, strict=True)] if value_cols else []
+        rows = [[float(v) if isinstance(v, Decimal) else v for v in r]
+                for r in zip(*value_cols, strict=True)] if value_cols else []
         cis = [list(r) for r in zip(*ci_cols, strict=True)] if ci_cols else []
         mechanisms = {}
         for o in q.outputs:
@@ -305,3 +318,41 @@ class Gate:
                 out.append(math.sqrt((hs / c) ** 2 + (float(s) * hc / c**2) ** 2))
             return out
         return [None] * n
+
+
+def _check_keys(q: CheckedQuery, exact: pa.Table) -> None:
+    """Fail closed if the engine returned a group twice or a public key not declared: each
+    released group must be released once, and public keys exactly as declared."""
+    keys = [exact.column(f"__k{i}").to_pylist() for i in range(len(q.analysis.keys))]
+    if not keys:
+        ok = exact.num_rows == 1
+    else:
+        rows = list(zip(*keys, strict=True))
+        declared = key_rows(q.ctx)
+        ok = len(set(rows)) == len(rows) and (declared is None or rows == declared)
+    if not ok:
+        raise EngineError("the exact result did not have the declared groups",
+                          "nothing was released; the failure was logged for operators")
+
+
+def _noisy_table(q: CheckedQuery, schema: pa.Schema, values: dict[str, list[Any]],
+                 keep: list[int], exact: pa.Table | None = None) -> pa.Table:
+    """What post-processing reads: the kept keys, the noisy values and their intervals, and
+    each group's canonical position. Column types depend on the plan, never on the values."""
+    data: dict[str, pa.Array] = {}
+    take = pa.array(keep, pa.int64())
+    for i in range(len(q.analysis.keys)):
+        name = f"__k{i}"
+        data[name] = exact.column(name).take(take) if exact is not None else \
+            pa.array([], schema.field(name).type)
+    for item in q.plan.items:
+        m = item.measurement
+        integer = m.kind != "histogram" and m.scale == 1
+        data[m.name] = pa.array(values.get(m.name, []),
+                                type=pa.int64() if integer else pa.float64())
+    for i, o in enumerate(q.outputs):
+        if o.placeholder is not None:
+            data[f"__ci{i}"] = pa.array(Gate._cis(q, o, values, len(keep)) if keep else [],
+                                        type=pa.float64())
+    data[ROW] = pa.array(range(len(keep)), pa.int64())
+    return pa.table(data)

@@ -34,6 +34,9 @@ class SpyExecutor:
         self.executed.append(sql)
         return self.engine.execute(sql, params, timeout_s)
 
+    def bind(self, sql: str) -> pa.Schema:
+        return self.engine.bind(sql)
+
     def postprocess(self, sql: str, table: pa.Table) -> pa.Table:
         return self.engine.postprocess(sql, table)
 

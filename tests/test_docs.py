@@ -31,6 +31,7 @@ from gatekit import POLICIES, policy, resolver
 from sandbox import spec as spec_module
 from sandbox.cli import main as cli_main
 from sandbox.gate import Gate
+from sandbox.ledger import InMemoryLedger
 from sandbox.policy import (
     ALIAS_RE,
     BUDGET_KEYS,
@@ -172,7 +173,7 @@ def test_gate_md_has_examples_of_both_kinds() -> None:
 
 
 @pytest.mark.parametrize("example", GATE_EXAMPLES, ids=[e.id for e in GATE_EXAMPLES])
-def test_gate_md_example(gate, example: Example) -> None:  # type: ignore[no-untyped-def]
+def test_gate_md_example(gate, engine, example: Example) -> None:  # type: ignore[no-untyped-def]
     where = f"docs/gate.md:{example.line}: {example.sql}"
     if example.refused is None:
         try:
@@ -180,9 +181,14 @@ def test_gate_md_example(gate, example: Example) -> None:  # type: ignore[no-unt
         except Refusal as exc:
             pytest.fail(f"{where}\nis marked answered but was refused: {exc.to_dict()}")
     else:
+        # Through the whole answer path: some rules (gate.engine_check) apply only with the
+        # engine at hand, and a refusal must cost nothing.
+        ledger = InMemoryLedger(100, 1e-3)
         with pytest.raises(Refusal) as info:
-            gate.check(example.sql, example.epsilon)
+            gate.answer(example.sql, member="m", ledger=ledger, executor=engine,
+                        epsilon=example.epsilon)
         assert info.value.code == example.refused, f"{where}\n{info.value.to_dict()}"
+        assert ledger.balance("m").epsilon_spent == 0
 
 
 def test_every_refusal_rule_is_in_the_table_with_an_example() -> None:

@@ -13,9 +13,9 @@ from typing import Any
 
 from sqlglot import exp
 
-from ..policy import UNIT, Policy, TablePolicy
+from ..policy import UNIT, Policy
 from .allowlist import AGGREGATES
-from .intervals import Bounds, bounds, integral, key_domain
+from .intervals import Bounds, bounds, integral, key_domain, mixed_kinds
 from .refusal import Refusal
 from .resolve import Sources
 
@@ -28,6 +28,7 @@ UNIT_HINT = ("the privacy unit may only appear in JOIN ... ON and in COUNT(DISTI
 class KeySpec:
     expr: exp.Expression
     domain: list[Any] | None  # None: private keys (released only above a noisy threshold)
+    cast: str | None = None  # engine type the key is cast to, so its values match the domain
 
 
 @dataclass
@@ -77,7 +78,7 @@ def analyse(tree: exp.Select, sources: Sources, policy: Policy) -> Analysis:
     if not private:
         raise Refusal("gate.public_only", "the query reads only public lookup tables",
                       "aggregate over a private table and join the lookup table to it")
-    _check_joins(tree, sources, policy, private)
+    _check_joins(tree, sources, policy)
     rows = 1
     for t in private.values():
         rows *= t.max_rows_per_unit
@@ -86,6 +87,7 @@ def analyse(tree: exp.Select, sources: Sources, policy: Policy) -> Analysis:
     where = tree.args.get("where")
     if where is not None:
         _check_row_expr(where.this, lookup, "WHERE", allow_filter=True)
+        _check_kinds(where.this, lookup)
         if where.find(*AGGREGATES):
             raise Refusal("gate.row_level_output", "aggregates cannot appear in WHERE",
                           "move the condition on aggregates to HAVING", where.find(*AGGREGATES))
@@ -117,35 +119,45 @@ def analyse(tree: exp.Select, sources: Sources, policy: Policy) -> Analysis:
     return analysis
 
 
-def _check_joins(tree: exp.Select, sources: Sources, policy: Policy,
-                 private: dict[str, TablePolicy]) -> None:
-    parent = {a: a for a in private}
+def _check_joins(tree: exp.Select, sources: Sources, policy: Policy) -> None:
+    """Each join compares the table it brings in with tables brought in before it, on
+    declared keys only; a private table after the first is brought in on its privacy unit.
 
-    def find(a: str) -> str:
-        while parent[a] != a:
-            a = parent[a]
-        return a
-
+    Then every private row of a joined row belongs to the same unit, and a unit's rows in
+    the join are at most the product of the tables' row bounds (lookup tables are unique on
+    their join keys, checked against the data before execution)."""
+    first = tree.args["from_"].this
+    earlier = [first.alias_or_name]
     for join in tree.args.get("joins") or []:
-        conds = _conjuncts(join.args["on"])
-        for cond in conds:
+        new = join.this.alias_or_name
+        new_t = sources.tables[new]
+        on_unit = False
+        for cond in _conjuncts(join.args["on"]):
             if not (isinstance(cond, exp.EQ) and isinstance(cond.this, exp.Column)
                     and isinstance(cond.expression, exp.Column)):
                 raise Refusal("gate.join", "join conditions must be equalities of two columns",
                               "write ON a.key = b.key with a declared key; filter in WHERE",
                               cond)
             a, b = cond.this, cond.expression
+            other = b.table if a.table == new else a.table
+            if new not in (a.table, b.table) or other == new or other not in earlier:
+                raise Refusal("gate.join", f"the condition {cond.sql('duckdb')} must compare "
+                              f"a column of '{new}' (the table this JOIN brings in) with a "
+                              "table joined before it", "put each condition in the ON of the "
+                              "join that brings in its table; filter in WHERE", cond)
             ta, tb = sources.tables[a.table], sources.tables[b.table]
             declared = policy.join_for((ta.alias, a.name), (tb.alias, b.name))
-            if declared is None or a.table == b.table:
+            if declared is None:
                 raise Refusal("gate.join", f"the join {cond.sql('duckdb')} is not declared by "
                               "this scenario", _joins_hint(policy), cond)
-            if declared.kind == "unit":
-                parent[find(a.table)] = find(b.table)
-    roots = {find(a) for a in private}
-    if len(roots) > 1:
-        raise Refusal("gate.join", "private tables must be joined on their privacy unit",
-                      _joins_hint(policy), tree)
+            on_unit = on_unit or declared.kind == "unit"
+        if not new_t.public and not on_unit and any(
+                not sources.tables[e].public for e in earlier):
+            raise Refusal("gate.join", f"the private table '{new}' is joined without its "
+                          "privacy unit, so one unit's rows could be multiplied",
+                          f"join it with ON {new}.{new_t.privacy_unit} = <an earlier private "
+                          f"table>.<its unit>; {_joins_hint(policy)}", join)
+        earlier.append(new)
 
 
 def _joins_hint(policy: Policy) -> str:
@@ -159,6 +171,14 @@ def _conjuncts(node: exp.Expression) -> list[exp.Expression]:
     if isinstance(node, exp.And):
         return _conjuncts(node.this) + _conjuncts(node.expression)
     return [node]
+
+
+def _check_kinds(node: exp.Expression, lookup: Any) -> None:
+    bad = mixed_kinds(node, lookup)
+    if bad is not None:
+        raise Refusal("gate.type_mismatch", f"{bad.sql('duckdb')} mixes text, numbers or dates; "
+                      "converting them could fail on some rows", "compare like with like, "
+                      "e.g. district = 'Huli' or age = 30; use TRY_CAST to convert", bad)
 
 
 def _check_row_expr(node: exp.Expression, lookup: Any, where: str,
@@ -189,12 +209,14 @@ def _key(node: exp.Expression, lookup: Any) -> KeySpec:
                           "group per person or entity", "group by a dimension instead; to "
                           "count units use COUNT(DISTINCT unit)", col)
     _check_row_expr(node, lookup, "GROUP BY", allow_filter=False)
+    _check_kinds(node, lookup)
     if isinstance(node, exp.Column) and lookup(node).role != "dimension":
         raise Refusal("gate.group_by", f"'{node.sql('duckdb')}' is a measure with many "
                       "distinct values and cannot be a group key by itself",
                       f"bin it, e.g. GROUP BY FLOOR({node.sql('duckdb')} / 10) * 10, or a "
                       "CASE expression", node)
-    return KeySpec(node, key_domain(node, lookup))
+    domain, cast = key_domain(node, lookup)
+    return KeySpec(node, domain, cast)
 
 
 def _check_output(node: exp.Expression, analysis: Analysis, lookup: Any, where: str,
@@ -226,6 +248,7 @@ def _agg(node: exp.Expression, lookup: Any) -> AggSpec:
     if isinstance(node.parent, exp.Filter):
         condition = node.parent.expression.this
         _check_row_expr(condition, lookup, "FILTER (WHERE ...)", allow_filter=True)
+        _check_kinds(condition, lookup)
     if any(a is not node and isinstance(a, AGGREGATES) for a in node.walk()):
         raise Refusal("gate.row_level_output", "aggregates cannot be nested",
                       "aggregate once; combine aggregates with arithmetic, e.g. "
@@ -246,10 +269,12 @@ def _agg(node: exp.Expression, lookup: Any) -> AggSpec:
             if lookup(col).role == UNIT and arg is not col:
                 raise Refusal("gate.unit_misuse", "the privacy unit cannot be used in "
                               "expressions", UNIT_HINT, col)
+        _check_kinds(arg, lookup)
         return AggSpec("count", node, arg, condition)
 
     arg = node.this
     _check_row_expr(arg, lookup, node.sql_name(), allow_filter=False)
+    _check_kinds(arg, lookup)
     b = bounds(arg, lookup)
     if b is None:
         raise Refusal("gate.unbounded_measure", f"the bounds of {arg.sql('duckdb')} are not "

@@ -170,35 +170,116 @@ def integral(node: exp.Expression, lookup: ColumnLookup) -> bool:
     return bool(isinstance(node, exp.Year | exp.Month | exp.Quarter | exp.DayOfWeek))
 
 
-def key_domain(node: exp.Expression, lookup: ColumnLookup) -> list[Any] | None:
-    """The finite set of values a grouping expression can take, when known statically."""
+KIND_OF_TYPE = {"string": "text", "int16": "number", "int32": "number", "int64": "number",
+                "float64": "number", "bool": "boolean", "date": "date", "timestamp": "date"}
+NUMBER_FUNCTIONS = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod, exp.Neg, exp.Abs, exp.Floor,
+                    exp.Ceil, exp.Round, exp.Year, exp.Month, exp.Quarter, exp.DayOfWeek,
+                    exp.Extract, exp.Length)
+CAST_KINDS = {"VARCHAR": "text", "TEXT": "text", "CHAR": "text", "BOOLEAN": "boolean",
+              "DATE": "date", "TIMESTAMP": "date"}
+
+
+def kind(node: exp.Expression, lookup: ColumnLookup) -> str | None:
+    """text | number | date | boolean, or None when unknown (NULL, mixed)."""
+    if isinstance(node, exp.Paren):
+        return kind(node.this, lookup)
+    if isinstance(node, exp.Column):
+        return KIND_OF_TYPE.get(lookup(node).type)
+    if isinstance(node, exp.Literal):
+        return "text" if node.is_string else "number"
+    if isinstance(node, exp.Boolean | PREDICATES):
+        return "boolean"
+    if isinstance(node, exp.Cast):  # TryCast too
+        name = getattr(node.to.this, "name", "")
+        return CAST_KINDS.get(name, "number" if node.to.is_type(*exp.DataType.NUMERIC_TYPES)
+                              else None)
+    if isinstance(node, exp.Add | exp.Sub):
+        a, b = kind(node.this, lookup), kind(node.expression, lookup)
+        if "date" in (a, b):
+            return "number" if a == b == "date" else "date"
+        return "number"
+    if isinstance(node, NUMBER_FUNCTIONS):
+        return "number"
+    if isinstance(node, exp.Lower | exp.Upper):
+        return "text"
+    if isinstance(node, exp.TimestampTrunc | exp.DateTrunc):
+        return "date"
+    if isinstance(node, exp.Case | exp.If | exp.Coalesce | exp.Least | exp.Greatest |
+                  exp.Nullif):
+        kinds = {kind(b, lookup) for b in _branches(node) if not isinstance(b, exp.Null)}
+        return kinds.pop() if len(kinds) == 1 else None
+    return None
+
+
+def _branches(node: exp.Expression) -> list[exp.Expression]:
+    """The expressions whose value a conditional expression can take."""
+    if isinstance(node, exp.Case):
+        out = [i.args["true"] for i in node.args.get("ifs", [])]
+        return out + ([node.args["default"]] if node.args.get("default") is not None else [])
+    if isinstance(node, exp.If):
+        return [node.args[k] for k in ("true", "false") if node.args.get(k) is not None]
+    if isinstance(node, exp.Nullif):
+        return [node.this]
+    return [node.this, *node.expressions]
+
+
+def mixed_kinds(node: exp.Expression, lookup: ColumnLookup) -> exp.Expression | None:
+    """The first sub-expression that mixes text, numbers and dates (a comparison, IN list or
+    conditional whose parts differ): the engine would convert one of them at run time, and a
+    conversion that fails on some rows is a signal about those rows."""
+    for n in node.walk():
+        parts: list[exp.Expression] = []
+        if isinstance(n, exp.EQ | exp.NEQ | exp.GT | exp.GTE | exp.LT | exp.LTE):
+            parts = [n.this, n.expression]
+        elif isinstance(n, exp.In):
+            parts = [n.this, *n.expressions]
+        elif isinstance(n, exp.Between):
+            parts = [n.this, n.args["low"], n.args["high"]]
+        elif isinstance(n, exp.Case | exp.If | exp.Coalesce | exp.Least | exp.Greatest |
+                        exp.Nullif):
+            parts = _branches(n) + ([n.expression] if isinstance(n, exp.Nullif) else [])
+        kinds = {kind(p, lookup) for p in parts if not isinstance(p, exp.Null)}
+        kinds.discard(None)
+        # A date compared with a text literal is the usual date constant ('2024-01-01'):
+        # the literal is converted once, before any row is read.
+        if kinds == {"date", "text"} and all(kind(p, lookup) != "text" or
+                                             isinstance(p, exp.Literal) for p in parts):
+            continue
+        if len(kinds) > 1:
+            return n
+    return None
+
+
+KEY_TYPES = {"text": "VARCHAR", "integer": "BIGINT", "number": "DOUBLE"}
+
+
+def key_domain(node: exp.Expression, lookup: ColumnLookup
+               ) -> tuple[list[Any] | None, str | None]:
+    """The finite set of values a grouping expression can take, when known statically, and
+    the engine type the key is cast to so that the declared values and the engine's agree.
+
+    Values are canonical and distinct: 1, 1.0 and 1e0 are one number, '1' and '01' are two
+    texts, and a CASE mixing texts and numbers has no domain (the engine would convert).
+    """
     if isinstance(node, exp.Paren):
         return key_domain(node.this, lookup)
     if isinstance(node, exp.Column):
         col = lookup(node)
-        return list(col.keys) if col.keys else None
+        return (list(dict.fromkeys(col.keys)) if col.keys else None), None
     if isinstance(node, PREDICATES):
-        return [False, True]
-    if isinstance(node, exp.Case | exp.If):
-        if isinstance(node, exp.Case):
-            results = [i.args["true"] for i in node.args.get("ifs", [])]
-            default = node.args.get("default")
-        else:
-            results = [node.args["true"]]
-            default = node.args.get("false")
-        if default is not None:
-            results.append(default)
-        values: list[Any] = []
-        for r in results:
-            if isinstance(r, exp.Null):
-                continue
-            if not isinstance(r, exp.Literal):
-                return None
-            value: Any = r.this if r.is_string else _literal_number(r)
-            if value is not None and not r.is_string and float(value).is_integer() and \
-                    "." not in r.this:
-                value = int(value)
-            if value not in values:
-                values.append(value)
-        return values or None
-    return None
+        return [False, True], None
+    if not isinstance(node, exp.Case | exp.If):
+        return None, None
+    results = [r for r in _branches(node) if not isinstance(r, exp.Null)]
+    if not results or not all(isinstance(r, exp.Literal) for r in results):
+        return None, None
+    if all(r.is_string for r in results):
+        return list(dict.fromkeys(r.this for r in results)), KEY_TYPES["text"]
+    if any(r.is_string for r in results):
+        return None, None
+    numbers = [_literal_number(r) for r in results]
+    if any(v is None for v in numbers):
+        return None, None
+    if all(float(v).is_integer() and abs(v) < 2**53 for v in numbers):  # type: ignore[arg-type]
+        return list(dict.fromkeys(int(v) for v in numbers)), KEY_TYPES["integer"]  # type: ignore[arg-type]
+    return list(dict.fromkeys(float(v) for v in numbers)), KEY_TYPES["number"]  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from .rewrite.context import RewriteContext
 from .rewrite.measurements import fn
 
 NOISY = "__noisy"
+ROW = "__row"  # the canonical position of a group (key order): ties in ORDER BY break on it
 
 
 @dataclass
@@ -41,6 +42,9 @@ def build(analysis: Analysis, names: list[str]) -> tuple[exp.Select, list[Output
                 return exp.column(f"__a{i}")
         return node
 
+    # qualify names every output (``_col_1`` for an unnamed one) and points ORDER BY
+    # aliases and positions at those names: resolve them to the output's expression.
+    by_alias = {}
     post = exp.select()
     outputs: list[Output] = []
     for item, name in zip(tree.expressions, names, strict=True):
@@ -51,19 +55,37 @@ def build(analysis: Analysis, names: list[str]) -> tuple[exp.Select, list[Output
         key = int(new.name[3:]) if isinstance(new, exp.Column) and new.name.startswith("__k") \
             else None
         outputs.append(Output(name, ph, key))
-        post = post.select(exp.alias_(new, name, quoted=True), copy=False)
+        by_alias[item.alias_or_name] = new
+        post = post.select(exp.alias_(_try(new.copy()), name, quoted=True), copy=False)
+
+    def replace_alias(node: exp.Expression) -> exp.Expression:
+        node = replace(node)
+        if isinstance(node, exp.Column) and not node.table and node.name in by_alias:
+            return by_alias[node.name].copy()
+        return node
+
     post = post.from_(NOISY, copy=False)
     having = tree.args.get("having")
     if having is not None:
-        post = post.where(having.this.copy().transform(replace, copy=False), copy=False)
-    order = tree.args.get("order")
-    if order is not None:
-        post.set("order", order.copy().transform(replace, copy=False))
+        post = post.where(_try(having.this.copy().transform(replace_alias, copy=False)),
+                          copy=False)
+    order = [o.copy().transform(replace_alias, copy=False) for o in
+             (tree.args["order"].expressions if tree.args.get("order") else [])]
+    for o in order:
+        o.set("this", _try(o.this))
+    post = post.order_by(*order, exp.column(ROW), copy=False)
     if analysis.limit is not None:
         post = post.limit(analysis.limit, copy=False)
     if analysis.offset is not None:
         post = post.offset(analysis.offset, copy=False)
     return post, outputs
+
+
+def _try(node: exp.Expression) -> exp.Expression:
+    """Arithmetic over noisy values must not fail on a value (e.g. overflow): NULL instead."""
+    if isinstance(node, exp.Column | exp.Literal):
+        return node
+    return fn("TRY", node)
 
 
 def _div(a: exp.Expression, b: exp.Expression) -> exp.Expression:

@@ -42,6 +42,10 @@ RULES: dict[str, str] = {
     "gate.epsilon": "Epsilon must be positive and at most the scenario's maximum.",
     "gate.order_limit": "ORDER BY and LIMIT apply to the aggregated result only.",
     "gate.public_only": "A query must aggregate over a private table.",
+    "gate.type_mismatch": "Comparisons, IN lists and CASE results must not mix text, numbers "
+                          "and dates (a conversion could fail on some rows).",
+    "gate.engine_check": "The rewritten query did not bind against a data-free copy of the "
+                         "schema (found before any data was read or budget spent).",
     "gate.reserved_name": "Names starting with two underscores are reserved.",
 }
 

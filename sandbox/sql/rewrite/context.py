@@ -48,5 +48,6 @@ class RewriteContext:
         return a.rows_per_unit
 
     def measurements_of(self, spec: AggSpec) -> list[Measurement]:
-        names = self.agg_measurements[id(spec)]
-        return [m for m in self.measurements if m.name in names]
+        """In the order the aggregate's formula expects (AVG: sum, count)."""
+        by_name = {m.name: m for m in self.measurements}
+        return [by_name[n] for n in self.agg_measurements[id(spec)]]

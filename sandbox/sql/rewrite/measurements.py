@@ -4,9 +4,16 @@ The inner relation ``__rel`` holds, per row, the privacy unit, the grouping keys
 and one clamped value per measurement; the outer query sums them per group.
 Sums are exact integers (fixed point), so float rounding cannot leak; every
 value is clamped to its bounds, so one unit moves any sum by at most its bound.
+
+No row value can make the query fail: every row-level expression that could
+raise on some value (arithmetic, conversions, date arithmetic) is wrapped in
+DuckDB's ``TRY``, which turns that row's value into NULL. A NULL is a value one
+row may take anyway, so this changes nothing the sensitivity does not cover.
 """
 
 from __future__ import annotations
+
+import math
 
 from sqlglot import exp
 
@@ -15,7 +22,16 @@ from ..refusal import Refusal
 from .context import FIXED_POINT_DIGITS, QUANTILE_BINS, Measurement, RewriteContext
 
 REL = "__rel"
-MAX_FIXED_POINT = 1e15
+MAX_BOUND = 1e15  # larger bounds are refused
+# Largest fixed-point value of one row: sums of up to 4.6e8 rows at the bound stay within
+# the +-2^62 the integer mechanisms take (beyond that the sum is clipped before noise).
+MAX_ROW_FIXED = 1e10
+# Row-level nodes that never raise, whatever the row holds (comparisons are type-checked
+# by the gate, so they convert nothing at run time).
+TOTAL = (exp.Column, exp.Identifier, exp.Literal, exp.Boolean, exp.Null, exp.Paren, exp.And,
+         exp.Or, exp.Not, exp.Is, exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.In,
+         exp.Between, exp.Like, exp.ILike, exp.Lower, exp.Upper, exp.Length, exp.Year,
+         exp.Month, exp.Quarter, exp.DayOfWeek, exp.Extract, exp.Var)
 
 
 def _col(name: str) -> exp.Column:
@@ -26,7 +42,7 @@ def _when(cond: exp.Expression | None, value: exp.Expression,
           otherwise: exp.Expression | None = None) -> exp.Expression:
     if cond is None:
         return value
-    case = exp.Case().when(cond.copy(), value)
+    case = exp.Case().when(total(cond.copy()), value)
     return case.else_(otherwise) if otherwise is not None else case
 
 
@@ -43,6 +59,13 @@ def fn(name: str, *args: exp.Expression) -> exp.Expression:
     return exp.Anonymous(this=name, expressions=list(args))
 
 
+def total(node: exp.Expression) -> exp.Expression:
+    """``node``, or ``TRY(node)`` when some row value could make it raise."""
+    if all(isinstance(n, TOTAL) for n in node.walk()):
+        return node
+    return fn("TRY", node)
+
+
 def clamp(arg: exp.Expression, lo: float, hi: float) -> exp.Expression:
     """Bound a value to [lo, hi]. NULL stays NULL, NaN and inf become a bound.
 
@@ -55,16 +78,25 @@ def clamp(arg: exp.Expression, lo: float, hi: float) -> exp.Expression:
 
 
 def _scale(lo: float, hi: float, integer: bool) -> float:
+    """The fixed-point factor: up to FIXED_POINT_DIGITS decimals, fewer (down to steps of
+    a power of ten above 1) so that one row stays within MAX_ROW_FIXED."""
     m = max(abs(lo), abs(hi))
-    if m > MAX_FIXED_POINT:
+    if m > MAX_BOUND:
         raise Refusal("gate.unbounded_measure", "the bounds of an aggregated expression are too "
                       "large to sum exactly", "aggregate a smaller expression (divide it)")
-    if integer and float(lo).is_integer() and float(hi).is_integer():
+    if integer and float(lo).is_integer() and float(hi).is_integer() and m <= MAX_ROW_FIXED:
         return 1.0
     digits = FIXED_POINT_DIGITS
-    while digits > 0 and m * 10**digits > MAX_FIXED_POINT:
+    while m * 10.0**digits > MAX_ROW_FIXED:
         digits -= 1
-    return float(10**digits)
+    return 10.0**digits
+
+
+def _unit_bound(lo: float, hi: float, scale: float) -> float:
+    """The largest |fixed-point value| of one row: ROUND is monotone, so a value within
+    [lo, hi] rounds to at most ceil(max(|lo|, |hi|) * scale) (e.g. 0.00005 * 10^4 = 0.5
+    rounds to 1). At least 1, so that a constant still gets a valid mechanism."""
+    return max(float(math.ceil(max(abs(lo), abs(hi)) * scale)), 1.0)
 
 
 def _fixed(value: exp.Expression, scale: float, integer_typed: bool = False) -> exp.Expression:
@@ -73,7 +105,8 @@ def _fixed(value: exp.Expression, scale: float, integer_typed: bool = False) -> 
     A clamped integer column is already exact; anything else is scaled and rounded."""
     if integer_typed and scale == 1:
         return value
-    scaled = value if scale == 1 else exp.Mul(this=value, expression=_num(scale))
+    scaled = value if scale == 1 else exp.Mul(this=exp.Paren(this=value),
+                                              expression=_num(scale))
     return exp.Cast(this=exp.Round(this=scaled), to=exp.DataType.build("BIGINT"))
 
 
@@ -81,15 +114,31 @@ def measurements(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
     a = ctx.analysis
     rows = a.rows_per_unit
     rel = exp.select()
-    alias, unit_col = next(iter(a.unit_columns.items()))
-    rel = rel.select(exp.alias_(exp.column(unit_col, table=alias), "__unit"), copy=False)
+    # Every non-NULL unit of a joined row is the same unit (joins are on the unit). When the
+    # first table is a lookup table, an outer join can leave rows with no private row at
+    # all: they belong to nobody and are left out.
+    first = tree.args["from_"].this.alias_or_name
+    units = [exp.column(c, table=t) for t, c in a.unit_columns.items()]
+    conditions: list[exp.Expression] = []
+    if first in a.unit_columns:
+        unit: exp.Expression = exp.column(a.unit_columns[first], table=first)
+    else:
+        unit = units[0] if len(units) == 1 else exp.Coalesce(this=units[0],
+                                                              expressions=units[1:])
+        conditions.append(exp.Not(this=exp.Is(this=unit.copy(), expression=exp.Null())))
+    rel = rel.select(exp.alias_(unit, "__unit"), copy=False)
     for i, key in enumerate(a.keys):
-        rel = rel.select(exp.alias_(key.expr.copy(), f"__k{i}"), copy=False)
+        value = key.expr.copy()
+        if key.cast:
+            value = exp.Cast(this=value, to=exp.DataType.build(key.cast))
+        rel = rel.select(exp.alias_(total(value), f"__k{i}"), copy=False)
     rel.set("from_", tree.args["from_"].copy())
     if tree.args.get("joins"):
         rel.set("joins", [j.copy() for j in tree.args["joins"]])
     if tree.args.get("where") is not None:
-        rel.set("where", tree.args["where"].copy())
+        conditions += [total(c.copy()) for c in _conjuncts(tree.args["where"].this)]
+    if conditions:
+        rel = rel.where(*conditions, copy=False)
 
     values: dict[str, Measurement] = {}
 
@@ -131,7 +180,16 @@ def measurements(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
         this=exp.to_identifier(REL))), copy=False)
     if a.keys:
         outer = outer.group_by(*[_col(f"__k{i}") for i in range(len(a.keys))], copy=False)
+        if ctx.threshold:  # private keys come back in key order, never in storage order
+            outer = outer.order_by(*[exp.Ordered(this=exp.column(f"__k{i}"), nulls_first=True)
+                                     for i in range(len(a.keys))], copy=False)
     return outer
+
+
+def _conjuncts(node: exp.Expression) -> list[exp.Expression]:
+    if isinstance(node, exp.And):
+        return _conjuncts(node.this) + _conjuncts(node.expression)
+    return [node]
 
 
 def ctx_public(ctx: RewriteContext) -> bool:
@@ -144,37 +202,39 @@ def _measure(spec: AggSpec, add, rows: int) -> list[str]:  # type: ignore[no-unt
     cond = spec.condition
     if spec.kind == "count":
         # COUNT(v) counts non-NULL values: 1 for COUNT(*), the argument for COUNT(arg).
-        value = spec.arg.copy() if spec.arg is not None else exp.Literal.number(1)
+        value = total(spec.arg.copy()) if spec.arg is not None else exp.Literal.number(1)
         return [add("count", _when(cond, value), rows)]
     if spec.kind == "count_units":
         return [add("count_units", _when(cond, spec.arg.copy()), 1)]
     assert spec.arg is not None and spec.bounds is not None
     lo, hi = spec.bounds
-    clamped = clamp(spec.arg, lo, hi)
-    count_value = _when(cond, spec.arg.copy())
+    arg = total(spec.arg.copy())
+    clamped = clamp(arg, lo, hi)
+    count_value = _when(cond, arg.copy())
     int_col = spec.integer and isinstance(spec.arg, exp.Column)
-    if spec.kind == "sum":
+    if spec.kind in ("sum", "avg"):
         s = _scale(lo, hi, spec.integer)
-        return [add("sum", _when(cond, _fixed(clamped, s, int_col)),
-                    rows * max(abs(lo), abs(hi)) * s, s, (lo, hi))]
-    if spec.kind == "avg":
-        s = _scale(lo, hi, spec.integer)
-        return [add("sum", _when(cond, _fixed(clamped, s, int_col)),
-                    rows * max(abs(lo), abs(hi)) * s, s, (lo, hi)),
-                add("count", count_value, rows)]
+        total_sum = add("sum", _when(cond, _fixed(clamped, s, int_col)),
+                        rows * _unit_bound(lo, hi, s), s, (lo, hi))
+        return [total_sum] if spec.kind == "sum" else [total_sum,
+                                                       add("count", count_value, rows)]
     if spec.kind in ("var", "stddev"):
         c = (lo + hi) / 2
-        if spec.integer and float(c).is_integer():
-            c = float(int(c))
+        exact_c = spec.integer and float(c).is_integer()
         centered = exp.Sub(this=clamped, expression=_num(c))
         d = max(abs(lo - c), abs(hi - c))
-        s1 = _scale(-d, d, spec.integer and float(c).is_integer())
-        s2 = _scale(0, d * d, spec.integer and float(c).is_integer())
+        s1 = _scale(-d, d, exact_c)
+        s2 = _scale(0, d * d, exact_c)
         square = exp.Pow(this=exp.Paren(this=centered.copy()), expression=exp.Literal.number(2))
         return [add("count", count_value, rows),
-                add("sum", _when(cond, _fixed(centered, s1)), rows * d * s1, s1, (-d, d)),
-                add("sum", _when(cond, _fixed(square, s2)), rows * d * d * s2, s2, (0, d * d))]
+                add("sum", _when(cond, _fixed(centered, s1)), rows * _unit_bound(-d, d, s1),
+                    s1, (-d, d)),
+                add("sum", _when(cond, _fixed(square, s2)), rows * _unit_bound(0, d * d, s2),
+                    s2, (0, d * d))]
     if spec.kind == "quantile":
+        if hi <= lo:  # a constant: any grid around it will do
+            lo, hi = lo - 0.5, hi + 0.5
+            clamped = clamp(arg, lo, hi)
         step = (hi - lo) / QUANTILE_BINS
         raw = exp.Floor(this=exp.Div(this=exp.Paren(this=exp.Sub(this=clamped,
                                                                   expression=_num(lo))),

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlglot import exp
 
+from ..resolve import DUCKDB_TYPES
 from .context import RewriteContext
 
 MAX_PUBLIC_GROUPS = 10_000
@@ -34,10 +35,26 @@ def key_rows(ctx: RewriteContext) -> list[tuple[Any, ...]] | None:
     return list(itertools.product(*[k.domain or [] for k in a.keys]))
 
 
-def _literal(value: Any) -> exp.Expression:
+def _literal(value: Any, to: str | None) -> exp.Expression:
+    """A declared key as a constant of the key's engine type (so that the join compares
+    like with like, and the engine cannot merge two declared keys into one)."""
     if isinstance(value, dt.date):
-        return exp.cast(exp.Literal.string(value.isoformat()), "DATE")
-    return exp.convert(value)
+        lit = exp.Literal.string(value.isoformat())
+    else:
+        lit = exp.convert(value)
+    if not to or isinstance(value, str | bool):  # unambiguous as they are
+        return lit
+    return exp.Cast(this=lit, to=exp.DataType.build(to))
+
+
+def _key_type(ctx: RewriteContext, i: int) -> str | None:
+    key = ctx.analysis.keys[i]
+    if key.cast:
+        return key.cast
+    node = key.expr.unnest() if isinstance(key.expr, exp.Paren) else key.expr
+    if isinstance(node, exp.Column):
+        return DUCKDB_TYPES[ctx.analysis.sources.column(node).type]
+    return "BOOLEAN"
 
 
 def public_keys(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
@@ -46,8 +63,10 @@ def public_keys(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
         return tree
     n = len(ctx.analysis.keys)
     names = [f"__k{i}" for i in range(n)]
+    types = [_key_type(ctx, i) for i in range(n)]
     values = exp.Values(
-        expressions=[exp.Tuple(expressions=[exp.Literal.number(i)] + [_literal(v) for v in row])
+        expressions=[exp.Tuple(expressions=[exp.Literal.number(i)] + [
+            _literal(v, t) for v, t in zip(row, types, strict=True)])
                      for i, row in enumerate(rows)],
         alias=exp.TableAlias(this=exp.to_identifier(KEYS),
                              columns=[exp.to_identifier(c) for c in ["__ord", *names]]))

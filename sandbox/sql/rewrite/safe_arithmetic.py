@@ -1,25 +1,72 @@
 """Pass: arithmetic runs in DOUBLE so that no row value can make the query fail.
 
 Integer arithmetic can overflow and raise an error that depends on a single
-row's value; an error is a signal. In DOUBLE, overflow gives inf, which the
-clamp later bounds.
+row's value; an error is a signal. Every number operand of + - * / % (a column,
+a literal, or anything wrapping them: COALESCE, CASE, TRY_CAST, parentheses) is
+cast to DOUBLE, where overflow gives inf, which the clamp later bounds. Date
+arithmetic stays as it is; what could still fail on a value is made total by the
+measurements pass (``TRY``).
 """
 
 from __future__ import annotations
 
 from sqlglot import exp
 
+from ..allowlist import AGGREGATES
+from ..intervals import kind
 from .context import RewriteContext
 
-ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod, exp.Neg, exp.Abs)
-INTEGER_TYPES = {"int16", "int32", "int64"}
+ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod)
+DOUBLE = exp.DataType.build("DOUBLE")
 
 
 def safe_arithmetic(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
-    lookup = ctx.analysis.sources.column
-    for col in list(tree.find_all(exp.Column)):
-        if not col.table or not isinstance(col.parent, ARITHMETIC):
+    sources = ctx.analysis.sources
+    lookup = sources.column
+
+    def is_double(node: exp.Expression) -> bool:
+        """Already DOUBLE: float columns, casts to DOUBLE, arithmetic (operands are cast)."""
+        if isinstance(node, exp.Paren):
+            return is_double(node.this)
+        if isinstance(node, exp.Column):
+            return node.table in sources.tables and lookup(node).type == "float64"
+        if isinstance(node, exp.Cast):
+            return node.to.is_type("double")
+        if isinstance(node, exp.Neg | exp.Abs | exp.Floor | exp.Ceil | exp.Round):
+            return is_double(node.this)
+        return isinstance(node, ARITHMETIC)
+
+    def to_double(node: exp.Expression) -> None:
+        if not is_double(node):  # wrap in place: nested nodes keep their identity
+            cast = exp.Cast(to=DOUBLE.copy())
+            node.replace(cast)
+            cast.set("this", node)
+
+    def row_level(node: exp.Expression) -> bool:
+        """Over columns of the query's tables (not aggregates or output aliases, which
+        post-processing evaluates on noisy values)."""
+        return not node.find(*AGGREGATES) and all(
+            c.table in sources.tables for c in node.find_all(exp.Column))
+
+    for node in list(tree.find_all(exp.Neg, exp.Abs)):
+        if row_level(node) and not _literal(node.this) and kind(node.this, lookup) == "number":
+            to_double(node.this)
+    for node in list(tree.find_all(*ARITHMETIC)):
+        if not row_level(node):
             continue
-        if col.table in ctx.analysis.sources.tables and lookup(col).type in INTEGER_TYPES:
-            col.replace(exp.Cast(this=col.copy(), to=exp.DataType.build("DOUBLE")))
+        operands = (node.this, node.expression)
+        if "date" in (kind(operands[0], lookup), kind(operands[1], lookup)):
+            continue
+        both_constant = all(_literal(o) for o in operands)
+        for operand in operands:
+            # A constant beside a DOUBLE becomes DOUBLE; two constants are folded in the
+            # narrowest integer type unless one is cast.
+            if both_constant or not _literal(operand):
+                to_double(operand)
     return tree
+
+
+def _literal(node: exp.Expression) -> bool:
+    if isinstance(node, exp.Paren | exp.Neg):
+        return _literal(node.this)
+    return isinstance(node, exp.Literal)
