@@ -192,6 +192,9 @@ class TimedExecutor:
                             "stopped; it was charged", "ask a narrower question (fewer tables "
                             "or groups) or try again later")
 
+    def bind(self, sql: str) -> pa.Schema:
+        return self.engine.bind(sql)
+
     def postprocess(self, sql: str, table: pa.Table) -> pa.Table:
         return self.engine.postprocess(sql, table)
 
