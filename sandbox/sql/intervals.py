@@ -187,7 +187,7 @@ def kind(node: exp.Expression, lookup: ColumnLookup) -> str | None:
         return KIND_OF_TYPE.get(lookup(node).type)
     if isinstance(node, exp.Literal):
         return "text" if node.is_string else "number"
-    if isinstance(node, exp.Boolean | PREDICATES):
+    if isinstance(node, (exp.Boolean, *PREDICATES)):
         return "boolean"
     if isinstance(node, exp.Cast):  # TryCast too
         name = getattr(node.to.this, "name", "")

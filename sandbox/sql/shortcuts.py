@@ -27,6 +27,9 @@ def apply(tree: exp.Expression, aliases: dict[str, str], column_range: Range) ->
             if isinstance(value, exp.Column) and value.table in aliases:
                 r = column_range(aliases[value.table], value.name)
                 if r is not None and bounds[0] <= r[0] and r[1] <= bounds[1]:
+                    parent = node.parent
+                    if isinstance(parent, exp.Anonymous) and parent.name.upper() == "TRY":
+                        node = parent  # TRY(column) cannot raise: leave TRY out too
                     node.replace(value.copy())
             continue
         rank = node.meta.get("sandbox_rank") if node._meta else None

@@ -42,7 +42,7 @@ def _when(cond: exp.Expression | None, value: exp.Expression,
           otherwise: exp.Expression | None = None) -> exp.Expression:
     if cond is None:
         return value
-    case = exp.Case().when(total(cond.copy()), value)
+    case = exp.Case().when(cond.copy(), value)
     return case.else_(otherwise) if otherwise is not None else case
 
 
@@ -92,6 +92,11 @@ def _scale(lo: float, hi: float, integer: bool) -> float:
     return 10.0**digits
 
 
+def _double(value: exp.Expression) -> exp.Expression:
+    """Generated arithmetic runs in DOUBLE too (an INTEGER clamp minus a bound can overflow)."""
+    return exp.Cast(this=value, to=exp.DataType.build("DOUBLE"))
+
+
 def _unit_bound(lo: float, hi: float, scale: float) -> float:
     """The largest |fixed-point value| of one row: ROUND is monotone, so a value within
     [lo, hi] rounds to at most ceil(max(|lo|, |hi|) * scale) (e.g. 0.00005 * 10^4 = 0.5
@@ -105,8 +110,7 @@ def _fixed(value: exp.Expression, scale: float, integer_typed: bool = False) -> 
     A clamped integer column is already exact; anything else is scaled and rounded."""
     if integer_typed and scale == 1:
         return value
-    scaled = value if scale == 1 else exp.Mul(this=exp.Paren(this=value),
-                                              expression=_num(scale))
+    scaled = value if scale == 1 else exp.Mul(this=_double(value), expression=_num(scale))
     return exp.Cast(this=exp.Round(this=scaled), to=exp.DataType.build("BIGINT"))
 
 
@@ -162,7 +166,7 @@ def measurements(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
     for i in range(len(a.keys)):
         outer = outer.select(exp.alias_(_col(f"__k{i}"), f"__k{i}"), copy=False)
     for m in ctx.measurements:
-        rel = rel.select(exp.alias_(m.value, f"__v{m.name[3:]}"), copy=False)
+        rel = rel.select(exp.alias_(total(m.value), f"__v{m.name[3:]}"), copy=False)
         v = _col(f"__v{m.name[3:]}")
         agg: exp.Expression
         if m.kind == "count" and isinstance(m.value, exp.Literal):
@@ -202,13 +206,13 @@ def _measure(spec: AggSpec, add, rows: int) -> list[str]:  # type: ignore[no-unt
     cond = spec.condition
     if spec.kind == "count":
         # COUNT(v) counts non-NULL values: 1 for COUNT(*), the argument for COUNT(arg).
-        value = total(spec.arg.copy()) if spec.arg is not None else exp.Literal.number(1)
+        value = spec.arg.copy() if spec.arg is not None else exp.Literal.number(1)
         return [add("count", _when(cond, value), rows)]
     if spec.kind == "count_units":
         return [add("count_units", _when(cond, spec.arg.copy()), 1)]
     assert spec.arg is not None and spec.bounds is not None
     lo, hi = spec.bounds
-    arg = total(spec.arg.copy())
+    arg = spec.arg.copy()
     clamped = clamp(arg, lo, hi)
     count_value = _when(cond, arg.copy())
     int_col = spec.integer and isinstance(spec.arg, exp.Column)
@@ -221,7 +225,7 @@ def _measure(spec: AggSpec, add, rows: int) -> list[str]:  # type: ignore[no-unt
     if spec.kind in ("var", "stddev"):
         c = (lo + hi) / 2
         exact_c = spec.integer and float(c).is_integer()
-        centered = exp.Sub(this=clamped, expression=_num(c))
+        centered = exp.Sub(this=_double(clamped), expression=_num(c))
         d = max(abs(lo - c), abs(hi - c))
         s1 = _scale(-d, d, exact_c)
         s2 = _scale(0, d * d, exact_c)
@@ -236,7 +240,7 @@ def _measure(spec: AggSpec, add, rows: int) -> list[str]:  # type: ignore[no-unt
             lo, hi = lo - 0.5, hi + 0.5
             clamped = clamp(arg, lo, hi)
         step = (hi - lo) / QUANTILE_BINS
-        raw = exp.Floor(this=exp.Div(this=exp.Paren(this=exp.Sub(this=clamped,
+        raw = exp.Floor(this=exp.Div(this=exp.Paren(this=exp.Sub(this=_double(clamped),
                                                                   expression=_num(lo))),
                                      expression=_num(step)))
         binned = exp.Cast(this=fn("LEAST", raw, _num(QUANTILE_BINS - 1)),
