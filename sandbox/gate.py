@@ -11,6 +11,7 @@ handed in as an ``Executor``.
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from .sql.refusal import Refusal
 from .sql.resolve import resolve
 from .sql.rewrite import RewriteContext, rewrite
 from .sql.rewrite.public_keys import key_rows
+
+log = logging.getLogger(__name__)
 
 
 class Executor(Protocol):
@@ -222,9 +225,14 @@ class Gate:
             exact = executor.execute(engine_sql, timeout_s=timeout_s)
             result = self._release(q, exact, executor)
         except SandboxError as exc:
+            # Time limits aside, nothing should fail once the budget is charged: the rewrite
+            # is total and was bound on empty tables. A failure here is a gate bug.
+            log.error("query failed after its charge (%s); a gate bug unless it timed out",
+                      exc.code)
             ledger.fail(reservation, exc.code)
             raise
         except BaseException:
+            log.exception("query failed after its charge (internal error): a gate bug")
             ledger.fail(reservation, "internal")
             raise
         ledger.commit(reservation, release_id=result.release_id,
