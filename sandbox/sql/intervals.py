@@ -238,6 +238,17 @@ def mixed_kinds(node: exp.Expression, lookup: ColumnLookup) -> exp.Expression | 
         elif isinstance(n, exp.Case | exp.If | exp.Coalesce | exp.Least | exp.Greatest |
                         exp.Nullif):
             parts = _branches(n) + ([n.expression] if isinstance(n, exp.Nullif) else [])
+            if isinstance(n, exp.Case) and n.this is not None:  # CASE x WHEN v THEN ...
+                tested = [n.this, *(i.this for i in n.args.get("ifs", []))]
+                if len({kind(p, lookup) for p in tested} - {None}) > 1:
+                    return n
+        elif isinstance(n, exp.Add | exp.Sub | exp.Mul | exp.Div | exp.Mod | exp.Neg |
+                        exp.Abs):
+            # Arithmetic on text or truth values would convert them at run time.
+            operands = [n.this] + ([n.expression] if n.args.get("expression") else [])
+            if any(kind(o, lookup) in ("text", "boolean") for o in operands):
+                return n
+            continue
         kinds = {kind(p, lookup) for p in parts if not isinstance(p, exp.Null)}
         kinds.discard(None)
         # A date compared with a text literal is the usual date constant ('2024-01-01'):
