@@ -71,6 +71,9 @@ KINDS: dict[str, tuple[str, ...]] = {
     "export.released": ("export_id", "revision", "manifest_sha256", "files"),
     "export.revoked": ("export_id", "revision", "comment"),
     "export.downloaded": ("export_id", "revision", "bundle_sha256"),
+    "export.flagged": ("export_id", "revision", "rule", "strong", "weak", "items", "recent",
+                       "limit", "held"),
+    "export.held": ("export_id", "title", "recent", "limit", "window_s"),
 }
 COMMON = ("v", "seq", "time", "kind", "workspace", "member", "actor", "prev")
 

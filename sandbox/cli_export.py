@@ -43,15 +43,18 @@ def _reviewer(hub_url: str | None, token_file: Path | None) -> str:
 @pass_ctx
 def export_list(c: Context, workspace: str | None, states: tuple[str, ...], fmt: str) -> None:
     """Export requests, newest first, with their check outcome and approvals."""
+    from .exports.store import FLAGGED
+
     with _opened_state(c) as state:
         reqs = _store(state).list(workspace=workspace, states=list(states) or None)
     rows = [{"id": r.id, "workspace": r.workspace, "requester": r.requester,
              "title": _clean(r.title, 40), "state": r.state,
              "checks": r.report.outcome if r.report else "-",
+             "flagged": FLAGGED if r.flagged else "",
              "approvals": f"{len(r.approvals)}/{r.approvals_required}",
              "updated": r.updated[:19]} for r in reqs]
-    _emit(rows, ["id", "workspace", "requester", "title", "state", "checks", "approvals",
-                 "updated"], fmt)
+    _emit(rows, ["id", "workspace", "requester", "title", "state", "checks", "flagged",
+                 "approvals", "updated"], fmt)
 
 
 @export_group.command("show")
@@ -73,6 +76,14 @@ def export_show(c: Context, export_id: str, fmt: str) -> None:
                f"({len(doc['approvals'])}/{doc['approvals_required']})")
     for it in doc["items"]:
         click.echo(f"  item       {_clean(it['name'])} ({it['media_type']}, {it['size']} bytes)")
+    flag = doc.get("flagged")
+    if flag:
+        from .exports.store import FLAGGED
+
+        click.echo(f"  flagged    {FLAGGED}: {flag['strong']} place(s) matched, "
+                   f"{flag['weak']} name(s) in running text"
+                   + ("; it can only be rejected (do not tell the requester why)"
+                      if flag["strong"] else ""))
     checks = doc.get("checks") or {}
     click.echo(f"  checks     {checks.get('outcome', '-')} (rules {checks.get('rules_version')})")
     for r in checks.get("results", []):

@@ -276,6 +276,34 @@ def test_decisions_need_the_xsrf_token_and_are_recorded(hub: Hub, dev: str,
 
 
 @pytest.mark.slow
+def test_a_flagged_request_is_marked_and_can_only_be_rejected(  # type: ignore[no-untyped-def]
+        hub: Hub, dev: str, auditor: requests.Session, demo_tables) -> None:
+    idn = demo_tables["persons"].column("id_number").to_pylist()[5]  # the hub's demo data
+    rel = release(hub, dev)
+    rows = [list(r) for r in rel["rows"]]
+    rows[0][0] = idn
+    r = api(hub, dev, "POST", f"/workspaces/{WS}/exports",
+            json={"title": "districts", "purpose": "p", "request_id": uuid.uuid4().hex,
+                  "items": [{"kind": "frame", "name": "t", "columns": rel["columns"],
+                             "rows": rows, "release_ids": [rel["release_id"]]}]})
+    assert r.status_code == 201 and r.json()["state"] == "checked", r.text
+    assert "identifier" not in r.text.lower()
+    eid = r.json()["id"]
+    queue = get(auditor, hub, "").text
+    row = re.search(rf"<tr>(?:(?!</tr>).)*{eid}(?:(?!</tr>).)*</tr>", queue, re.S)
+    assert row and "identifier hits" in row.group(0)
+    page = get(auditor, hub, f"exports/{eid}").text
+    assert "identifier hits" in page and idn not in page
+    assert 'value="reject"' in page and 'value="approve"' not in page
+    assert 'value="return"' not in page and "Not approved after review." in page
+    r = decide(auditor, hub, eid, "approve")  # a forged form: still refused
+    assert r.status_code == 409 and "export.blocked" in r.text
+    assert decide(auditor, hub, eid, "reject", "Not approved after review.").status_code == 303
+    assert state_of(hub, dev, eid) == "rejected"
+    assert eid in [rec["export_id"] for rec in audit_records(hub, "export.flagged")]
+
+
+@pytest.mark.slow
 def test_query_log_filters_escapes_and_is_audited(hub: Hub, dev: str,
                                                   auditor: requests.Session) -> None:
     release(hub, dev)

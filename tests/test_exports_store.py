@@ -3,6 +3,7 @@ audit record for every step."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -14,15 +15,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gatekit import policy
 from sandbox.exports import (
     DuplicateApprovalError,
+    ExportBlockedError,
+    ExportHeldError,
     ExportInputError,
     ExportNotFoundError,
     ExportRevokedError,
     ExportStateError,
     ExportStore,
+    FileItem,
     FrameItem,
     IdentifierIndex,
     NotRequesterError,
     SelfApprovalError,
+    normalise,
     state_context,
 )
 from sandbox.gate import Gate, Release
@@ -261,28 +266,171 @@ def test_revocation_after_release_is_logged_and_visible(world: World) -> None:
     assert world.exports_log()[-1]["kind"] == "export.revoked"
 
 
-def test_a_blocked_export_is_rejected_and_its_content_not_kept(world: World,  # type: ignore[no-untyped-def]
-                                                              demo_tables) -> None:
+def decoy_of(value: str, index: IdentifierIndex) -> str:
+    """A value shaped like ``value`` (same length, same kinds of characters) that is not in
+    the vault's identifier index."""
+    digits = [i for i, ch in enumerate(value) if ch.isdigit()]
+    for k in range(1, 10):
+        out = list(value)
+        for i in digits[6:14]:
+            out[i] = str((int(out[i]) + k) % 10)
+        cand = "".join(out)
+        if not index.find([normalise(cand)]):
+            return cand
+    raise AssertionError("no decoy found")
+
+
+def observable(doc: dict[str, Any]) -> dict[str, Any]:
+    """A requester's view without what differs between any two requests (ids, times, the
+    hashes of their own bytes): what is left must not depend on the vault."""
+    out = json.loads(json.dumps(doc))
+    for key in ("id", "created", "updated"):
+        out[key] = "*"
+    for e in out["events"]:
+        e["time"] = "*"
+    for it in out["items"]:
+        it["sha256"] = "*"
+    return out
+
+
+def test_an_identifier_hit_looks_like_any_request_to_its_requester(  # type: ignore[no-untyped-def]
+        world: World, index, demo_tables) -> None:
     idn = demo_tables["persons"].column("id_number").to_pylist()[0]
-    leak = FrameItem("leak", ("district", "who"), (("Siming", idn),))
+    decoy = decoy_of(idn, index)
+    s = world.store
+    leak = world.submit(items=[FrameItem("t", ("district", "who"), (("Siming", idn),))])
+    clean = world.submit(items=[FrameItem("t", ("district", "who"), (("Siming", decoy),))])
+    # the truth, for reviewers: the scan blocked one of them
+    assert leak.report is not None and leak.report.result("identifiers").outcome == "block"
+    assert clean.report is not None and clean.report.result("identifiers").outcome == "pass"
+    assert leak.flagged and not clean.flagged
+    assert leak.to_dict("reviewer")["flagged"] == {"identifier_hits": 1, "strong": 1,
+                                                   "weak": 0}
+    # the requester: the same state, checks, items, events
+    a, b = leak.to_dict("requester"), clean.to_dict("requester")
+    assert observable(a) == observable(b)
+    assert a["state"] == "checked"
+    text = json.dumps(a, ensure_ascii=False).lower()
+    for word in ("identifier", "blocked", "flagged", "kept", idn.lower()):
+        assert word not in text, word
+    # withdrawing and downloading answer the same too
+    for action in (lambda r: s.download(r.id, "alice"),):
+        errs = []
+        for r in (leak, clean):
+            with pytest.raises(ExportStateError) as info:
+                action(r)
+            errs.append(info.value.to_dict()["message"].replace(r.id, "*"))
+        assert errs[0] == errs[1]
+    assert observable(s.withdraw(leak.id, "alice").to_dict("requester")) == \
+        observable(s.withdraw(clean.id, "alice").to_dict("requester"))
+
+
+def test_an_identifier_hit_can_only_be_rejected_and_its_content_is_not_kept(  # type: ignore[no-untyped-def]
+        world: World, demo_tables) -> None:
+    idn = demo_tables["persons"].column("id_number").to_pylist()[0]
+    leak = FrameItem("leak", ("district", idn), (("Siming", idn),))  # in a header too
     req = world.submit(items=[leak])
-    assert req.state == "rejected" and req.report is not None and req.report.blocked
-    assert not req.items[0].kept
+    assert req.state == "checked" and req.report is not None and req.report.blocked
+    assert not req.items[0].kept and req.items[0].meta["columns"] == 2  # names dropped
     with pytest.raises(ExportNotFoundError):
         world.store.item_data(req.id, 0)
     recs = world.exports_log()
     assert [r["kind"] for r in recs] == ["export.submitted", "export.checked",
-                                         "export.rejected"]
-    assert recs[2]["actor"] == "sandbox:checks" and "identifiers" in recs[2]["comment"]
-    dump = world.state.con.execute("SELECT group_concat(CAST(data AS TEXT)) FROM "
-                                   "export_items").fetchone()[0] or ""
+                                         "export.flagged"]
+    flag = recs[2]
+    assert (flag["export_id"], flag["actor"], flag["member"], flag["rule"]) == (
+        req.id, "sandbox:checks", "alice", "identifiers")
+    assert (flag["strong"], flag["weak"], flag["items"], flag["recent"], flag["limit"],
+            flag["held"]) == (2, 0, ["leak.csv"], 1, 3, False)
+    assert [e.event for e in req.events] == ["submitted", "checked", "flagged"]
+    assert "flagged" not in [e["event"] for e in req.to_dict("requester")["events"]]
+    dump = world.state.con.execute("SELECT group_concat(CAST(data AS TEXT)) || "
+                                   "group_concat(meta) FROM export_items").fetchone()[0] or ""
     log = "".join(json.dumps(r, ensure_ascii=False) for r in world.state.records())
     requester_view = json.dumps(req.to_dict("requester"), ensure_ascii=False)
-    for text in (dump, log, requester_view):
+    reviewer_view = json.dumps(req.to_dict("reviewer"), ensure_ascii=False)
+    for text in (dump, log, requester_view, reviewer_view):
         assert idn not in text
-    assert "details" in json.dumps(req.to_dict("reviewer"))
+    assert "header #2" in reviewer_view  # reviewers see where, never the value
+    # never approved, never returned (a return would invite variants), never released
+    for decision in ("approve", "return"):
+        with pytest.raises(ExportBlockedError) as info:
+            world.store.decide(req.id, "audrey", decision, "x")
+        assert info.value.code == "export.blocked"
     with pytest.raises(ExportStateError):
-        world.store.decide(req.id, "audrey", "approve")
+        world.store.release(req.id, "audrey")
+    with pytest.raises(ExportStateError):
+        world.store.download(req.id, "alice")
+    req = world.store.decide(req.id, "audrey", "reject", "Not approved after review.")
+    assert req.state == "rejected"
+    assert world.state.verify().ok
+
+
+def test_a_check_the_requester_may_see_still_rejects_at_once(world: World,  # type: ignore[no-untyped-def]
+                                                             demo_tables) -> None:
+    idn = demo_tables["persons"].column("id_number").to_pylist()[0]
+    bad = FileItem("run.sh", b"echo hi")
+    leak = FrameItem("leak", ("district", "who"), (("Siming", idn),))
+    for items in ([bad], [bad, leak]):
+        req = world.submit(items=items)
+        assert req.state == "rejected" and not any(i.kept for i in req.items)
+        seen = req.to_dict("requester")
+        assert seen["checks"]["outcome"] == "blocked"
+        assert seen["events"][-1]["comment"] == (
+            "blocked by the automatic checks (types); the content was not kept")
+        assert "identifier" not in json.dumps(seen).lower()
+
+
+def test_repeated_identifier_hits_hold_the_members_requests(  # type: ignore[no-untyped-def]
+        world: World, demo_tables, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandbox.exports import store as storemod
+
+    s = ExportStore(world.state, hit_limit=2, hit_window_s=3600)
+    world.store = s
+    ids = demo_tables["persons"].column("id_number").to_pylist()
+    names = demo_tables["persons"].column("name").to_pylist()
+    weak = FileItem("note.txt", f"据统计客户{names[1]}的收入较高".encode())
+    assert world.submit(items=[weak]).flagged  # a name in running text: flagged, not held
+    first = world.submit(items=[FrameItem("a", ("who",), ((ids[1],),))])
+    world.submit(requester="bob", items=[FrameItem("a", ("who",), ((ids[2],),))])
+    assert not s.held("alice") and s.recent_hits("alice") == 1
+    world.submit()  # clean requests do not count
+    second = world.submit(items=[FrameItem("b", ("who",), ((ids[3],),))])
+    assert second.state == "checked" and s.held("alice")
+    flags = [r for r in world.exports_log() if r["kind"] == "export.flagged"]
+    assert [(r["member"], r["strong"], r["weak"], r["recent"], r["held"]) for r in flags] == [
+        ("alice", 0, 1, 0, False), ("alice", 1, 0, 1, False), ("bob", 1, 0, 1, False),
+        ("alice", 1, 0, 2, True)]
+    # held: any further request, clean or not, is refused with one generic message
+    size = world.state.size()
+    for items in (None, [FrameItem("c", ("who",), ((ids[4],),))]):
+        with pytest.raises(ExportHeldError) as info:
+            world.submit(items=items)
+        err = info.value.to_dict()
+        assert err["code"] == "export.held"
+        assert err["message"] == "your export requests are held for review; contact the auditors"
+        assert "identifier" not in json.dumps(err) and "block" not in json.dumps(err)
+    s.decide(first.id, "audrey", "reject", "Not approved after review.")
+    with pytest.raises(ExportHeldError):  # a rejection does not lift the hold
+        world.submit()
+    held = [r for r in world.exports_log() if r["kind"] == "export.held"]
+    assert len(held) == 3 and world.state.size() == size + 4  # + the rejection
+    assert (held[0]["member"], held[0]["recent"], held[0]["limit"], held[0]["window_s"],
+            held[0]["title"]) == ("alice", 2, 2, 3600, "Incomes")
+    assert world.submit(requester="bob").state == "checked"  # others are not held
+    # a returned request cannot be resubmitted while held either
+    ret = world.submit(requester="carol")
+    s.decide(ret.id, "audrey", "return", "units?")
+    for i in (5, 6):
+        world.submit(requester="carol", items=[FrameItem("x", ("who",), ((ids[i],),))])
+    with pytest.raises(ExportHeldError):
+        s.resubmit(ret.id, "carol", [world.frame()], context=world.ctx)
+    # the window passes: hits age out
+    later = storemod._utcnow() + dt.timedelta(seconds=3601)
+    monkeypatch.setattr(storemod, "_utcnow", lambda: later)
+    assert not s.held("alice")
+    assert world.submit().state == "checked"
+    assert world.state.verify().ok
 
 
 def test_repeated_request_id_is_one_request(world: World) -> None:

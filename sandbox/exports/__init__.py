@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .bundle import BundleReport, verify_bundle
 from .checks import (
+    CONFIDENTIAL_RULES,
     RULES,
     RULES_VERSION,
     CheckContext,
@@ -25,6 +26,7 @@ from .errors import (
     DuplicateApprovalError,
     ExportBlockedError,
     ExportError,
+    ExportHeldError,
     ExportInputError,
     ExportNotFoundError,
     ExportRevokedError,
@@ -40,6 +42,7 @@ from .sources import StateReleases, gate_count_columns, state_context
 from .store import ExportRequest, ExportStore
 
 __all__ = [
+    "CONFIDENTIAL_RULES",
     "EXPORT_KINDS",
     "RULES",
     "RULES_VERSION",
@@ -50,6 +53,7 @@ __all__ = [
     "DuplicateApprovalError",
     "ExportBlockedError",
     "ExportError",
+    "ExportHeldError",
     "ExportInputError",
     "ExportItem",
     "ExportNotFoundError",

@@ -3,9 +3,15 @@
 ``run_checks(items, ctx)`` runs every rule and returns a ``CheckReport``: one result per
 rule, each ``pass``, ``review`` (a reviewer must look) or ``block`` (it can never leave).
 The rules and what they mean are versioned together (``RULES_VERSION``) and the version
-is stored with every report. No message ever contains a matched identifier; details that
-locate an identifier are for reviewers only (``CheckReport.to_dict("requester")`` drops
-them).
+is stored with every report. No message ever contains a matched identifier.
+
+What a requester sees (``CheckReport.to_dict("requester")``) depends only on what they
+submitted and on releases their workspace already received, never on the vault: rules
+whose outcome depends on the vault's data (``CONFIDENTIAL_RULES``: the identifier index)
+are left out of the requester's view altogether, and so are their effects on other rules'
+details (the requester's details of ``provenance`` give places by row and column number,
+never values). Otherwise the airlock would be a membership oracle: submit a guessed ID
+number, see whether it is blocked.
 
 Rules: ``limits`` (counts, sizes, rows), ``types`` (the content is what its name says),
 ``identifiers`` (no value of an identifier column of the vault), ``provenance`` (every
@@ -33,7 +39,10 @@ RULES_VERSION = "2026.12-1"
 PASS, REVIEW, BLOCK = "pass", "review", "block"
 RULES = ("limits", "types", "identifiers", "provenance", "small_cells", "human_review",
          "differencing")
-PRIVATE_RULES = frozenset({"identifiers", "differencing"})
+PRIVATE_RULES = frozenset({"identifiers", "differencing"})  # details for reviewers only
+# Rules whose outcome depends on the protected data (the identifier index of the vault):
+# requesters never see them, nor anything that depends on them (docs/exports.md).
+CONFIDENTIAL_RULES = frozenset({"identifiers"})
 EXAMPLES = 5
 MAX_RATIO_CELLS = 200_000  # released values considered for declared ratios
 
@@ -131,12 +140,30 @@ class RuleResult:
         learn which value matched), and other requests' exports (differencing)."""
         return self.rule in PRIVATE_RULES
 
+    @property
+    def confidential(self) -> bool:
+        """Its outcome depends on the vault's data: requesters never see this result."""
+        return self.rule in CONFIDENTIAL_RULES
+
     def to_dict(self, view: str = "reviewer") -> dict[str, Any]:
         d: dict[str, Any] = {"rule": self.rule, "outcome": self.outcome,
                              "message": self.message}
-        if view == "reviewer" or not self.private:
+        if view == "reviewer":
             d["details"] = self.details
+        elif not self.private:
+            d["details"] = _requester_details(self.rule, self.details)
         return d
+
+
+def _requester_details(rule: str, details: dict[str, Any]) -> dict[str, Any]:
+    """The details a requester sees: nothing that depends on the identifier scan. Which
+    items share a place with an identifier changes how reviewers' provenance details are
+    written (no values, no column names), so requesters get places by number only."""
+    if rule != "provenance":
+        return details
+    items = {name: {**d, "examples": [{"where": e["where"]} for e in d["examples"]]}
+             for name, d in details.get("items", {}).items()}
+    return {**details, "items": items}
 
 
 @dataclass(frozen=True)
@@ -156,20 +183,51 @@ class CheckReport:
     @property
     def outcome(self) -> str:
         """blocked (cannot leave), review (flags for the reviewer) or pass."""
-        outcomes = {r.outcome for r in self.results}
-        return "blocked" if BLOCK in outcomes else "review" if REVIEW in outcomes else "pass"
+        return _outcome(self.results)
 
     @property
     def blocked(self) -> bool:
         return self.outcome == "blocked"
 
+    @property
+    def blocked_openly(self) -> bool:
+        """A rule the requester may see blocked it (content only: limits, types): the
+        request is rejected at once and the requester told why."""
+        return any(r.outcome == BLOCK and not r.confidential for r in self.results)
+
+    @property
+    def blocked_confidentially(self) -> bool:
+        """Only a confidential rule blocked it (an identifier of the vault, or no index):
+        it waits for a reviewer like any other request, who can only reject it."""
+        return self.blocked and not self.blocked_openly
+
+    def identifier_hits(self) -> tuple[int, int]:
+        """(strong, weak) places where the identifier scan matched the vault's index."""
+        res = next((r for r in self.results if r.rule == "identifiers"), None)
+        if res is None:
+            return 0, 0
+        strong, weak = ((res.details.get(k) or {}).values() for k in ("strong", "weak"))
+        return sum(len(v) for v in strong), sum(len(v) for v in weak)
+
+    @property
+    def flagged(self) -> bool:
+        """The identifier scan matched something: reviewers see 'flagged: identifier hits'."""
+        return any(self.identifier_hits())
+
     def result(self, rule: str) -> RuleResult:
         return next(r for r in self.results if r.rule == rule)
 
+    def visible(self, view: str = "reviewer") -> tuple[RuleResult, ...]:
+        return self.results if view == "reviewer" else tuple(
+            r for r in self.results if not r.confidential)
+
     def to_dict(self, view: str = "reviewer") -> dict[str, Any]:
-        """``view="requester"`` leaves out the details that would locate an identifier."""
-        return {"rules_version": self.rules_version, "outcome": self.outcome,
-                "results": [r.to_dict(view) for r in self.results],
+        """``view="requester"`` leaves out the confidential rules (and the details that
+        would locate an identifier): it is a function of the submitted content and the
+        workspace's releases only."""
+        shown = self.visible(view)
+        return {"rules_version": self.rules_version, "outcome": _outcome(shown),
+                "results": [r.to_dict(view) for r in shown],
                 "releases": [r.__dict__ for r in self.releases]}
 
     @classmethod
@@ -184,6 +242,11 @@ class CheckReport:
 
     def digest(self) -> str:
         return hashlib.sha256(_canonical(self.to_dict())).hexdigest()
+
+
+def _outcome(results: Iterable[RuleResult]) -> str:
+    outcomes = {r.outcome for r in results}
+    return "blocked" if BLOCK in outcomes else "review" if REVIEW in outcomes else "pass"
 
 
 def _canonical(obj: Any) -> bytes:
@@ -286,7 +349,9 @@ def _identifiers(contents: list[Content],
     found = ctx.identifiers.find(wanted) if wanted else {}
     strong_hits: dict[str, list[dict[str, Any]]] = {}
     weak_hits: dict[str, list[dict[str, Any]]] = {}
-    for c in contents if found else ():  # a second pass, to say where (to reviewers)
+    # A second pass, to say where (to reviewers). It runs whether or not anything was
+    # found, so the time a check takes does not tell whether a value is in the vault.
+    for c in contents:
         for loc, text in c.scan:
             for cand, strong in candidates(text, lengths):
                 if cand in found:
@@ -409,13 +474,14 @@ def _provenance(items: Sequence[ExportItem], contents: list[Content],
         for t in c.tables:
             for i, row in enumerate(t.rows):
                 for j, v in enumerate(row):
-                    col = t.columns[j] if j < len(t.columns) else f"#{j + 1}"
-                    where = f"row {i + 1} column {col if c.item not in tainted else f'#{j + 1}'}"
+                    # by number: the same whether or not the item holds an identifier
+                    where = f"row {i + 1} column #{j + 1}"
                     if _numeric(v):
                         total += 1
                         if not numbers.matches(v, rounded):
+                            col = t.columns[j] if j < len(t.columns) else None
                             unmatched.append({"where": where} if c.item in tainted else
-                                             {"where": where, "value": v})
+                                             {"where": where, "column": col, "value": v})
                     elif v is not None and _text_key(v) not in keys and \
                             not isinstance(v, bool):
                         texts.append(where)

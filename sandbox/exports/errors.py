@@ -8,12 +8,14 @@
         ├── DuplicateApprovalError      export.duplicate_approval (two-person rule)
         ├── NotRequesterError           export.not_requester    (only the requester may)
         ├── ExportBlockedError          export.blocked          (automatic checks blocked it)
+        ├── ExportHeldError             export.held             (the member's requests are held)
         ├── ExportRevokedError          export.revoked
         ├── ExportInputError            export.invalid          (bad items or fields)
         ├── IdentifierIndexError        export.index            (identifier index missing/damaged)
         └── BundleInvalidError          export.bundle_invalid   (verify failed)
 
-Messages never contain a matched identifier value.
+Messages never contain a matched identifier value, and nothing a requester can receive
+says that a value is in the vault: ``export.held`` has one generic message.
 """
 
 from __future__ import annotations
@@ -47,6 +49,13 @@ class NotRequesterError(ExportError):
 
 class ExportBlockedError(ExportError):
     code = "export.blocked"
+
+
+class ExportHeldError(ExportError):
+    """The member's export requests are held (too many identifier hits, see
+    docs/exports.md); the message is the same whatever the reason."""
+
+    code = "export.held"
 
 
 class ExportRevokedError(ExportError):

@@ -1,7 +1,8 @@
 """Export requests and their review: a state machine whose every step is an audit record.
 
     submitted -> checked -> approved -> released -> revoked
-                        \\-> rejected   (also automatically, when a check blocks)
+                        \\-> rejected   (also automatically, when a check the requester
+                                       may see blocks: limits, types)
                         \\-> returned -> submitted (a new revision)
     withdrawn: by the requester, from submitted, checked, returned or approved
 
@@ -11,10 +12,18 @@ rules that do not depend on who is an auditor (the service decides that): a revi
 never decide on their own request, a policy can ask for two independent approvals, only
 the requester withdraws, nothing blocked can be approved, and only what was approved is
 released. The content of a blocked export is not kept (only its names, sizes and hashes).
+
+An export the identifier scan blocks is NOT rejected at once: that would tell the requester
+that a value is in the vault (a membership oracle). It waits for review like any other
+request (state checked, the same view for its requester), with its content dropped; a
+reviewer can only reject it. Each identifier hit is an ``export.flagged`` record; a member
+with ``hit_limit`` requests with hits within ``hit_window_s`` has further submissions
+refused (``ExportHeldError``, one generic message; an ``export.held`` record).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import sqlite3
@@ -30,6 +39,7 @@ from .checks import CheckContext, CheckReport, Fingerprint, run_checks
 from .errors import (
     DuplicateApprovalError,
     ExportBlockedError,
+    ExportHeldError,
     ExportInputError,
     ExportNotFoundError,
     ExportRevokedError,
@@ -45,6 +55,11 @@ DECISIONS = {"approve": "approved", "reject": "rejected", "return": "returned"}
 WITHDRAWABLE = ("submitted", "checked", "returned", "approved")
 CHECKS_ACTOR = "sandbox:checks"
 MAX_TITLE, MAX_PURPOSE, MAX_COMMENT = 200, 4000, 4000
+HIT_LIMIT = 3  # requests with identifier hits ...
+HIT_WINDOW_S = 30 * 86400  # ... within this many seconds: further submissions are held
+REVIEWER_EVENTS = frozenset({"flagged"})  # never in the requester's view
+FLAGGED = "identifier hits"  # the reviewers' marker of a flagged request (CLI, console)
+HELD_MESSAGE = "your export requests are held for review; contact the auditors"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS export_requests (
@@ -64,6 +79,11 @@ CREATE TABLE IF NOT EXISTS export_events (
     export_id TEXT NOT NULL REFERENCES export_requests(id), seq INTEGER NOT NULL,
     event TEXT NOT NULL, actor TEXT NOT NULL, revision INTEGER NOT NULL,
     comment TEXT NOT NULL, time TEXT NOT NULL, PRIMARY KEY (export_id, seq));
+CREATE TABLE IF NOT EXISTS export_hits (
+    member TEXT NOT NULL, time TEXT NOT NULL, export_id TEXT NOT NULL,
+    revision INTEGER NOT NULL, strong INTEGER NOT NULL, weak INTEGER NOT NULL,
+    seq INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS export_hits_by_member ON export_hits (member, time);
 """
 _COLUMNS = ("id", "workspace", "requester", "request_id", "title", "purpose", "state",
             "revision", "policy_id", "policy_version", "policy_hash", "approvals_required",
@@ -82,10 +102,16 @@ class StoredItem:
     kept: bool  # False when the content was not kept (blocked exports)
     meta: dict[str, Any]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, view: str = "reviewer") -> dict[str, Any]:
+        """The requester's view leaves out whether the content was kept and the column
+        names (dropped with the content of blocked exports): both would tell them."""
+        if view == "reviewer":
+            return {"position": self.position, "name": self.name, "kind": self.kind,
+                    "media_type": self.media_type, "size": self.size, "sha256": self.sha256,
+                    "kept": self.kept, **self.meta}
         return {"position": self.position, "name": self.name, "kind": self.kind,
                 "media_type": self.media_type, "size": self.size, "sha256": self.sha256,
-                "kept": self.kept, **self.meta}
+                **{k: v for k, v in self.meta.items() if k != "columns"}}
 
 
 @dataclass(frozen=True)
@@ -97,8 +123,13 @@ class Event:
     comment: str
     time: str  # the audit record's time
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+    def to_dict(self, view: str = "reviewer") -> dict[str, Any]:
+        """Requesters do not get the record numbers: gaps between them would count the
+        records written in between (such as an ``export.flagged``)."""
+        d = dict(self.__dict__)
+        if view != "reviewer":
+            del d["seq"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -135,10 +166,17 @@ class ExportRequest:
         return [e for e in self.events if e.revision == self.revision and
                 e.event in ("approved", "rejected", "returned")]
 
+    @property
+    def flagged(self) -> bool:
+        """The identifier scan matched: 'flagged: identifier hits' (reviewers only)."""
+        return self.report is not None and self.report.flagged
+
     def to_dict(self, view: str = "requester") -> dict[str, Any]:
-        """JSON for the service: ``view="requester"`` hides what would locate an
-        identifier; ``"reviewer"`` shows every check detail."""
-        return {
+        """JSON for the service: ``view="requester"`` is a function of what the requester
+        sent and did (and of reviewers' decisions) only: nothing of it depends on whether
+        a value is in the vault. ``"reviewer"`` shows every check detail and the flag."""
+        reviewer = view == "reviewer"
+        d = {
             "id": self.id, "workspace": self.workspace, "requester": self.requester,
             "title": self.title, "purpose": self.purpose, "state": self.state,
             "revision": self.revision,
@@ -147,11 +185,17 @@ class ExportRequest:
             "approvals_required": self.approvals_required, "approvals": self.approvals,
             "min_group_count": self.min_group_count,
             "checks": None if self.report is None else self.report.to_dict(view),
-            "items": [i.to_dict() for i in self.items],
-            "events": [e.to_dict() for e in self.events],
+            "items": [i.to_dict(view) for i in self.items],
+            "events": [e.to_dict(view) for e in self.events
+                       if reviewer or e.event not in REVIEWER_EVENTS],
             "created": self.created, "updated": self.updated,
             "bundle_sha256": self.bundle_sha256,
         }
+        if reviewer:
+            strong, weak = self.report.identifier_hits() if self.report else (0, 0)
+            d["flagged"] = {"identifier_hits": strong + weak, "strong": strong,
+                            "weak": weak} if strong or weak else None
+        return d
 
 
 def _text(value: Any, what: str, limit: int, required: bool) -> str:
@@ -171,8 +215,10 @@ def _text(value: Any, what: str, limit: int, required: bool) -> str:
 class ExportStore:
     """Export requests of every workspace, in the state database of a ``State``."""
 
-    def __init__(self, state: Any) -> None:
+    def __init__(self, state: Any, *, hit_limit: int = HIT_LIMIT,
+                 hit_window_s: float = HIT_WINDOW_S) -> None:
         self.state = state
+        self.hit_limit, self.hit_window_s = hit_limit, hit_window_s
         if state.signer is not None:  # a read-only state (auditor's copy) is only read
             with state.transaction() as con:  # not executescript: it would commit others' work
                 for stmt in _SCHEMA.split(";"):
@@ -232,6 +278,47 @@ class ExportStore:
             raise ExportNotFoundError(f"export {export_id} has no kept item #{position}",
                                       "the content of blocked exports is not kept")
         return bytes(row[0])
+
+    # -- identifier hits and holds ----------------------------------------------------------
+    def _since(self) -> str:
+        start = _utcnow() - dt.timedelta(seconds=self.hit_window_s)
+        return start.isoformat(timespec="microseconds")
+
+    def recent_hits(self, member: str, con: sqlite3.Connection | None = None) -> int:
+        """Requests (revisions) of ``member`` the identifier scan blocked, in the window."""
+        (n,) = (con or self.state.con).execute(
+            "SELECT count(*) FROM export_hits WHERE member = ? AND time >= ? AND strong > 0",
+            (member, self._since())).fetchone()
+        return int(n)
+
+    def held(self, member: str) -> bool:
+        """Further submissions of ``member`` are refused (too many identifier hits)."""
+        return self.recent_hits(member) >= self.hit_limit
+
+    def _refuse_if_held(self, workspace: str, requester: str, title: str) -> None:
+        """One generic message: it says neither why nor which request."""
+        recent = self.recent_hits(requester)
+        if recent < self.hit_limit:
+            return
+        self.state.record("export.held", workspace=workspace, member=requester,
+                          actor=requester, export_id=None, title=title, recent=recent,
+                          limit=self.hit_limit, window_s=self.hit_window_s)
+        raise ExportHeldError(HELD_MESSAGE, "an auditor will look at them with you")
+
+    def _flag(self, con: sqlite3.Connection, req: dict[str, Any],
+              report: CheckReport) -> None:
+        """An identifier hit: an ``export.flagged`` record (reviewers only), counted
+        towards the member's hold."""
+        strong, weak = report.identifier_hits()
+        res = report.result("identifiers")
+        items = sorted(set(res.details.get("strong") or {}) | set(res.details.get("weak") or {}))
+        recent = self.recent_hits(req["requester"], con) + (1 if strong else 0)
+        seq = self._event(con, req, "flagged", CHECKS_ACTOR, rule="identifiers",
+                          strong=strong, weak=weak, items=items, recent=recent,
+                          limit=self.hit_limit, held=recent >= self.hit_limit)
+        (when,) = con.execute("SELECT time FROM audit_records WHERE seq = ?", (seq,)).fetchone()
+        con.execute("INSERT INTO export_hits VALUES (?,?,?,?,?,?,?)",
+                    (req["requester"], when, req["id"], req["revision"], strong, weak, seq))
 
     def approved_fingerprints(self, workspace: str,
                               exclude: str | None = None) -> tuple[Fingerprint, ...]:
@@ -294,7 +381,10 @@ class ExportStore:
 
     def _checked(self, con: sqlite3.Connection, req: dict[str, Any],
                  report: CheckReport) -> None:
-        """Record the check report; a blocked export is rejected and its content dropped."""
+        """Record the check report. Blocked by a rule the requester may see (limits,
+        types): rejected at once, content dropped. Blocked by a confidential rule only (an
+        identifier of the vault): content dropped, but the request waits for review like
+        any other, so its requester cannot tell; a reviewer can only reject it."""
         report_json = json.dumps(report.to_dict("reviewer"), ensure_ascii=False,
                                  allow_nan=False, default=str)
         self._event(con, req, "checked", CHECKS_ACTOR, rules_version=report.rules_version,
@@ -303,13 +393,31 @@ class ExportStore:
         fp = replace(report.fingerprint, export_id=req["id"], title=req["title"])
         self._set(con, req["id"], state="checked", report=report_json,
                   fingerprint=json.dumps(fp.to_dict()))
+        if report.flagged:
+            self._flag(con, {**req, "state": "checked"}, report)
         if report.blocked:
-            rules = ", ".join(r.rule for r in report.results if r.outcome == "block")
+            self._drop_content(con, req["id"], req["revision"])
+        if report.blocked_openly:
+            rules = ", ".join(r.rule for r in report.visible("requester")
+                              if r.outcome == "block")
             comment = f"blocked by the automatic checks ({rules}); the content was not kept"
             self._event(con, {**req, "state": "checked"}, "rejected", CHECKS_ACTOR,
                         comment=comment)
-            con.execute("UPDATE export_items SET data = NULL WHERE export_id = ?", (req["id"],))
             self._set(con, req["id"], state="rejected")
+
+    @staticmethod
+    def _drop_content(con: sqlite3.Connection, export_id: str, revision: int) -> None:
+        """Keep names, sizes and hashes; drop the bytes and the column names (a header
+        can be an identifier too)."""
+        rows = con.execute("SELECT position, meta FROM export_items WHERE export_id = ? AND "
+                           "revision = ?", (export_id, revision)).fetchall()
+        for pos, meta in rows:
+            m = json.loads(meta)
+            if "columns" in m:
+                m["columns"] = len(m["columns"])
+            con.execute("UPDATE export_items SET data = NULL, meta = ? WHERE export_id = ? AND "
+                        "revision = ? AND position = ?",
+                        (json.dumps(m, ensure_ascii=False), export_id, revision, pos))
 
     def _context(self, ctx: CheckContext, req: dict[str, Any]) -> CheckContext:
         return replace(ctx, min_group_count=req["min_group_count"],
@@ -334,6 +442,7 @@ class ExportStore:
                 "request_id = ?", (workspace, requester, request_id)).fetchone()
             if row is not None:
                 return self.get(row[0])
+        self._refuse_if_held(workspace, requester, title)
         export_id = uuid.uuid4().hex
         req = {"id": export_id, "workspace": workspace, "requester": requester,
                "title": title, "revision": 1, "state": "submitted",
@@ -402,6 +511,7 @@ class ExportStore:
         title = _text(title, "title", MAX_TITLE, True) if title is not None else r["title"]
         purpose = _text(purpose, "purpose", MAX_PURPOSE, True) if purpose is not None \
             else r["purpose"]
+        self._refuse_if_held(r["workspace"], requester, title)
         req = {**r, "revision": r["revision"] + 1, "title": title}
         report = None if context is None else run_checks(
             items, self._context(context, req), export_id, title)
@@ -421,7 +531,8 @@ class ExportStore:
                comment: str = "") -> ExportRequest:
         """approve, reject or return (with comments) a checked request. The service must
         make sure ``reviewer`` is an auditor; the store makes sure it is not the requester,
-        that one reviewer counts once, and that blocked requests are never approved."""
+        that one reviewer counts once, and that blocked requests are never approved (nor
+        returned: a request the identifier scan blocked can only be rejected)."""
         if decision not in DECISIONS:
             raise ExportInputError(f"unknown decision {decision!r}",
                                    f"use one of {', '.join(DECISIONS)}")
@@ -434,7 +545,13 @@ class ExportStore:
             if decision == "approve" and (report is None or report["outcome"] == "blocked"):
                 raise ExportBlockedError(
                     f"export {export_id} was blocked by the automatic checks and can never "
-                    "be approved", "reject it; the requester can submit a corrected export")
+                    "be approved", "reject it, with a comment that does not say why (the "
+                    "requester must not learn that a value is in the vault)")
+            if decision == "return" and report is not None and report["outcome"] == "blocked":
+                raise ExportBlockedError(
+                    f"export {export_id} was blocked by the automatic checks and can only be "
+                    "rejected (a return would let the requester try variants)",
+                    "reject it, with a comment that does not say why")
             if decision != "approve":
                 self._event(con, r, DECISIONS[decision], reviewer, comment=comment)
                 self._set(con, export_id, state=DECISIONS[decision])
@@ -496,6 +613,9 @@ class ExportStore:
         req = self.get(export_id)
         if req.state != "approved":
             self._expect({"id": export_id, "state": req.state}, ("approved",), "released")
+        if req.report is None or req.report.blocked:  # never: approve refuses it
+            raise ExportBlockedError(f"export {export_id} was blocked by the automatic checks "
+                                     "and can never be released", "reject it")
         body = bundlemod.manifest_body(req, self._files(req))
         digest = bundlemod.body_digest(body)
         with self.state.transaction() as con:
@@ -549,3 +669,7 @@ class ExportStore:
             self._event(con, r, "downloaded", actor,
                         bundle_sha256=hashlib.sha256(data).hexdigest())
         return data
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

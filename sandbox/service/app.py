@@ -71,7 +71,7 @@ STATUS = {
     "http.not_found": 404, "http.method_not_allowed": 405, "state.error": 503,
     "export.invalid": 400, "export.not_found": 404, "export.state": 409,
     "export.blocked": 409, "export.revoked": 410, "export.not_requester": 403,
-    "export.self_approval": 403, "export.duplicate_approval": 409,
+    "export.self_approval": 403, "export.duplicate_approval": 409, "export.held": 403,
 }
 
 
@@ -379,7 +379,9 @@ class Service:
     def export_store(self) -> ExportStore:
         store = getattr(self._local, "exports", None)
         if store is None:
-            store = self._local.exports = ExportStore(self.state())
+            store = self._local.exports = ExportStore(
+                self.state(), hit_limit=self.limits["export_hit_limit"],
+                hit_window_s=self.limits["export_hit_window_s"])
         return store
 
     def _export_context(self, ws: Workspace) -> Any:

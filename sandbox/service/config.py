@@ -42,6 +42,12 @@ LIMITS: tuple[Limit, ...] = (
     Limit("max_export_bytes", 48 << 20, int,
           "Largest export request body (items base64-encoded); larger ones get "
           "limits.body_too_large (413). The export rules limit the items themselves."),
+    Limit("export_hit_limit", 3, int,
+          "Export requests of one member the identifier scan may block within "
+          "export_hit_window_s; after that the member's further export requests are refused "
+          "with export.held (403), a message that does not say why."),
+    Limit("export_hit_window_s", 2592000.0, float,
+          "The window, in seconds (30 days), in which export_hit_limit counts."),
     Limit("per_member_concurrency", 2, int,
           "Explain and query requests one member may have running at once; more get "
           "limits.concurrency (429)."),

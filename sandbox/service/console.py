@@ -35,7 +35,7 @@ from tornado.ioloop import IOLoop
 
 from .. import audit
 from ..errors import InputError, SandboxError
-from ..exports.store import STATES, ExportRequest, ExportStore, StoredItem
+from ..exports.store import FLAGGED, STATES, ExportRequest, ExportStore, StoredItem
 from ..report import (
     CSS,
     PALETTE,
@@ -106,6 +106,11 @@ def badge(text: str) -> str:
     return f'<span class="badge {TONE.get(text, MUTED)}">{esc(text)}</span>'
 
 
+def flagged_badge() -> str:
+    """The marker of a request the identifier scan matched (its requester never sees it)."""
+    return f'<span class="badge {BAD}">{esc(FLAGGED)}</span>'
+
+
 def code(text: Any) -> str:
     return f"<code>{esc(text)}</code>"
 
@@ -159,6 +164,8 @@ def export_rows(base: str, reqs: Sequence[ExportRequest], with_state: bool
     for r in reqs:
         link = f'<a href="{esc(base)}exports/{esc(r.id)}">{esc(r.title) or "(untitled)"}</a>'
         outcome = badge(r.report.outcome) if r.report else "-"
+        if r.flagged:
+            outcome += " " + flagged_badge()
         row = [esc(short_time(r.created)), link, esc(r.workspace), esc(r.requester),
                outcome, f"{len(r.approvals)}/{r.approvals_required}", str(len(r.items))]
         if with_state:
@@ -283,6 +290,15 @@ def decision_forms(base: str, req: ExportRequest, reviewer: str, xsrf: str) -> s
     if reviewer == req.requester and req.state in ("checked", "released"):
         return ('<p class="error">You requested this export: another auditor must decide on '
                 "it (separation of duties).</p>")
+    if req.state == "checked" and req.report is not None and req.report.blocked:
+        return (f'<p class="error">The automatic checks blocked this request ({flagged_badge()}'
+                " if the identifier scan matched): it can only be rejected. Its requester sees "
+                "it waiting for review like any other; do not say why in the comment.</p>"
+                f'<form class="decide" method="post" action="{action}">{xsrf}'
+                '<label for="comment">Comment (shown to the requester)</label>'
+                '<textarea id="comment" name="comment" maxlength="4000">Not approved after '
+                "review.</textarea>"
+                '<button type="submit" name="decision" value="reject">Reject</button></form>')
     if req.state == "checked":
         done = (f"<p>You approved this revision already; {req.approvals_required} different "
                 "reviewers must approve it.</p>" if reviewer in req.approvals else "")
@@ -305,7 +321,9 @@ def decision_forms(base: str, req: ExportRequest, reviewer: str, xsrf: str) -> s
 def export_page(base: str, store: ExportStore, req: ExportRequest, reviewer: str, xsrf: str,
                 notice: str) -> str:
     facts = [
-        ("Id", code(req.id)), ("State", badge(req.state)), ("Workspace", esc(req.workspace)),
+        ("Id", code(req.id)),
+        ("State", badge(req.state) + (" " + flagged_badge() if req.flagged else "")),
+        ("Workspace", esc(req.workspace)),
         ("Requester", esc(req.requester)), ("Purpose", esc(req.purpose)),
         ("Revision", str(req.revision)),
         ("Policy", f"{esc(req.policy_id)} v{esc(req.policy_version)} "

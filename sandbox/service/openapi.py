@@ -23,6 +23,8 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
                             "limits (count, size, type)."),
     "export.not_requester": (403, "Only the requester may do this to the export."),
     "export.self_approval": (403, "A reviewer can never decide on their own request."),
+    "export.held": (403, "The member's export requests are held for review; contact the "
+                         "auditors."),
     "export.not_found": (404, "No export of that id among the caller's."),
     "export.state": (409, "The export is not in a state that allows this."),
     "export.blocked": (409, "The automatic checks blocked the export."),
@@ -133,7 +135,8 @@ def document(prefix: str, version: str) -> dict[str, Any]:
                      "parameters": _WS_PARAM,
                      "requestBody": _body({"$ref": "#/components/schemas/ExportSubmit"}),
                      "responses": {"201": _ok(_EXPORT, "Created (state checked, or rejected "
-                                                       "when a check blocks)"),
+                                                       "when the limits or types rule "
+                                                       "blocks)"),
                                    **_errors(*_AUTH_ERRORS, 409, 413, 429)}}},
         "/workspaces/{workspace}/exports/{export_id}": {"get": {
             "summary": "One of the caller's export requests: state, checks, decisions",
@@ -178,7 +181,8 @@ def document(prefix: str, version: str) -> dict[str, Any]:
                       "{kind: frame, name, columns, rows, release_ids, postprocessing} or "
                       "{kind: file, name, media_type, data_base64, release_ids}"}}}},
         "Export": {"type": "object", "description": "An export request as its requester "
-                   "sees it (check details that would locate an identifier are hidden)",
+                   "sees it: nothing in it depends on whether a value is in the vault (the "
+                   "identifier scan is shown to auditors only, docs/exports.md)",
                    "properties": {
             "id": {"type": "string"}, "workspace": {"type": "string"},
             "state": {"enum": ["submitted", "checked", "approved", "rejected", "returned",
