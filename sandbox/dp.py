@@ -15,12 +15,15 @@ See ``docs/dp.md`` for the mechanisms, the formulas and the accounting rules.
 
 from __future__ import annotations
 
+import contextlib
+import decimal
 import functools
 import inspect
 import itertools
 import math
 import numbers
 import operator
+import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -54,11 +57,19 @@ __all__ = [
 
 KINDS = ("discrete_laplace", "laplace", "gaussian", "exponential")
 
-# Largest magnitude an int64 noisy value may start from. OpenDP saturates on overflow
-# instead of failing, so refuse values that could get near the int64 limits.
+# Largest magnitude a value may have before noise is added: every released value is
+# clipped to [-2**62, 2**62] first (OpenDP's int64 arithmetic saturates near the int64
+# limits). Clipping each coordinate is 1-Lipschitz, so it never increases a sensitivity.
 _INT_LIMIT = 2**62
+_FLOAT_LIMIT = float(_INT_LIMIT)
 # Relative slack when comparing a planned cost with OpenDP's map (float round-off only).
 _REL_TOL = 1e-9
+# Smallest sensitivity an integer mechanism is planned with: one unit.
+_MIN_INT_SENS = 1.0
+# Largest zCDP rho converted with OpenDP (epsilon about 1e4 at rho = 1e4: no privacy).
+# OpenDP's conversion overflows from about rho = 1e5, and each OpenDP error costs tens
+# of milliseconds (a backtrace is captured), so larger rhos are not sent to it.
+_MAX_RHO = 1e4
 
 
 # --------------------------------------------------------------------------- errors
@@ -88,16 +99,24 @@ def _invalid(name: str, allowed: str, got: str, hint: str) -> InvalidParameterEr
 
 def _describe(value: Any) -> str:
     """Describe a *parameter* value for an error message (never used for data)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        number = int(value)
+        return repr(number) if abs(number) < 10**30 else "a very large integer"
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return repr(int(value) if isinstance(value, numbers.Integral) else float(value))
+        return repr(float(value))
     return f"a value of type {type(value).__name__}"
 
 
 def _real(name: str, value: Any) -> float:
-    """A real number (int, float or numpy scalar) as float; bools and strings refused."""
+    """A real number (int, float or numpy scalar) as float; bools and strings refused.
+
+    An int too large for a float becomes +/-inf (the range checks then refuse it)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise _invalid(name, "a real number", _describe(value), f"pass {name} as an int or float")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _check_epsilon(value: Any, name: str = "epsilon") -> float:
@@ -132,17 +151,23 @@ def _check_delta(value: Any, *, positive: bool, name: str = "delta") -> float:
     return delta
 
 
-def _check_sensitivity(value: Any, name: str = "sensitivity") -> float:
+def _check_sensitivity(value: Any, name: str = "sensitivity", *, integer: bool = False) -> float:
+    """A sensitivity; for integer mechanisms at least one unit (see :data:`_MIN_INT_SENS`).
+
+    Values from 0 upwards are accepted for integer mechanisms and planned at
+    ``max(value, 1)``: integer aggregates that differ differ by at least 1, a bound below
+    one unit means the aggregate cannot change, and a larger bound is always sound.
+    """
     sens = _real(name, value)
-    if not math.isfinite(sens) or sens <= 0:
+    if not math.isfinite(sens) or sens < 0 or (sens == 0 and not integer):
         raise _invalid(
             name,
-            "a finite number > 0",
+            "a finite number > 0" + (" (or 0 for an integer mechanism)" if not integer else ""),
             _describe(value),
             "the sensitivity is the most one privacy unit can change the released vector; "
-            "a zero bound means the query does not need noise, which the gate never plans",
+            "for a float mechanism pass a positive bound",
         )
-    return sens
+    return max(sens, _MIN_INT_SENS) if integer else sens
 
 
 def _check_positive_int(value: Any, name: str) -> int:
@@ -209,14 +234,25 @@ def _check_candidates(candidates: Any) -> list[float]:
             "a non-finite candidate",
             "build the grid from the measure's finite bounds",
         )
-    if any(b <= a for a, b in itertools.pairwise(cands)):
+    if any(b < a for a, b in itertools.pairwise(cands)):
         raise _invalid(
             "candidates",
-            "strictly increasing",
-            "a sequence that is not",
-            "sort the grid and remove duplicates",
+            "non-decreasing",
+            "a decreasing step",
+            "sort the grid (repeated candidates are allowed and merged)",
         )
     return cands
+
+
+def _distinct(cands: list[float]) -> tuple[list[float], list[int]]:
+    """The distinct candidates of a non-decreasing grid and the index of the first of each.
+
+    A grid built between equal bounds (``median(5)`` with bounds [5, 5]) or with a step
+    below the float resolution repeats values; equal candidates have equal counts and
+    scores, so the mechanism runs on the distinct ones.
+    """
+    first = [i for i, c in enumerate(cands) if i == 0 or c != cands[i - 1]]
+    return [cands[i] for i in first], first
 
 
 def _opendp_failed(what: str, exc: Exception, *, show: bool) -> DPError:
@@ -334,13 +370,36 @@ def rho_to_epsilon(rho: float, delta: float) -> float:
     if not math.isfinite(rho) or rho <= 0:
         raise _invalid("rho", "a finite number > 0", _describe(rho), "rho is a zCDP cost")
     delta = _check_delta(delta, positive=True)
+    if rho > _MAX_RHO:
+        raise _invalid(
+            "rho",
+            f"at most {_MAX_RHO:g} for a conversion",
+            _describe(rho),
+            "such a rho gives no meaningful privacy; compose uses basic composition then",
+        )
+    try:
+        return _rho_to_epsilon(rho, delta)
+    except (dp.OpenDPException, ValueError, OverflowError) as exc:
+        raise _opendp_failed("convert rho to (epsilon, delta)", exc, show=True) from exc
+
+
+@lru_cache(maxsize=4096)
+def _rho_to_epsilon(rho: float, delta: float) -> float:
     gauss = dp.m.make_gaussian(
         dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float), scale=1.0
     )
     d_in = math.sqrt(2.0 * rho)  # rho = d_in^2 / (2 scale^2) with scale 1
-    while gauss.map(d_in) < rho:
+    for _ in range(64):  # one or two steps in practice
+        if gauss.map(d_in) >= rho:
+            break
         d_in = math.nextafter(d_in, math.inf)
+    else:
+        raise ValueError("no Gaussian map reaches rho")
     profile = dp.c.make_zCDP_to_approxDP(gauss).map(d_in)
+    # OpenDP's epsilon(delta) searches down to 0 when the answer is 0 (tens of ms);
+    # its own profile says so directly when delta(0) already fits.
+    if float(profile.delta(0.0)) <= delta:
+        return 0.0
     return float(profile.epsilon(delta))
 
 
@@ -376,7 +435,9 @@ def compose(costs: Iterable[Cost]) -> Cost:
     g_eps_basic = math.fsum(_f(c.zcdp_epsilon) for c in items)
     g_eps = g_eps_basic
     if g_delta > 0:
-        g_eps = min(g_eps_basic, rho_to_epsilon(rho, g_delta))
+        # OpenDP overflows for a huge rho: the basic composition is still valid then.
+        with contextlib.suppress(DPError):
+            g_eps = min(g_eps_basic, rho_to_epsilon(rho, g_delta))
     return Cost(
         epsilon=max(pure_eps, 0.0) + g_eps,
         delta=max(pure_delta, 0.0) + g_delta,
@@ -454,28 +515,22 @@ class Mechanism:
             )
 
     def ci_halfwidth(self, confidence: float = 0.95) -> float:
-        """Half-width of the two-sided ``confidence`` interval of one noisy value.
+        """Half-width h of the two-sided ``confidence`` interval of one noisy value.
 
-        Computed by OpenDP's accuracy helpers from the scale only; no budget is spent.
-        For integer mechanisms it is the largest integer error covered (floor).
+        ``P[|noise| <= h] >= confidence``, from the scale only; no budget is spent, and
+        the time does not depend on the scale. Laplace, discrete Laplace and Gaussian use
+        OpenDP's accuracy helpers (closed forms); for integer mechanisms h is an integer.
+        The discrete Gaussian uses the bound of :func:`_discrete_gaussian_halfwidth`
+        (OpenDP's helper sums the pmf and takes time linear in the scale: 40 minutes at
+        a scale of 1e10).
         """
         conf = _check_confidence(confidence)
-        alpha = 1.0 - conf
         if self.kind == "exponential":
             raise MechanismMismatchError(
                 "a quantile (exponential mechanism) has no per-value confidence interval",
                 "report the candidate grid step and the planned epsilon instead",
             )
-        if self.kind == "discrete_laplace":
-            acc = dp.discrete_laplacian_scale_to_accuracy(self.scale, alpha)
-        elif self.kind == "laplace":
-            acc = dp.laplacian_scale_to_accuracy(self.scale, alpha)
-        elif self.integer:  # discrete Gaussian
-            acc = dp.discrete_gaussian_scale_to_accuracy(self.scale, alpha)
-        else:
-            acc = dp.gaussian_scale_to_accuracy(self.scale, alpha)
-        acc = float(acc)
-        return float(math.floor(acc)) if self.integer else acc
+        return _ci_halfwidth(self.kind, self.integer, self.scale, 1.0 - conf)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able description for release metadata and ``explain`` output."""
@@ -496,6 +551,47 @@ class Mechanism:
         return out
 
 
+def _normal_quantile(alpha: float) -> float:
+    """z with 2 * Q(z) = alpha (Q the standard normal upper tail), accurate for tiny alpha."""
+    return -statistics.NormalDist().inv_cdf(alpha / 2.0)
+
+
+def _discrete_gaussian_halfwidth(scale: float, alpha: float) -> float:
+    """Integer h with P[|X| > h] <= alpha for the discrete Gaussian X of this scale.
+
+    h = ceil(scale * z) with 2 Q(z) = alpha: the continuous Gaussian's half-width rounded
+    up (plus a relative margin of 1e-12 for the float error of z and of the product).
+    Proof, with s = scale and w(j) = exp(-j^2 / (2 s^2)): X has P(j) = w(j) / W with
+    W = sum over all integers of w(j) = s sqrt(2 pi) * sum_m exp(-2 pi^2 s^2 m^2) >= s
+    sqrt(2 pi) (Poisson summation, every term positive). For an integer k >= 1, w is
+    decreasing on [0, inf), so w(j) <= integral of w over [j - 1, j] and
+    P[X >= k] <= (integral of w over [k - 1, inf)) / (s sqrt(2 pi)) = Q((k - 1) / s).
+    By symmetry P[|X| > h] = P[|X| >= h + 1] <= 2 Q(h / s) <= 2 Q(z) = alpha as h >= s z.
+    The bound is never below the exact quantile and at most one above it (checked
+    against exact sums in tests/test_dp.py).
+    """
+    half = scale * _normal_quantile(alpha) * (1.0 + 1e-12)
+    return float(math.ceil(half)) if math.isfinite(half) else math.inf
+
+
+@lru_cache(maxsize=4096)
+def _ci_halfwidth(kind: str, integer: bool, scale: float, alpha: float) -> float:
+    if kind == "gaussian" and integer:
+        return _discrete_gaussian_halfwidth(scale, alpha)
+    if kind == "gaussian":
+        acc = float(dp.gaussian_scale_to_accuracy(scale, alpha))
+    elif kind == "laplace":
+        acc = float(dp.laplacian_scale_to_accuracy(scale, alpha))
+    else:  # discrete Laplace: alpha = P[|X| >= acc], so floor(acc) covers (OpenDP's docs)
+        acc = float(dp.discrete_laplacian_scale_to_accuracy(scale, alpha))
+        if math.isnan(acc):  # never seen; the closed form P[|X| > h] = 2 p^(h+1) / (1 + p)
+            p = math.exp(-1.0 / scale)
+            acc = scale * math.log(2.0 / (alpha * (1.0 + p)))
+        # A tiny scale underflows OpenDP's formula to -inf: no error beyond 0 is likely.
+        return float(max(math.floor(acc), 0)) if math.isfinite(acc) else max(acc, 0.0)
+    return acc if math.isfinite(acc) else math.inf
+
+
 def _search_scale(make: Callable[[float], Any], d_in: Any, d_out: Any, what: str) -> float:
     """Smallest scale whose privacy map at d_in fits d_out (OpenDP's binary search)."""
     try:
@@ -504,7 +600,9 @@ def _search_scale(make: Callable[[float], Any], d_in: Any, d_out: Any, what: str
         raise _opendp_failed(f"calibrate the {what} scale", exc, show=True) from exc
 
 
+@lru_cache(maxsize=8)
 def _vector_space(integer: bool, l2: bool) -> tuple[Any, Any]:
+    """OpenDP domain and metric (immutable, so built once)."""
     domain = dp.vector_domain(
         dp.atom_domain(T="i64") if integer else dp.atom_domain(T=float, nan=False)
     )
@@ -553,13 +651,28 @@ def _planned(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _check_scale(scale: float, what: str) -> float:
+    """Refuse (before asking OpenDP) a noise scale that overflows the float range."""
+    if not (math.isfinite(scale) and 0 < scale <= 1e300):
+        raise _invalid(
+            f"the {what} noise scale",
+            "a finite float (sensitivity / epsilon at most 1e300)",
+            "an overflow",
+            "use a larger epsilon or a smaller sensitivity (coarser fixed-point scale)",
+        )
+    return scale
+
+
 def _laplace_scale(sens: float, eps: float, integer: bool) -> float:
     """sensitivity / epsilon, nudged up until OpenDP's map accepts it (else a search)."""
-    scale = sens / eps
-    for _ in range(8):
-        if float(_laplace_measurement(scale, integer).map(sens)) <= eps:
-            return scale
-        scale = math.nextafter(scale, math.inf)
+    scale = _check_scale(sens / eps, "Laplace")
+    try:
+        for _ in range(8):
+            if float(_laplace_measurement(scale, integer).map(sens)) <= eps:
+                return scale
+            scale = math.nextafter(scale, math.inf)
+    except dp.OpenDPException as exc:
+        raise _opendp_failed("calibrate the Laplace scale", exc, show=True) from exc
     return _search_scale(lambda s: _laplace_measurement(s, integer), sens, eps, "Laplace")
 
 
@@ -570,13 +683,17 @@ def plan_laplace(epsilon: float, sensitivity: float, integer: bool) -> Mechanism
     ``integer=True`` gives the discrete Laplace over int64 (counts, fixed-point sums; no
     float leaks); otherwise the continuous Laplace over float64. The scale is the
     smallest one OpenDP's map accepts (``sensitivity / epsilon`` up to round-off) and the
-    cost is ``measurement.map(sensitivity)``.
+    cost is ``measurement.map(sensitivity)``. Integer mechanisms are planned with a
+    sensitivity of at least one unit, so ``sensitivity=0`` (e.g. ``sum(0)``) is accepted.
     """
     eps = _check_epsilon(epsilon)
-    sens = _check_sensitivity(sensitivity)
     integer = _check_integer(integer)
+    sens = _check_sensitivity(sensitivity, integer=integer)
     scale = _laplace_scale(sens, eps, integer)
-    spent = float(_laplace_measurement(scale, integer).map(sens))
+    try:
+        spent = float(_laplace_measurement(scale, integer).map(sens))
+    except dp.OpenDPException as exc:
+        raise _opendp_failed("calibrate the Laplace scale", exc, show=True) from exc
     _assert_fits(spent, eps, "epsilon")
     return Mechanism(
         kind="discrete_laplace" if integer else "laplace",
@@ -594,6 +711,147 @@ def _approx_gaussian(scale: float, integer: bool, delta: float) -> Any:
     )
 
 
+def _gaussian_delta_at(scale: float, integer: bool, epsilon: float) -> float:
+    """OpenDP's delta at ``epsilon`` of the Gaussian of this scale at sensitivity 1.
+
+    ``profile.delta(eps)`` is a closed form in OpenDP (0.1 ms) while the (eps, delta)
+    map inverts it by a search (2 ms or more), so the calibration searches with this one.
+    """
+    if not 0.5 / (scale * scale) <= _MAX_RHO:  # too large for OpenDP: treated as not
+        return math.inf  # fitting, so the search settles on a larger (sound) scale
+    try:
+        profile = dp.c.make_zCDP_to_approxDP(_gaussian_measurement(scale, integer)).map(1.0)
+        return float(profile.delta(epsilon))
+    except (dp.OpenDPException, OverflowError):
+        return math.inf
+
+
+def _bracket(
+    gap: Callable[[float], float], x: float, step: float
+) -> tuple[float, float, float, float]:
+    """(lo, gap(lo), hi, gap(hi)) with gap(lo) > 0 >= gap(hi) and lo < hi, for a gap that
+    decreases in x: galloping from x with steps that double (O(log) evaluations)."""
+    g = gap(x)
+    for _ in range(64):
+        nxt = x + step if g > 0 else x - step
+        g_nxt = gap(nxt)
+        if (g > 0) != (g_nxt > 0):
+            return (x, g, nxt, g_nxt) if g > 0 else (nxt, g_nxt, x, g)
+        x, g, step = nxt, g_nxt, step * 2.0
+    raise ValueError("no sign change of the calibration gap")
+
+
+def _illinois(
+    gap: Callable[[float], float],
+    ends: tuple[float, float, float, float],
+    *,
+    tol: float,
+    gap_tol: float,
+) -> tuple[float, float]:
+    """Shrink a bracket (gap(lo) > 0 >= gap(hi)) by regula falsi with the Illinois rule.
+
+    Returns (hi, gap(hi)): the end that fits, within ``tol`` of the boundary or with
+    ``-gap_tol <= gap(hi) <= 0``. Each step stays at least ``tol`` inside the bracket, so
+    an end that already sits on the boundary is passed in one step; at most 200 steps.
+    """
+    lo, g_lo, hi, g_hi = ends
+    w_lo, w_hi, side = g_lo, g_hi, 0  # weights of the ends for the interpolation
+    for _ in range(200):
+        if hi - lo <= 2.0 * tol or -gap_tol <= g_hi <= 0:
+            break
+        mid = (lo + hi) / 2.0
+        if math.isfinite(w_hi) and math.isfinite(w_lo) and w_hi != w_lo:
+            interp = hi - w_hi * (hi - lo) / (w_hi - w_lo)
+            if math.isfinite(interp):
+                mid = min(max(interp, lo + tol), hi - tol)
+        g_mid = gap(mid)
+        if g_mid > 0:
+            lo, g_lo, w_lo = mid, g_mid, g_mid
+            if side == -1:
+                w_hi /= 2.0  # Illinois: the end kept twice in a row gets half the weight
+            side = -1
+        else:
+            hi, g_hi, w_hi = mid, g_mid, g_mid
+            if side == 1:
+                w_lo /= 2.0
+            side = 1
+    return hi, g_hi
+
+
+def _cks_log_delta(rho: float, eps: float) -> float:
+    """ln(delta) of OpenDP's zCDP -> (eps, delta) conversion, modelled in floats.
+
+    The conversion of Canonne, Kamath and Steinke (2020) that OpenDP implements:
+    delta = min over a > 1 of exp((a - 1)(a rho - eps) + a ln(1 - 1/a)) / (a - 1), the
+    optimal a found by bisection of the derivative (2a - 1) rho - eps + ln(1 - 1/a) on
+    [1.01, (eps + 1) / (2 rho) + 2]. Used only to *guess* a scale, which OpenDP's own
+    map then confirms; it never decides a cost.
+    """
+    a_lo, a_hi = 1.01, (eps + 1.0) / (2.0 * rho) + 2.0
+    for _ in range(256):
+        a = a_lo + (a_hi - a_lo) / 2.0
+        if a in (a_lo, a_hi):
+            break
+        if (2.0 * a - 1.0) * rho - eps + math.log1p(-1.0 / a) < 0:
+            a_lo = a
+        else:
+            a_hi = a
+    a = a_lo + (a_hi - a_lo) / 2.0
+    return min((a - 1.0) * (a * rho - eps) + a * math.log1p(-1.0 / a) - math.log(a - 1.0), 0.0)
+
+
+def _gaussian_unit_guess(eps: float, delta: float) -> float:
+    """ln(scale) at sensitivity 1 where the model :func:`_cks_log_delta` reaches delta.
+
+    Starts from the classical conversion eps = rho + 2 sqrt(rho ln(1/delta)), which is
+    looser than CKS, so its rho gives a scale that fits."""
+    log_delta = math.log(delta)
+
+    def gap(x: float) -> float:  # x = ln(scale), rho = e^(-2x) / 2
+        return _cks_log_delta(math.exp(-2.0 * x) / 2.0, eps) - log_delta
+
+    big_l = -log_delta
+    rho_c = (eps / (math.sqrt(big_l + eps) + math.sqrt(big_l))) ** 2
+    ends = _bracket(gap, -0.5 * math.log(2.0 * rho_c), math.log(2.0))
+    return _illinois(gap, ends, tol=1e-14, gap_tol=1e-13)[0]
+
+
+@lru_cache(maxsize=1024)
+def _gaussian_unit_scale(eps: float, delta: float, integer: bool) -> float:
+    """A scale s, minimal to 1e-8 relative, whose OpenDP delta at ``eps`` (sensitivity 1)
+    is at most ``delta``: OpenDP's (eps, delta) map at s then fits (up to round-off,
+    which :func:`plan_gaussian` checks and nudges).
+
+    The guess comes from a float model of OpenDP's conversion (:func:`_cks_log_delta`,
+    about 0.5 ms) and is confirmed by two OpenDP evaluations: the guess plus 1e-11 fits
+    and the guess minus 1e-8 (relative) does not. If the model ever disagrees with
+    OpenDP, the bracket is completed by galloping and shrunk by regula falsi with
+    OpenDP's own ``delta``: about ten evaluations instead of the ~60 evaluations of the
+    2 ms (eps, delta) map that OpenDP's binary search needs. Bounded for any input.
+    """
+    log_delta = math.log(delta)
+
+    def gap(x: float) -> float:  # > 0: does not fit, <= 0: fits (x = ln(scale))
+        d = _gaussian_delta_at(math.exp(x), integer, eps)
+        return math.log(d) - log_delta if d > 0 else -math.inf
+
+    try:
+        guess = _gaussian_unit_guess(eps, delta)
+    except (ValueError, OverflowError, ZeroDivisionError):
+        guess = -0.5 * math.log(2.0 * eps)  # any start: the bracket gallops from it
+    hi = guess + 1e-11
+    g_hi = gap(hi)
+    if g_hi <= 0:
+        lo = guess - 1e-8
+        g_lo = gap(lo)
+        if g_lo > 0:
+            return math.exp(hi)
+        ends = _bracket(gap, lo, 1e-8)
+    else:
+        ends = _bracket(gap, hi, 1e-8)
+    return math.exp(_illinois(gap, ends, tol=1e-12, gap_tol=1e-9)[0])
+
+
 @_planned
 def plan_gaussian(epsilon: float, delta: float, sensitivity_l2: float, integer: bool) -> Mechanism:
     """Plan Gaussian noise for a vector with L2 ``sensitivity_l2`` at (epsilon, delta).
@@ -601,24 +859,35 @@ def plan_gaussian(epsilon: float, delta: float, sensitivity_l2: float, integer: 
     Calibrated through zCDP: the Gaussian's rho = sensitivity^2 / (2 scale^2) is converted
     to (epsilon, delta) with OpenDP's ``make_zCDP_to_approxDP``; the scale is the smallest
     whose converted epsilon at ``delta`` fits. The cost carries rho (for composition) and
-    the converted (epsilon, delta). ``integer=True`` uses the discrete Gaussian.
+    the converted (epsilon, delta). ``integer=True`` uses the discrete Gaussian, with a
+    sensitivity of at least one unit (``sensitivity_l2=0`` is accepted).
+
+    The converted cost depends on rho = (sensitivity / scale)^2 / 2 only, so the scale is
+    calibrated once per (epsilon, delta, integer) at sensitivity 1 (cached; see
+    :func:`_gaussian_unit_scale`) and multiplied by the sensitivity; a few ulps are then
+    added until OpenDP's rho at the real sensitivity is at most the calibrated one.
     """
     eps = _check_epsilon(epsilon)
     delta = _check_delta(delta, positive=True)
-    sens = _check_sensitivity(sensitivity_l2, name="sensitivity_l2")
     integer = _check_integer(integer)
-    # The Gaussian's cost depends on sensitivity / scale only: calibrate at sensitivity 1
-    # (large sensitivities overflow OpenDP's search) and scale up, then check the map.
-    unit = _search_scale(
-        lambda s: _approx_gaussian(s, integer, delta), 1.0, (eps, delta), "Gaussian"
-    )
-    scale = unit * sens
-    for _ in range(8):
-        if float(_approx_gaussian(scale, integer, delta).map(sens)[0]) <= eps:
-            break
-        scale = math.nextafter(scale, math.inf)
-    rho = float(_gaussian_measurement(scale, integer).map(sens))
-    spent_eps, spent_delta = _approx_gaussian(scale, integer, delta).map(sens)
+    sens = _check_sensitivity(sensitivity_l2, name="sensitivity_l2", integer=integer)
+    try:
+        unit = _gaussian_unit_scale(eps, delta, integer)
+        unit_rho = float(_gaussian_measurement(unit, integer).map(1.0))
+        scale = _check_scale(unit * sens, "Gaussian")
+        for i in range(64):
+            rho = float(_gaussian_measurement(scale, integer).map(sens))
+            if rho > unit_rho:  # round-off of unit * sens: a few ulps
+                scale = math.nextafter(scale, math.inf) if i < 8 else scale * (1 + 2**-40)
+                continue
+            spent_eps, spent_delta = _approx_gaussian(scale, integer, delta).map(sens)
+            if spent_eps <= eps:  # OpenDP's map is the cost (2 ms; once in practice)
+                break
+            scale *= 1 + 1e-12
+        else:
+            raise ValueError("no scale near the calibrated one fits OpenDP's map")
+    except (dp.OpenDPException, ValueError, TypeError, OverflowError) as exc:
+        raise _opendp_failed("calibrate the Gaussian scale", exc, show=True) from exc
     _assert_fits(float(spent_eps), eps, "epsilon")
     return Mechanism(
         kind="gaussian",
@@ -656,9 +925,20 @@ def _check_plan_cost(mech: Mechanism, now: float) -> None:
         )
 
 
-def _int_values(values: Iterable[Any], name: str) -> list[int]:
+def _int_data(values: Iterable[Any], name: str, *, clip: bool) -> list[int]:
+    """Integers computed by the gate (counts, fixed-point sums), never refused for a value.
+
+    ``None`` (SQL NULL, e.g. the sum of an empty group) is 0; Python ints of any size are
+    accepted (DuckDB's HUGEINT sums arrive as Python ints) and, with ``clip``, clipped to
+    [-2**62, 2**62]. Only the *type* of an element is refused (a float or a bool for an
+    integer mechanism): it is fixed by the query, not by the rows, so it is a caller bug
+    and never a signal about the data. Messages never contain values.
+    """
     out = []
     for i, v in enumerate(values):
+        if v is None:
+            out.append(0)
+            continue
         if isinstance(v, bool):
             raise _invalid(f"{name}[{i}]", "an integer", "a bool", "pass counts as int")
         try:
@@ -670,36 +950,45 @@ def _int_values(values: Iterable[Any], name: str) -> list[int]:
                 f"a value of type {type(v).__name__}",
                 "compute counts and fixed-point sums as integers, or plan with integer=False",
             ) from None
-        if abs(number) > _INT_LIMIT:
-            raise _invalid(
-                f"{name}[{i}]",
-                "within +/- 2**62",
-                "a value outside",
-                "use a coarser fixed-point scale for the sum",
-            )
-        out.append(number)
+        out.append(min(max(number, -_INT_LIMIT), _INT_LIMIT) if clip else number)
     return out
 
 
-def _float_values(values: Iterable[Any], name: str) -> list[float]:
+def _clip_float(value: Any) -> float:
+    """The finite float released for ``value``: NaN (and None) -> 0, otherwise clipped
+    to [-2**62, 2**62] (so +inf -> 2**62 and -inf -> -2**62). Deterministic."""
+    if isinstance(value, numbers.Integral):  # exact for ints of any size
+        return float(min(max(int(value), -_INT_LIMIT), _INT_LIMIT))
+    try:
+        number = float(value)
+    except OverflowError:  # e.g. a huge Fraction
+        return _FLOAT_LIMIT if value > 0 else -_FLOAT_LIMIT
+    except ValueError:  # Decimal('sNaN')
+        return 0.0
+    if math.isnan(number):
+        return 0.0
+    return min(max(number, -_FLOAT_LIMIT), _FLOAT_LIMIT)
+
+
+def _float_data(values: Iterable[Any], name: str) -> list[float]:
+    """Floats for a float mechanism, never refused for a value (see :func:`_clip_float`).
+
+    Ints, floats, numpy scalars, Decimals and Fractions are accepted, ``None`` is 0;
+    only another type (str, bool, ...) is refused, whatever its value.
+    """
     out = []
     for i, v in enumerate(values):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        if v is None:
+            out.append(0.0)
+            continue
+        if isinstance(v, bool) or not isinstance(v, numbers.Real | decimal.Decimal):
             raise _invalid(
                 f"{name}[{i}]",
                 "a real number",
                 f"a value of type {type(v).__name__}",
                 "pass the aggregates as ints or floats",
             )
-        number = float(v)
-        if not math.isfinite(number):
-            raise _invalid(
-                f"{name}[{i}]",
-                "finite",
-                "a non-finite value",
-                "clamp measures before aggregating; an empty group must be handled before DP",
-            )
-        out.append(number)
+        out.append(_clip_float(v))
     return out
 
 
@@ -709,6 +998,14 @@ def release(mech: Mechanism, values: Sequence[int] | Sequence[float]) -> list:
     Integer mechanisms take and return ints (refusing floats rather than rounding them);
     float mechanisms return floats. The caller must have bounded the sensitivity of the
     whole vector by ``mech.sensitivity`` (L1 for Laplace kinds, L2 for Gaussian).
+
+    Never raises on a data value: each value is clipped to [-2**62, 2**62] *before* the
+    noise is added (Python ints of any size are accepted), ``None`` counts as 0, and for
+    float mechanisms NaN is 0 and +/-inf is +/-2**62. Clipping each coordinate is
+    1-Lipschitz (|clip(a) - clip(b)| <= |a - b|), so the clipped vector has at most the
+    L1 and L2 sensitivity of the exact one and the planned cost still holds. Errors are
+    raised only for the mechanism and for the *type* of a value (fixed by the query, the
+    same for every dataset), and before any noise is drawn.
     """
     if not isinstance(mech, Mechanism) or mech.kind == "exponential" or mech.threshold is not None:
         raise MechanismMismatchError(
@@ -716,7 +1013,7 @@ def release(mech: Mechanism, values: Sequence[int] | Sequence[float]) -> list:
             "use release_quantile for quantiles and release_threshold for private keys",
         )
     data: list[Any] = (
-        _int_values(values, "values") if mech.integer else _float_values(values, "values")
+        _int_data(values, "values", clip=True) if mech.integer else _float_data(values, "values")
     )
     if not data:
         return []
@@ -732,7 +1029,9 @@ def release(mech: Mechanism, values: Sequence[int] | Sequence[float]) -> list:
 # --------------------------------------------------------------------------- thresholds
 
 
+@lru_cache(maxsize=1)
 def _threshold_space() -> tuple[Any, Any]:
+    """OpenDP domain and metric of private-key counts (immutable, so built once)."""
     domain = dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T="i64"))
     metric = dp.l01inf_distance(dp.absolute_distance(T="i64"))
     return domain, metric
@@ -755,8 +1054,94 @@ def _threshold_cost(
     epsilon part does not depend on the threshold.
     """
     eps, _ = _threshold_measurement(scale, threshold).map(d_in)
-    _, delta = _threshold_measurement(scale, threshold - 1).map(d_in)
-    return float(eps), float(delta)
+    return float(eps), _threshold_delta(scale, threshold, d_in)
+
+
+def _threshold_delta(scale: float, threshold: int, d_in: tuple[int, int, int]) -> float:
+    """The delta part of :func:`_threshold_cost` (OpenDP's map one threshold lower)."""
+    return float(_threshold_measurement(scale, threshold - 1).map(d_in)[1])
+
+
+def _threshold_scale(eps: float, d_in: tuple[int, int, int]) -> float:
+    """Smallest scale whose threshold-map epsilon fits: l1 / eps up to a few ulps."""
+    scale = _check_scale(d_in[1] / eps, "threshold")
+    for _ in range(8):
+        if _threshold_measurement(scale, _INT_LIMIT).map(d_in)[0] <= eps:
+            return scale
+        scale = math.nextafter(scale, math.inf)
+    return float(
+        dp.binary_search(
+            lambda s: _threshold_measurement(s, _INT_LIMIT).map(d_in)[0] <= eps,
+            bounds=(0.0, 4.0 * d_in[1] / eps),
+            T=float,
+        )
+    )
+
+
+def _smallest_threshold(scale: float, delta: float, d_in: tuple[int, int, int]) -> int:
+    """Smallest integer threshold T > linf whose delta (:func:`_threshold_delta`) fits.
+
+    Starts from the closed form (docs/dp.md): one key passes with p = e^(-(T - linf)/b)
+    / (1 + e^(-1/b)) and delta = 1 - (1 - p)^l0. OpenDP's map can differ from it by a
+    fraction of b (it loses precision for small delta), so the guess is bracketed by
+    galloping (steps from b/16, doubling) and the bracket shrunk by regula falsi on
+    ln(delta), which is nearly linear in T, with a bisection step whenever a step
+    does not halve the bracket: O(log) map evaluations for any scale and delta.
+    """
+    l0, _, linf = d_in
+    low, high = linf + 1, _INT_LIMIT
+    log_target = math.log(delta)
+
+    def gap(t: int) -> float:  # > 0: does not fit, <= 0: fits; decreasing in t
+        d = _threshold_delta(scale, t, d_in)
+        return math.log(d) - log_target if d > 0 else -math.inf
+
+    p_single = -math.expm1(math.log1p(-delta) / l0)  # 1 - (1 - delta)^(1/l0)
+    guess = linf + scale * (-math.log(p_single) - math.log1p(math.exp(-1.0 / scale)))
+    t = int(min(max(math.ceil(guess), low), high)) if math.isfinite(guess) else high
+    g = gap(t)
+    step = max(1, int(scale / 16))
+    if g <= 0:  # gallop down to a threshold that does not fit (or to low)
+        hi, g_hi = t, g
+        while True:
+            if hi == low:
+                return low
+            lo = max(hi - step, low)
+            g_lo = gap(lo)
+            if g_lo > 0:
+                break
+            hi, g_hi, step = lo, g_lo, step * 2
+    else:  # gallop up to a threshold that fits
+        lo, g_lo = t, g
+        while True:
+            if lo >= high:
+                raise ValueError("no threshold up to 2**62 fits delta")
+            hi = min(lo + step, high)
+            g_hi = gap(hi)
+            if g_hi <= 0:
+                break
+            lo, g_lo, step = hi, g_hi, step * 2
+    w_lo, w_hi, side, bisect = g_lo, g_hi, 0, False
+    while hi - lo > 1:  # lo does not fit, hi fits
+        width = hi - lo
+        mid = lo + width // 2
+        if not bisect and math.isfinite(w_lo) and math.isfinite(w_hi) and w_hi != w_lo:
+            interp = hi - w_hi * width / (w_hi - w_lo)
+            if math.isfinite(interp):
+                mid = min(max(round(interp), lo + 1), hi - 1)
+        g_mid = gap(mid)
+        if g_mid > 0:
+            lo, g_lo, w_lo = mid, g_mid, g_mid
+            if side == -1:
+                w_hi /= 2.0
+            side = -1
+        else:
+            hi, g_hi, w_hi = mid, g_mid, g_mid
+            if side == 1:
+                w_lo /= 2.0
+            side = 1
+        bisect = not bisect and 2 * (hi - lo) > width  # no halving: bisect next time
+    return hi
 
 
 @_planned
@@ -778,25 +1163,12 @@ def plan_threshold(
     linf = _check_positive_int(sensitivity, "sensitivity")
     l0 = _check_positive_int(max_groups_per_unit, "max_groups_per_unit")
     d_in = (l0, l0 * linf, linf)
-    big = 2**62
     try:
-        # The epsilon of the map does not depend on the threshold: search the scale alone.
-        scale = float(
-            dp.binary_search(
-                lambda s: _threshold_measurement(s, big).map(d_in)[0] <= eps,
-                bounds=(0.0, 4.0 * d_in[1] / eps),
-                T=float,
-            )
-        )
-        threshold = int(
-            dp.binary_search(
-                lambda t: _threshold_cost(scale, t, d_in)[1] <= delta,
-                bounds=(linf + 1, big),
-                T="i64",
-            )
-        )
+        # The epsilon of the map does not depend on the threshold: fit the scale alone.
+        scale = _threshold_scale(eps, d_in)
+        threshold = _smallest_threshold(scale, delta, d_in)
         spent_eps, spent_delta = _threshold_cost(scale, threshold, d_in)
-    except (dp.OpenDPException, ValueError, TypeError) as exc:
+    except (dp.OpenDPException, ValueError, TypeError, OverflowError) as exc:
         raise _opendp_failed("calibrate the threshold", exc, show=True) from exc
     _assert_fits(float(spent_eps), eps, "epsilon")
     _assert_fits(float(spent_delta), delta, "delta")
@@ -816,6 +1188,8 @@ def release_threshold(mech: Mechanism, threshold: int, counts: Mapping[str, int]
     """Noisy counts of the keys whose noisy count is >= ``threshold``; others are dropped.
 
     ``threshold`` must be at least the planned one (a lower threshold would break delta).
+    Never raises on a count: ``None`` is 0 and counts are clipped to [-2**62, 2**62]
+    before the noise (1-Lipschitz, as in :func:`release`); keys must be strings.
     """
     if not isinstance(mech, Mechanism) or mech.threshold is None:
         raise MechanismMismatchError(
@@ -838,7 +1212,7 @@ def release_threshold(mech: Mechanism, threshold: int, counts: Mapping[str, int]
             raise _invalid(
                 f"counts key #{i}", "a str", f"a {type(key).__name__}", "encode keys as strings"
             )
-    values = _int_values((counts[k] for k in keys), "counts")
+    values = _int_data((counts[k] for k in keys), "counts", clip=True)
     if not keys:
         return {}
     meas = _threshold_measurement(mech.scale, threshold)
@@ -881,6 +1255,55 @@ def _quantile_constants(alpha: float) -> tuple[int, int]:
     return num, num + den_minus_num
 
 
+def _read_counts(
+    k: int, counts_below: Any, counts_above: Any, n: Any
+) -> tuple[list[int], list[int] | None, int | None]:
+    """Per-candidate counts as ints (``None`` entries are 0), checking types and lengths
+    only: those are fixed by the query and the grid, never by the rows."""
+    below = _int_data(counts_below, "counts_below", clip=False)
+    if len(below) != k:
+        raise _invalid(
+            "counts_below",
+            f"of length {k} (one per candidate)",
+            f"length {len(below)}",
+            "compute count(x < c) for every candidate, in candidate order",
+        )
+    above = None
+    if counts_above is not None:
+        above = _int_data(counts_above, "counts_above", clip=False)
+        if len(above) != k:
+            raise _invalid(
+                "counts_above",
+                f"of length {k} (one per candidate)",
+                f"length {len(above)}",
+                "compute count(x > c) for every candidate, in candidate order",
+            )
+    if n is not None:
+        if isinstance(n, bool):
+            raise _invalid("n", "an integer >= 0", "a bool", "pass the row count")
+        try:
+            n = operator.index(n)
+        except TypeError:
+            raise _invalid("n", "an integer >= 0", _describe(n), "pass the row count") from None
+    elif above is None:
+        raise _invalid(
+            "n",
+            "given when counts_above is not",
+            "None",
+            "pass the total row count n, or the per-candidate counts above",
+        )
+    return below, above, n
+
+
+def _scores(alpha: float, below: list[int], above: list[int]) -> list[int]:
+    num, den = _quantile_constants(alpha)
+    size_limit = (2**64 - 1) // den
+    return [
+        abs((den - num) * min(lt, size_limit) - num * min(gt, size_limit))
+        for lt, gt in zip(below, above, strict=True)
+    ]
+
+
 def quantile_scores(
     candidates: Sequence[float],
     alpha: float,
@@ -894,45 +1317,53 @@ def quantile_scores(
     ``alpha = num / den`` (lower is better). Without ``counts_above``, ``#(x > c)`` is taken
     as ``n - #(x < c)`` (ties counted above): identical to OpenDP when no row equals a
     candidate exactly, and with the same sensitivity otherwise.
+
+    This helper checks that the counts are consistent and raises otherwise;
+    :func:`release_quantile` instead repairs them (:func:`_repair_counts`), so that a
+    release never raises on data.
     """
     cands = _check_candidates(candidates)
     alpha = _check_alpha(alpha)
-    k = len(cands)
-    below = _int_values(counts_below, "counts_below")
-    if len(below) != k:
-        raise _invalid(
-            "counts_below",
-            f"of length {k} (one per candidate)",
-            f"length {len(below)}",
-            "compute count(x < c) for every candidate, in candidate order",
-        )
+    below, above, n = _read_counts(len(cands), counts_below, counts_above, n)
     if n is not None:
         n = _check_count(n, "n")
-    if counts_above is None:
-        if n is None:
-            raise _invalid(
-                "n",
-                "given when counts_above is not",
-                "None",
-                "pass the total row count n, or the per-candidate counts above",
-            )
+    if above is None:
+        assert n is not None
         above = [n - b for b in below]
-    else:
-        above = _int_values(counts_above, "counts_above")
-        if len(above) != k:
-            raise _invalid(
-                "counts_above",
-                f"of length {k} (one per candidate)",
-                f"length {len(above)}",
-                "compute count(x > c) for every candidate, in candidate order",
-            )
     _check_cumulative(below, above, n)
-    num, den = _quantile_constants(alpha)
-    size_limit = (2**64 - 1) // den
-    return [
-        abs((den - num) * min(lt, size_limit) - num * min(gt, size_limit))
-        for lt, gt in zip(below, above, strict=True)
-    ]
+    return _scores(alpha, below, above)
+
+
+def _repair_counts(
+    below: list[int], above: list[int] | None, n: int | None
+) -> tuple[list[int], list[int]]:
+    """Make per-candidate counts consistent, deterministically; the identity on counts of
+    a real dataset (0 <= lt, gt; lt + gt <= n; lt non-decreasing, gt non-increasing).
+
+    lt_j becomes the running maximum of max(lt, 0), capped at n; gt_j the running minimum
+    of max(gt, 0), capped at n - lt_j (or n - lt_j itself without ``counts_above``). The
+    gate computes the counts in one query, so a repair means a bug upstream; repairing
+    instead of raising keeps a release from failing on the data.
+    """
+    cap = None if n is None else max(n, 0)
+    lows: list[int] = []
+    run = 0
+    for lt in below:
+        run = max(run, lt)
+        if cap is not None:
+            run = min(run, cap)
+        lows.append(run)
+    if above is None:
+        assert cap is not None
+        return lows, [cap - lt for lt in lows]
+    highs: list[int] = []
+    top: int | None = None
+    for lt, gt in zip(lows, above, strict=True):
+        top = max(gt, 0) if top is None else min(top, max(gt, 0))
+        if cap is not None:
+            top = min(top, cap - lt)
+        highs.append(top)
+    return lows, highs
 
 
 def _check_count(value: Any, name: str) -> int:
@@ -974,6 +1405,25 @@ def _noisy_max(scale: float) -> Any:
     )
 
 
+@lru_cache(maxsize=1024)
+def _score_sensitivity(alpha: float, rows: int) -> int:
+    """OpenDP's stability map of the quantile score at ``rows`` rows per unit.
+
+    The map (``rows * max(num, den - num)``) does not depend on the candidates, so it is
+    read from a one-candidate transformation and cached."""
+    return int(_score_transformation([0.0], alpha).map(rows))
+
+
+def _noisy_max_scale(score_sens: int, eps: float) -> float:
+    """Smallest Gumbel scale whose noisy-max map fits: 2 * sensitivity / eps up to ulps."""
+    scale = _check_scale(2.0 * score_sens / eps, "quantile")
+    for _ in range(8):
+        if float(_noisy_max(scale).map(score_sens)) <= eps:
+            return scale
+        scale = math.nextafter(scale, math.inf)
+    return _search_scale(_noisy_max, score_sens, eps, "quantile")
+
+
 @_planned
 def plan_quantile(
     epsilon: float, candidates: Sequence[float], alpha: float, max_contributions: int
@@ -984,17 +1434,22 @@ def plan_quantile(
     at ``max_contributions`` rows per unit (``max_contributions * max(num, den - num)``);
     selection is OpenDP's report-noisy-max with Gumbel noise (``make_noisy_max``,
     minimising the score), whose map gives the cost.
+
+    The grid must be non-decreasing and finite; repeated candidates are merged (a grid
+    between equal bounds, e.g. ``median(5)`` with bounds [5, 5], has one distinct
+    candidate, which :func:`release_quantile` returns without looking at the counts).
+    The cost is OpenDP's map in every case.
     """
     eps = _check_epsilon(epsilon)
-    cands = _check_candidates(candidates)
+    _check_candidates(candidates)
     alpha = _check_alpha(alpha)
     rows = _check_positive_int(max_contributions, "max_contributions")
     try:
-        score_sens = int(_score_transformation(cands, alpha).map(rows))
-    except dp.OpenDPException as exc:
-        raise _opendp_failed("build the quantile score", exc, show=True) from exc
-    scale = _search_scale(_noisy_max, score_sens, eps, "quantile")
-    spent = float(_noisy_max(scale).map(score_sens))
+        score_sens = _score_sensitivity(alpha, rows)
+        scale = _noisy_max_scale(score_sens, eps)
+        spent = float(_noisy_max(scale).map(score_sens))
+    except (dp.OpenDPException, ValueError, TypeError, OverflowError) as exc:
+        raise _opendp_failed("plan the quantile", exc, show=True) from exc
     _assert_fits(spent, eps, "epsilon")
     return Mechanism(
         kind="exponential",
@@ -1020,6 +1475,12 @@ def release_quantile(
     ``counts_below[i]`` is ``#(x < candidates[i])``; ``counts_above[i]`` is
     ``#(x > candidates[i])`` (or give ``n`` and ties are counted above). See
     :func:`quantile_scores`.
+
+    Never raises on the counts: ``None`` is 0 and inconsistent counts are repaired
+    deterministically (:func:`_repair_counts`). Errors come only from the mechanism, the
+    grid, ``alpha`` and the types and lengths of the counts, all fixed by the query.
+    With a single distinct candidate, that candidate is returned (it does not depend on
+    the data).
     """
     if not isinstance(mech, Mechanism) or mech.kind != "exponential" or mech.alpha is None:
         raise MechanismMismatchError(
@@ -1037,8 +1498,8 @@ def release_quantile(
             "the quantile mechanism has no row bound (d_in)", "plan it with plan_quantile"
         )
     cands = _check_candidates(candidates)
-    scores = quantile_scores(cands, alpha, counts_below, counts_above, n)
-    score_sens = int(_score_transformation(cands, alpha).map(mech.d_in))
+    below, above, n = _read_counts(len(cands), counts_below, counts_above, n)
+    score_sens = _score_sensitivity(alpha, mech.d_in)
     meas = _noisy_max(mech.scale)
     if score_sens > mech.sensitivity or float(meas.map(score_sens)) > mech.cost.epsilon * (
         1 + _REL_TOL
@@ -1047,8 +1508,14 @@ def release_quantile(
             "the mechanism's cost does not match OpenDP's privacy map for its scale",
             "plan mechanisms with plan_quantile; do not build or edit them by hand",
         )
+    distinct, first = _distinct(cands)
+    if len(distinct) == 1:
+        return distinct[0]
+    below = [below[i] for i in first]
+    above = None if above is None else [above[i] for i in first]
+    lows, highs = _repair_counts(below, above, n)
     try:
-        index = int(meas(scores))
+        index = int(meas(_scores(alpha, lows, highs)))
     except dp.OpenDPException as exc:
         raise _opendp_failed("select the quantile", exc, show=False) from exc
-    return cands[index]
+    return distinct[index]
