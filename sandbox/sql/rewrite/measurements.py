@@ -18,6 +18,7 @@ import math
 from sqlglot import exp
 
 from ..analyse import AggSpec
+from ..intervals import kind
 from ..refusal import Refusal
 from .context import FIXED_POINT_DIGITS, QUANTILE_BINS, Measurement, RewriteContext
 
@@ -135,6 +136,11 @@ def measurements(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
         value = key.expr.copy()
         if key.cast:
             value = exp.Cast(this=value, to=exp.DataType.build(key.cast))
+        if kind(key.expr, a.sources.column) == "date":
+            # Dates beyond what clients can represent (years 1-9999, 'infinity') are NULL.
+            value = exp.Case().when(exp.Between(
+                this=value.copy(), low=exp.cast(exp.Literal.string("0001-01-01"), "DATE"),
+                high=exp.cast(exp.Literal.string("9999-12-31"), "DATE")), value)
         rel = rel.select(exp.alias_(total(value), f"__k{i}"), copy=False)
     rel.set("from_", tree.args["from_"].copy())
     if tree.args.get("joins"):
