@@ -15,10 +15,12 @@ whose rows are extreme.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import datetime as dt
 import functools
 import random
+import shutil
 import tempfile
 import textwrap
 import time
@@ -157,6 +159,7 @@ def resolver(name: str, version: int | None) -> tuple[DatasetSpec, int] | None:
 
 
 _POLICY_DIR = Path(tempfile.mkdtemp(prefix="privacy-policies-"))
+atexit.register(shutil.rmtree, _POLICY_DIR, ignore_errors=True)
 
 
 @functools.cache
@@ -173,7 +176,7 @@ def gate(variant: str) -> Gate:
 
 def policy_from_text(text: str) -> Policy:
     """A policy from YAML text (regression tests with their own bounds)."""
-    path = Path(tempfile.mkdtemp(prefix="privacy-policy-")) / "policy.yaml"
+    path = Path(tempfile.mkdtemp(prefix="policy-", dir=_POLICY_DIR)) / "policy.yaml"
     path.write_text(text)
     return load_policy(path, resolver)
 
