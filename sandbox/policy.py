@@ -417,6 +417,11 @@ def _load_joins(doc: LineDict, tables: dict[str, TablePolicy],
                       f"'{priv_t}'")
                 continue
             kind = "lookup"
+        if left.columns[lc].type != right.columns[rc].type:
+            p.add(line, f"join {j[0]} = {j[1]}: the columns have different types "
+                  f"({left.columns[lc].type}, {right.columns[rc].type}); a join compares "
+                  "like with like")
+            continue
         out.append(JoinPolicy((lt, lc), (rt, rc), kind))
     return tuple(out)
 

@@ -127,3 +127,16 @@ def test_cli_policy_check(tmp_path, cli_env, ingest_demo) -> None:  # type: igno
                          capture_output=True, text=True)
     assert res.returncode == 2
     assert f"{bad}:12:" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_join_of_columns_of_different_types_is_refused(tmp_path, resolve) -> None:  # type: ignore[no-untyped-def]
+    """An ON equality of unlike types would convert values at run time (a failure on one
+    value would be a signal), so the policy cannot declare it."""
+    text = (POLICIES / "credit_underwriting.yaml").read_text().replace(
+        "  - [persons.district, districts.district]",
+        "  - [persons.district, districts.area_km2]")
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(PolicyError) as info:
+        load_policy(path, resolve)
+    assert "different types" in str(info.value)
