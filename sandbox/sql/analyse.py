@@ -132,7 +132,7 @@ def _check_joins(tree: exp.Select, sources: Sources, policy: Policy) -> None:
         new = join.this.alias_or_name
         new_t = sources.tables[new]
         on_unit = False
-        for cond in _conjuncts(join.args["on"]):
+        for cond in conjuncts(join.args["on"]):
             if not (isinstance(cond, exp.EQ) and isinstance(cond.this, exp.Column)
                     and isinstance(cond.expression, exp.Column)):
                 raise Refusal("gate.join", "join conditions must be equalities of two columns",
@@ -165,11 +165,11 @@ def _joins_hint(policy: Policy) -> str:
     return "declared joins: " + ("; ".join(joins) if joins else "none")
 
 
-def _conjuncts(node: exp.Expression) -> list[exp.Expression]:
+def conjuncts(node: exp.Expression) -> list[exp.Expression]:
     if isinstance(node, exp.Paren):
-        return _conjuncts(node.this)
+        return conjuncts(node.this)
     if isinstance(node, exp.And):
-        return _conjuncts(node.this) + _conjuncts(node.expression)
+        return conjuncts(node.this) + conjuncts(node.expression)
     return [node]
 
 

@@ -17,7 +17,7 @@ import math
 
 from sqlglot import exp
 
-from ..analyse import AggSpec
+from ..analyse import AggSpec, conjuncts
 from ..intervals import kind
 from ..refusal import Refusal
 from .context import FIXED_POINT_DIGITS, QUANTILE_BINS, Measurement, RewriteContext
@@ -146,7 +146,7 @@ def measurements(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
     if tree.args.get("joins"):
         rel.set("joins", [j.copy() for j in tree.args["joins"]])
     if tree.args.get("where") is not None:
-        conditions += [total(c.copy()) for c in _conjuncts(tree.args["where"].this)]
+        conditions += [total(c.copy()) for c in conjuncts(tree.args["where"].this)]
     if conditions:
         rel = rel.where(*conditions, copy=False)
 
@@ -195,11 +195,6 @@ def measurements(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
                                      for i in range(len(a.keys))], copy=False)
     return outer
 
-
-def _conjuncts(node: exp.Expression) -> list[exp.Expression]:
-    if isinstance(node, exp.And):
-        return _conjuncts(node.this) + _conjuncts(node.expression)
-    return [node]
 
 
 def ctx_public(ctx: RewriteContext) -> bool:
