@@ -94,6 +94,8 @@ CHILD = textwrap.dedent('''
             table = engine.execute(sql, params, timeout_s)
             die("after_execute")
             return table
+        def bind(self, sql):
+            return engine.bind(sql)
         def postprocess(self, sql, table):
             return engine.postprocess(sql, table)
         def is_unique(self, table, column):
