@@ -74,6 +74,8 @@ KINDS: dict[str, tuple[str, ...]] = {
     "export.flagged": ("export_id", "revision", "rule", "strong", "weak", "items", "recent",
                        "limit", "held"),
     "export.held": ("export_id", "title", "recent", "limit", "window_s"),
+    "request.invalid": ("endpoint", "code", "message", "input"),
+    "limits.exceeded": ("limit", "endpoint", "count", "window_s"),
 }
 COMMON = ("v", "seq", "time", "kind", "workspace", "member", "actor", "prev")
 
