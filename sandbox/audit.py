@@ -34,13 +34,14 @@ LOG_ID = "sandbox-audit-log"
 
 # kind -> fields a record of that kind carries besides the common ones (docs/audit-events.md)
 KINDS: dict[str, tuple[str, ...]] = {
-    "query.charged": ("charge_id", "sql", "rewritten_sql", "epsilon", "delta", "rho"),
+    "query.charged": ("charge_id", "sql", "sql_sha256", "sql_length", "rewritten_sql", "epsilon",
+                      "delta", "rho"),
     "query.answered": ("charge_id", "release_id", "values_digest", "rows", "epsilon", "delta",
                        "suppressed_groups"),
     "query.failed": ("charge_id", "error_code", "epsilon", "delta"),
     "query.cancelled": ("charge_id",),
     "query.interrupted": ("charge_id", "epsilon", "delta"),
-    "query.refused": ("sql", "rule", "message"),
+    "query.refused": ("sql", "sql_sha256", "sql_length", "rule", "message"),
     "budget.changed": ("operation", "epsilon_total", "delta_total", "refresh"),
     "key.rotated": ("new_key", "retired", "rewrapped"),
     "key.destroyed": ("key_id",),
@@ -78,6 +79,33 @@ KINDS: dict[str, tuple[str, ...]] = {
     "limits.exceeded": ("limit", "endpoint", "count", "window_s"),
 }
 COMMON = ("v", "seq", "time", "kind", "workspace", "member", "actor", "prev")
+
+# A record keeps at most this many characters of a member's SQL (and of the rewritten SQL),
+# then TRUNCATED; the hash and length of the whole text identify it beyond the cap.
+SQL_CAP = 2_000
+TRUNCATED = "… [truncated]"
+
+
+@dataclass(frozen=True)
+class Capped:
+    text: str  # what a record stores: at most SQL_CAP characters, then TRUNCATED if cut
+    sha256: str  # hex SHA-256 of the whole text in UTF-8
+    length: int  # characters of the whole text
+
+
+def cap_text(text: str, cap: int = SQL_CAP) -> Capped:
+    """What to store of an untrusted text: its start, and the hash and length of all of it.
+
+    Lone surrogates (text that is not valid Unicode) never make this fail: they are hashed
+    as their ``surrogatepass`` bytes and stored escaped (``\\ud800``), so that the record
+    can always be encoded.
+    """
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    start = text[:cap]
+    stored = start.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > cap or len(stored) > cap:
+        stored = stored[:cap] + TRUNCATED
+    return Capped(stored, digest, len(text))
 
 
 def canonical(obj: Any) -> bytes:

@@ -205,11 +205,12 @@ class Gate:
 
     def answer(self, sql: str, *, member: str, ledger: Ledger, executor: Executor,
                epsilon: float | None = None, timeout_s: float | None = None,
-               request_id: str | None = None) -> Release:
+               request_id: str | None = None, request_digest: str | None = None) -> Release:
         """Answer with noise, charging ``ledger``; every outcome is recorded by the ledger.
 
         A refusal costs nothing. Once the engine has been asked, the charge stands even if
-        execution fails or times out.
+        execution fails or times out. ``request_digest`` (``ledger.request_digest`` of the
+        request as sent) is kept with ``request_id`` to tell a retry from a reused id.
         """
         try:
             q = self.check(sql, epsilon)
@@ -220,7 +221,7 @@ class Gate:
             ledger.refused(member, sql, refusal.code, refusal.message)
             raise
         reservation = ledger.reserve(member, q.plan.cost, sql=sql, rewritten=q.executed_sql,
-                                     request_id=request_id)
+                                     request_id=request_id, request_digest=request_digest)
         try:
             exact = executor.execute(engine_sql, timeout_s=timeout_s)
             result = self._release(q, exact, executor)

@@ -12,7 +12,9 @@ are accounted in zCDP together, so many small Gaussian queries cost less.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
 import json
 import threading
 import time
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .audit import cap_text
 from .dp import Cost, compose
 from .errors import SandboxError
 from .policy import BudgetPolicy
@@ -38,11 +41,43 @@ class DuplicateRequestError(SandboxError):
     code = "request.duplicate"
 
 
+class RequestConflictError(SandboxError):
+    """A request id was used before for a different question: never answered, never charged."""
+
+    code = "request.conflict"
+
+
+def request_digest(sql: str, epsilon: float | None) -> str:
+    """Hex SHA-256 of what a request asks: its SQL and epsilon as sent (None when absent).
+
+    A retry must carry the same digest to be answered from the first request. An integer
+    epsilon counts as the same number in floating point (1 and 1.0 ask the same question);
+    text that is not valid Unicode is hashed escaped, never an error.
+    """
+    eps: Any = epsilon
+    if isinstance(eps, int) and not isinstance(eps, bool):
+        with contextlib.suppress(OverflowError):  # too large for a float: hashed as is
+            eps = float(eps)
+    text = json.dumps({"sql": sql, "epsilon": eps}, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
 @dataclass(frozen=True)
 class PriorRequest:
     charge_id: str
     state: str  # reserved (still running) | committed | failed | interrupted | cancelled
     response: dict[str, Any] | None  # the stored answer of a committed request
+    digest: str | None = None  # request_digest of the first request (None: stored before)
+
+    def conflicts(self, digest: str | None) -> bool:
+        """Whether a retry with ``digest`` asks something else than the first request."""
+        return _differ(self.digest, digest)
+
+
+def _differ(stored: str | None, digest: str | None) -> bool:
+    # a request stored before digests were kept (None) replays as it always did
+    return stored is not None and digest is not None and stored != digest
 
 
 @dataclass(frozen=True)
@@ -78,7 +113,8 @@ class Balance:
 
 class Ledger(Protocol):
     def reserve(self, member: str, cost: Cost, *, sql: str = "", rewritten: str = "",
-                request_id: str | None = None) -> Reservation: ...
+                request_id: str | None = None,
+                request_digest: str | None = None) -> Reservation: ...
     def commit(self, reservation: Reservation, *, release_id: str = "",
                values_digest: str = "", rows: int = 0, suppressed: int = 0,
                response: dict[str, Any] | None = None) -> None: ...
@@ -129,7 +165,8 @@ class InMemoryLedger:
             return Balance(*self._limits, spent.epsilon, spent.delta)
 
     def reserve(self, member: str, cost: Cost, *, sql: str = "", rewritten: str = "",
-                request_id: str | None = None) -> Reservation:
+                request_id: str | None = None,
+                request_digest: str | None = None) -> Reservation:
         with self._lock:
             charges = self._charges.setdefault(member, [])
             if not fits(compose([*charges, cost]), *self._limits):
@@ -233,20 +270,32 @@ class SqliteLedger:
     def prior(self, member: str, request_id: str) -> PriorRequest | None:
         """What became of an earlier request with this id (for idempotent retries)."""
         row = self.state.con.execute(
-            "SELECT r.charge_id, c.state, r.response FROM requests r JOIN charges c ON "
-            "c.id = r.charge_id WHERE r.workspace = ? AND r.member = ? AND r.request_id = ?",
-            (self.workspace, member, request_id)).fetchone()
+            "SELECT r.charge_id, c.state, r.response, r.request_digest FROM requests r JOIN "
+            "charges c ON c.id = r.charge_id WHERE r.workspace = ? AND r.member = ? AND "
+            "r.request_id = ?", (self.workspace, member, request_id)).fetchone()
         if row is None:
             return None
-        return PriorRequest(row[0], row[1], json.loads(row[2]) if row[2] else None)
+        return PriorRequest(row[0], row[1], json.loads(row[2]) if row[2] else None, row[3])
 
     def reserve(self, member: str, cost: Cost, *, sql: str = "", rewritten: str = "",
-                request_id: str | None = None) -> Reservation:
+                request_id: str | None = None,
+                request_digest: str | None = None) -> Reservation:
+        """Charge ``cost`` and record the query; refuse (recorded, free) what does not fit.
+
+        ``request_digest`` (see ``request_digest``) is kept with ``request_id``: the id
+        reused for a different question is a ``RequestConflictError``.
+        """
         refusal: SandboxError | None = None
+        asked = cap_text(sql)
         with self.state.transaction() as con:
-            if request_id is not None and con.execute(
-                    "SELECT 1 FROM requests WHERE workspace = ? AND member = ? AND "
-                    "request_id = ?", (self.workspace, member, request_id)).fetchone():
+            seen = None if request_id is None else con.execute(
+                "SELECT request_digest FROM requests WHERE workspace = ? AND member = ? AND "
+                "request_id = ?", (self.workspace, member, request_id)).fetchone()
+            if seen is not None:
+                if _differ(seen[0], request_digest):
+                    raise RequestConflictError(
+                        f"request {request_id} was already used for a different query",
+                        "use a new request id for a new question")
                 raise DuplicateRequestError(
                     f"request {request_id} was already received and charged once",
                     "fetch its answer by sending the same request again once it has finished, "
@@ -255,20 +304,25 @@ class SqliteLedger:
             if not fits(compose([*charges, cost]), b.epsilon_total, b.delta_total):
                 refusal = exceeded(cost, b)
                 self.state.append(con, "query.refused", workspace=self.workspace, member=member,
-                                  sql=sql, rule=refusal.code, message=refusal.message)
+                                  sql=asked.text, sql_sha256=asked.sha256,
+                                  sql_length=asked.length, rule=refusal.code,
+                                  message=cap_text(refusal.message).text)
             else:
                 cid = uuid.uuid4().hex
                 seq = self.state.append(con, "query.charged", workspace=self.workspace,
-                                        member=member, charge_id=cid, sql=sql,
-                                        rewritten_sql=rewritten, epsilon=cost.epsilon,
+                                        member=member, charge_id=cid, sql=asked.text,
+                                        sql_sha256=asked.sha256, sql_length=asked.length,
+                                        rewritten_sql=cap_text(rewritten).text,
+                                        epsilon=cost.epsilon,
                                         delta=cost.delta, rho=cost.rho)
                 con.execute("INSERT INTO charges VALUES (?,?,?,?,?,?,?,?,?,?,?,?,NULL)",
                             (cid, self.workspace, member, period, cost.epsilon, cost.delta,
                              cost.rho, cost.zcdp_epsilon, cost.zcdp_delta, "reserved",
                              time.time(), seq))
                 if request_id is not None:
-                    con.execute("INSERT INTO requests VALUES (?,?,?,?,NULL)",
-                                (self.workspace, member, request_id, cid))
+                    con.execute("INSERT INTO requests (workspace, member, request_id, charge_id, "
+                                "request_digest) VALUES (?,?,?,?,?)",
+                                (self.workspace, member, request_id, cid, request_digest))
         if refusal is not None:
             raise refusal
         return Reservation(cid, member, cost.epsilon, cost.delta)
@@ -321,8 +375,12 @@ class SqliteLedger:
         return refundable(rest, charges, eps, delta)
 
     def refused(self, member: str, sql: str, rule: str, message: str) -> None:
-        self.state.record("query.refused", workspace=self.workspace, member=member, sql=sql,
-                          rule=rule, message=message)
+        """Record a refusal (free): the SQL capped (``audit.cap_text``), with its hash and
+        length."""
+        asked = cap_text(sql)
+        self.state.record("query.refused", workspace=self.workspace, member=member,
+                          sql=asked.text, sql_sha256=asked.sha256, sql_length=asked.length,
+                          rule=rule, message=cap_text(message).text)
 
     # -- operators -------------------------------------------------------------------------
     def set_budget(self, member: str, *, epsilon: float | None = None,

@@ -73,11 +73,17 @@ _WORKSPACE_COLUMNS = (
 )
 
 
+# Added to ``requests`` to tell a retry from a reused id (sandbox.ledger.request_digest);
+# requests stored before have none and replay as they did.
+_REQUEST_COLUMNS = (("request_digest", "TEXT"),)
+
+
 def _migrate(con: sqlite3.Connection) -> None:
-    have = {row[1] for row in con.execute("PRAGMA table_info(workspaces)")}
-    for name, decl in _WORKSPACE_COLUMNS:
-        if name not in have:
-            con.execute(f"ALTER TABLE workspaces ADD COLUMN {name} {decl}")
+    for table, columns in (("workspaces", _WORKSPACE_COLUMNS), ("requests", _REQUEST_COLUMNS)):
+        have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+        for name, decl in columns:
+            if name not in have:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
 
 class StateError(SandboxError):

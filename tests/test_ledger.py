@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import json
 import shutil
 import tempfile
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -31,6 +32,8 @@ from hypothesis.stateful import (
     rule,
 )
 
+from sandbox import audit
+from sandbox.audit import SQL_CAP, TRUNCATED, cap_text
 from sandbox.dp import Cost, compose, plan_gaussian, plan_laplace
 from sandbox.errors import SandboxError
 from sandbox.ledger import (
@@ -550,3 +553,121 @@ def test_unknown_workspace(state: State) -> None:
         SqliteLedger.existing(state, "nope")
     SqliteLedger.open(state, "ws", "p", BudgetPolicy(2.0, 1e-6, "monthly"))
     assert SqliteLedger.existing(state, "ws").default == BudgetPolicy(2.0, 1e-6, "monthly")
+
+
+# -- what a record keeps of the SQL ------------------------------------------------------------
+def full_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def test_stored_sql_is_capped_with_the_hash_and_length_of_all_of_it(state: State) -> None:
+    ledger = SqliteLedger.open(state, "ws", "p", BudgetPolicy(1.0, 1e-6, "never"))
+    long_sql = "SELECT count(*) FROM persons WHERE " + " OR ".join(
+        f"district = 'd{i}'" for i in range(2000))
+    assert len(long_sql) > 20_000
+    ledger.refused("alice", long_sql, "gate.too_large", "too long")
+    r = ledger.reserve("alice", Cost(0.1), sql=long_sql, rewritten=long_sql + " -- rewritten")
+    ledger.commit(r)
+    ledger.refused("alice", "SELECT 1", "gate.row_level_output", "no raw rows")
+    refused, short = state.records(kind="query.refused")
+    (charged,) = state.records(kind="query.charged")
+    for rec in (refused, charged):
+        assert rec["sql"] == long_sql[:SQL_CAP] + TRUNCATED
+        assert rec["sql"].endswith("… [truncated]")
+        assert rec["sql_sha256"] == hashlib.sha256(long_sql.encode()).hexdigest()
+        assert rec["sql_length"] == len(long_sql)
+    assert charged["rewritten_sql"] == long_sql[:SQL_CAP] + TRUNCATED
+    assert (short["sql"], short["sql_length"]) == ("SELECT 1", 8)  # short SQL verbatim
+    assert short["sql_sha256"] == hashlib.sha256(b"SELECT 1").hexdigest()
+    body_sizes = [len(b) for (b,) in state.con.execute("SELECT body FROM audit_records")]
+    assert max(body_sizes) < 2 * SQL_CAP + 1000  # sql and rewritten_sql, capped
+    assert state.verify().ok
+
+
+def test_cap_is_exact_at_the_boundary() -> None:
+    at = "x" * SQL_CAP
+    assert cap_text(at).text == at
+    assert cap_text(at + "y").text == at + TRUNCATED
+    assert cap_text("").text == "" and cap_text("").length == 0
+    assert cap_text("").sha256 == hashlib.sha256(b"").hexdigest()
+    # length counts characters, the hash is of the UTF-8 bytes
+    c = cap_text("é€😀")
+    assert (c.text, c.length, c.sha256) == ("é€😀", 3, hashlib.sha256("é€😀".encode()).hexdigest())
+
+
+def test_lone_surrogates_never_make_the_ledger_fail(state: State) -> None:
+    """Text that is not valid Unicode cannot be encoded as UTF-8: the record keeps it
+    escaped, the hash is of its surrogatepass bytes, and nothing raises."""
+    ledger = SqliteLedger.open(state, "ws", "p", BudgetPolicy(1.0, 1e-6, "never"))
+    sql = "SELECT count(*) AS \"\ud800\" FROM persons"
+    ledger.refused("alice", sql, "gate.unknown_column", "column '\udfff' is not available")
+    ledger.commit(ledger.reserve("alice", Cost(0.1), sql=sql, rewritten="SELECT '\ud800'",
+                                 request_id="r-1", request_digest="d"))
+    (refused,) = state.records(kind="query.refused")
+    (charged,) = state.records(kind="query.charged")
+    for rec in (refused, charged):
+        assert rec["sql"] == 'SELECT count(*) AS "\\ud800" FROM persons'
+        assert rec["sql_sha256"] == full_sha256(sql)
+        assert rec["sql_length"] == len(sql)
+    assert refused["message"] == "column '\\udfff' is not available"
+    assert charged["rewritten_sql"] == "SELECT '\\ud800'"
+    assert state.verify().ok
+    # escaping can lengthen a text: it is still cut at the cap
+    c = cap_text("\ud800" * SQL_CAP)
+    assert c.text == ("\\ud800" * SQL_CAP)[:SQL_CAP] + TRUNCATED
+    assert c.length == SQL_CAP
+
+
+TEXT = st.text(alphabet=st.one_of(st.characters(), st.characters(categories=["Cs"])))
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=TEXT | st.builds(lambda t, n: t * n, TEXT, st.integers(0, 3000)),
+       cap=st.sampled_from([0, 1, 5, 64, SQL_CAP]))
+def test_cap_text_property(text: str, cap: int) -> None:
+    c = cap_text(text, cap)
+    assert len(c.text) <= cap + len(TRUNCATED)
+    assert c.sha256 == full_sha256(text)
+    assert c.length == len(text)
+    audit.canonical({"sql": c.text})  # what is stored can always be encoded
+    if len(text) > cap:
+        assert c.text.endswith(TRUNCATED)
+    elif not any("\ud800" <= ch <= "\udfff" for ch in text):
+        assert c.text == text  # valid text within the cap is kept verbatim
+    if not any("\ud800" <= ch <= "\udfff" for ch in text[:cap]):
+        assert c.text.startswith(text[:cap])
+
+
+def test_records_written_before_the_sql_hash_still_read_and_verify(
+        state: State, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records of the older schema have no sql_sha256 or sql_length: they verify, and the
+    readers (audit log summary, report, console) show them as before."""
+    from sandbox import report
+    from sandbox.cli_audit import summary
+    from sandbox.service import console
+
+    monkeypatch.setitem(audit.KINDS, "query.refused", ("sql", "rule", "message"))
+    monkeypatch.setitem(audit.KINDS, "query.charged",
+                        ("charge_id", "sql", "rewritten_sql", "epsilon", "delta", "rho"))
+    state.record("query.refused", workspace="ws", member="alice", sql="SELECT * FROM persons",
+                 rule="gate.row_level_output", message="no raw rows")
+    state.record("query.charged", workspace="ws", member="alice", charge_id="c-old",
+                 sql="SELECT count(*) FROM persons", rewritten_sql="SELECT 1", epsilon=0.1,
+                 delta=0.0, rho=0.0)
+    monkeypatch.undo()
+    ledger = SqliteLedger.open(state, "ws", "p", BudgetPolicy(1.0, 1e-6, "never"))
+    new = ledger.reserve("alice", Cost(0.1), sql="SELECT count(*) FROM loans " + "x" * SQL_CAP)
+    ledger.commit(new, release_id="r2")
+    assert state.verify().ok
+    records = list(state.records())
+    old_refused, old_charged = records[:2]
+    assert "sql_sha256" not in old_refused and "sql_length" not in old_charged
+    assert "SELECT * FROM persons" in summary(old_refused)
+    assert "SELECT count(*) FROM persons" in summary(old_charged)
+    by_charge = report.sql_by_charge(records)
+    assert by_charge["c-old"] == "SELECT count(*) FROM persons"
+    assert by_charge[new.id].endswith(TRUNCATED)
+    rows = [" ".join(console.query_row(r, by_charge)) for r in records if
+            r["kind"].startswith("query.")]
+    assert "SELECT * FROM persons" in rows[0] and "SELECT count(*) FROM persons" in rows[1]
+    assert TRUNCATED in rows[2] and TRUNCATED in rows[3]  # the new charge and its answer

@@ -390,6 +390,54 @@ def test_query_charges_once_and_replays_by_request_id(service: Svc, alice: str,
     assert after == pytest.approx(before + 0.25)
 
 
+def test_a_request_id_reused_for_another_question_is_a_conflict(service: Svc,
+                                                                alice: str) -> None:
+    request_id = rid()
+    first = {"sql": SIMPLE, "epsilon": 0.25, "request_id": request_id}
+    r1 = service.call("POST", f"workspaces/{WS}/query", alice, json=first)
+    assert r1.status_code == 200, r1.text
+    spent = service.call("GET", f"workspaces/{WS}/budget", alice).json()["epsilon_spent"]
+    for other in ({"sql": "SELECT count(*) AS n FROM loans", "epsilon": 0.25},
+                  {"sql": SIMPLE, "epsilon": 0.5}, {"sql": SIMPLE}):
+        r = service.call("POST", f"workspaces/{WS}/query", alice,
+                         json={**other, "request_id": request_id})
+        assert r.status_code == 409, r.text
+        assert_clean(r)
+        error = r.json()["error"]
+        assert error["code"] == "request.conflict"
+        assert error["message"] == f"request {request_id} was already used for a different query"
+        assert "new request id" in error["hint"]
+        assert "Sandbox-Replayed" not in r.headers
+    r2 = service.call("POST", f"workspaces/{WS}/query", alice, json=first)  # a true retry
+    assert r2.status_code == 200 and r2.headers["Sandbox-Replayed"] == "true"
+    assert r2.json()["release_id"] == r1.json()["release_id"]
+    after = service.call("GET", f"workspaces/{WS}/budget", alice).json()["epsilon_spent"]
+    assert after == pytest.approx(spent)
+
+
+def test_refused_sql_is_stored_capped_with_its_hash_and_length(service: Svc, alice: str,
+                                                                vault_home: Paths) -> None:
+    import hashlib
+    import sqlite3
+
+    long_sql = "SELECT count(*) FROM loans WHERE " + " OR ".join(["amount > 2"] * 200)
+    assert 2000 < len(long_sql) < 8000
+    r = service.call("POST", f"workspaces/{WS}/query", alice,
+                     json={"sql": long_sql, "request_id": rid()})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "gate.too_large"
+    con = sqlite3.connect(vault_home.state_db)
+    try:
+        (body,) = con.execute("SELECT body FROM audit_records WHERE kind = 'query.refused' "
+                              "ORDER BY seq DESC LIMIT 1").fetchone()
+    finally:
+        con.close()
+    rec = json.loads(body)
+    assert rec["rule"] == "gate.too_large" and rec["member"] == "alice"
+    assert rec["sql"] == long_sql[:2000] + "… [truncated]"
+    assert rec["sql_sha256"] == hashlib.sha256(long_sql.encode()).hexdigest()
+    assert rec["sql_length"] == len(long_sql)
+
+
 def test_refusal_is_free_and_names_the_rule(service: Svc, alice: str) -> None:
     before = service.call("GET", f"workspaces/{WS}/budget", alice).json()["epsilon_spent"]
     r = service.call("POST", f"workspaces/{WS}/query", alice,

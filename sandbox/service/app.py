@@ -62,6 +62,7 @@ PUBLIC_PREFIXES = ("gate.", "budget.", "request.", "engine.", "input.", "auth.",
 NOT_PUBLIC = {"export.index"}  # an operator's problem (a missing identifier index)
 STATUS = {
     "budget.exhausted": 403, "request.duplicate": 409, "request.in_progress": 409,
+    "request.conflict": 409,
     "request.failed": 409, "engine.timeout": 504, "engine.error": 500, "input.invalid": 400,
     "auth.required": 401, "auth.invalid": 401, "auth.token_in_url": 400, "auth.scope": 403,
     "auth.not_a_user": 403, "auth.unavailable": 502, "workspace.forbidden": 403,
@@ -352,21 +353,33 @@ class Service:
 
     def query(self, ws: Workspace, member: str, sql: str, epsilon: float | None,
               request_id: str) -> tuple[dict[str, Any], bool]:
-        """(response, replayed): answer once per request id, charging the member."""
+        """(response, replayed): answer once per request id, charging the member.
+
+        A retry (same id, same SQL and epsilon) gets the first answer; the id reused for a
+        different question is a conflict (the ledger raises it too if the two race).
+        """
+        from ..ledger import request_digest
+
         ledger = self.ledger(ws)
+        digest = request_digest(sql, epsilon)
         prior = ledger.prior(member, request_id)
         if prior is not None:
+            if prior.conflicts(digest):
+                raise Problem("request.conflict",
+                              f"request {request_id} was already used for a different query",
+                              "use a new request id for a new question")
             return self._replay(ledger, member, request_id, prior.state, prior.response), True
         try:
             self._check_size(sql)
         except Refusal as refusal:
-            ledger.refused(member, sql[:200] + "…", refusal.code, refusal.message)
+            ledger.refused(member, sql, refusal.code, refusal.message)  # stored capped
             raise
         timeout = self.limits["query_timeout_s"]
         try:
             release = ws.gate.answer(sql, member=member, ledger=ledger,
                                      executor=TimedExecutor(self.engine, timeout),
-                                     epsilon=epsilon, timeout_s=timeout, request_id=request_id)
+                                     epsilon=epsilon, timeout_s=timeout, request_id=request_id,
+                                     request_digest=digest)
         except DuplicateRequestError:  # the same id raced in from another request
             raise Problem("request.in_progress", f"request {request_id} is already running",
                           "wait for it, then send the same request again to fetch its "

@@ -34,6 +34,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "http.method_not_allowed": (405, "The endpoint does not take this method."),
     "request.in_progress": (409, "A request with this id is still running."),
     "request.duplicate": (409, "The request id was already used and charged once."),
+    "request.conflict": (409, "The request id was already used for a different query."),
     "request.failed": (409, "A request with this id failed or was interrupted; it was charged "
                             "once. Send a new request id."),
     "limits.body_too_large": (413, "The body exceeds max_body_bytes."),
