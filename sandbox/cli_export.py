@@ -75,7 +75,8 @@ def export_show(c: Context, export_id: str, fmt: str) -> None:
     click.echo(f"  approvals  {', '.join(doc['approvals']) or '-'} "
                f"({len(doc['approvals'])}/{doc['approvals_required']})")
     for it in doc["items"]:
-        click.echo(f"  item       {_clean(it['name'])} ({it['media_type']}, {it['size']} bytes)")
+        click.echo(f"  item       {_clean(it['name'])} ({it['media_type']}, {it['size']} bytes"
+                   + ("" if it["kept"] else "; content not kept") + ")")
     flag = doc.get("flagged")
     if flag:
         from .exports.store import FLAGGED

@@ -435,3 +435,54 @@ def test_client_export_roundtrip(service: Svc, hub: Hub, home: Paths, tokens,  #
         sb.withdraw(status["id"])
     assert info.value.code == "export.state"
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_the_export_quota_holds_and_withdrawing_frees_it(
+        hub: Hub, home: Paths, tokens,  # noqa: F811
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A second service on the same home with export_quota_bytes 60,000: rita's second
+    40,000-byte request is refused (403, an audit record), carol is still served, and
+    withdrawing the first makes room again."""
+    config = write_config(tmp_path_factory.mktemp("quota-svc") / "service.yaml", home,
+                          max_export_bytes=200_000, export_hit_limit=100,
+                          export_quota_bytes=60_000)
+    svc = start_service(hub, config, free_port())
+
+    def notes(size: int) -> dict:
+        return {"kind": "file", "name": "notes.txt", "media_type": "text/plain",
+                "data_base64": base64.b64encode(b"n" * size).decode()}
+
+    try:
+        for ws in (WS, WS2):  # start from nothing awaiting a decision (the quota spans both)
+            for x in svc.call("GET", f"workspaces/{ws}/exports", tokens["rita"]).json():
+                if x["state"] in ("submitted", "checked", "returned"):
+                    r = svc.call("POST", f"workspaces/{ws}/exports/{x['id']}/withdraw",
+                                 tokens["rita"], json={})
+                    assert r.status_code == 200, r.text
+        first = submit(svc, tokens["rita"], [notes(40_000)])
+        assert first.status_code == 201, first.text
+        r = submit(svc, tokens["rita"], [notes(40_000)], ws=WS2)
+        assert r.status_code == 403, r.text
+        assert_clean(r)
+        err = r.json()["error"]
+        assert err["code"] == "limits.export_quota"
+        assert "58.6 KiB" in err["message"] and "39.1 KiB is in use" in err["message"]
+        assert err["hint"] == ("withdraw requests you no longer need, or wait for a "
+                               "reviewer's decision")
+        assert submit(svc, tokens["carol"], [notes(1_000)]).status_code == 201  # others: served
+        eid = first.json()["id"]
+        r = svc.call("POST", f"workspaces/{WS}/exports/{eid}/withdraw", tokens["rita"],
+                     json={"comment": "make room"})
+        assert r.status_code == 200 and r.json()["state"] == "withdrawn"
+        assert "kept" not in r.text
+        again = submit(svc, tokens["rita"], [notes(40_000)], ws=WS2)
+        assert again.status_code == 201, again.text
+    finally:
+        stop(svc.proc)
+    assert "content not kept" in cli(hub, home, "export", "show", eid).stdout
+    recs = [json.loads(x) for x in cli(hub, home, "audit", "log", "--kind", "limits.exceeded",
+                                       "--format", "jsonl").stdout.splitlines()]
+    mine = [r for r in recs if r["limit"] == "export_quota_bytes"]
+    assert [(r["member"], r["workspace"], r["endpoint"], r["count"], r["window_s"])
+            for r in mine] == [("rita", WS2, f"POST /workspaces/{WS2}/exports", 1, None)]
+    assert cli(hub, home, "audit", "verify").returncode == 0

@@ -499,3 +499,177 @@ def test_every_transition_is_in_the_log_and_the_log_verifies(world2: World) -> N
     assert s.get(c.id).state == "rejected"
     report = w.state.verify()
     assert report.ok, report.problems
+
+
+# -- the storage quota ----------------------------------------------------------------------
+def quota_records(world: World) -> list[dict[str, Any]]:
+    return list(world.state.records(kind="limits.exceeded"))
+
+
+def kept_bytes(world: World, export_id: str) -> int:
+    """Bytes of item content and bundle the database still holds for a request."""
+    (items,) = world.state.con.execute(
+        "SELECT coalesce(sum(length(data)), 0) FROM export_items WHERE export_id = ?",
+        (export_id,)).fetchone()
+    (bundle,) = world.state.con.execute(
+        "SELECT coalesce(length(bundle), 0) FROM export_requests WHERE id = ?",
+        (export_id,)).fetchone()
+    return int(items) + int(bundle)
+
+
+def test_the_quota_refuses_before_anything_is_stored(world: World) -> None:
+    from sandbox.exports import ExportQuotaError
+    from sandbox.exports.store import _size
+
+    n = len(world.frame().data)
+    quota = 2 * n + n // 2
+    s = world.store = ExportStore(world.state, quota_bytes=quota)
+    a, b = world.submit(request_id="first"), world.submit()
+    assert s.quota_used("alice") == 2 * n
+    size = world.state.size()
+    rows = world.state.con.execute("SELECT count(*) FROM export_items").fetchone()
+    with pytest.raises(ExportQuotaError) as info:
+        world.submit()
+    err = info.value.to_dict()
+    assert err["code"] == "limits.export_quota"
+    assert _size(quota) in err["message"] and f"{_size(2 * n)} is in use" in err["message"]
+    assert err["hint"] == ("withdraw requests you no longer need, or wait for a reviewer's "
+                           "decision")
+    # nothing stored: no request, no item, only the limit's audit record
+    assert [r.id for r in s.list(requester="alice")] == [a.id, b.id]
+    assert world.state.con.execute("SELECT count(*) FROM export_items").fetchone() == rows
+    assert world.state.size() == size + 1
+    (rec,) = quota_records(world)
+    assert (rec["member"], rec["actor"], rec["workspace"], rec["limit"], rec["endpoint"],
+            rec["count"], rec["window_s"]) == ("alice", "alice", "w", "export_quota_bytes",
+                                               "POST /workspaces/w/exports", 1, None)
+    # each refusal is a record; a retry of a stored request (its id) is answered as before
+    with pytest.raises(ExportQuotaError):
+        world.submit(request_id="second")
+    assert len(quota_records(world)) == 2
+    assert world.submit(request_id="first").id == a.id and len(quota_records(world)) == 2
+    # other members have quotas of their own
+    assert world.submit(requester="bob").state == "checked"
+    assert s.quota_used("bob") == n and s.quota_used("alice") == 2 * n
+    assert world.state.verify().ok
+
+
+def test_the_quota_is_checked_again_in_the_transaction(world: World,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two submissions of one member racing past the early check still add up."""
+    from sandbox.exports import ExportQuotaError
+
+    n = len(world.frame().data)
+    s = world.store = ExportStore(world.state, quota_bytes=n + n // 2)
+    world.submit()
+    monkeypatch.setattr(s, "_refuse_over_quota", lambda *a: None)
+    with pytest.raises(ExportQuotaError):
+        world.submit()
+    assert len(s.list(requester="alice")) == 1 and len(quota_records(world)) == 1
+    assert world.state.verify().ok
+
+
+def test_withdrawing_and_rejecting_free_the_quota_and_the_space(world: World) -> None:
+    from sandbox.exports import ExportQuotaError
+    from sandbox.service.console import preview
+
+    n = len(world.frame().data)
+    s = world.store = ExportStore(world.state, quota_bytes=2 * n)
+    a, b = world.submit(), world.submit()
+    with pytest.raises(ExportQuotaError):
+        world.submit()
+    assert kept_bytes(world, a.id) == n
+    a = s.withdraw(a.id, "alice", "not needed")
+    assert s.quota_used("alice") == n and kept_bytes(world, a.id) == 0
+    c = world.submit()  # now it fits
+    assert c.state == "checked"
+    b = s.decide(b.id, "audrey", "reject", "not within the purpose")
+    assert s.quota_used("alice") == n and kept_bytes(world, b.id) == 0
+    for req in (a, b):
+        # names, sizes and hashes stay; the column names go with the content
+        (it,) = req.items
+        assert (it.name, it.size, it.sha256) == ("by_district.csv", n, c.items[0].sha256)
+        assert not it.kept and it.meta["columns"] == 3
+        assert req.to_dict("reviewer")["items"][0]["kept"] is False
+        assert "kept" not in req.to_dict("requester")["items"][0]
+        with pytest.raises(ExportNotFoundError) as info:
+            s.item_data(req.id, 0)
+        assert "withdrawn and rejected" in (info.value.hint or "")
+        with pytest.raises(ExportStateError):
+            s.download(req.id, "alice")
+    assert "requester withdrew" in preview("/", s, a, a.items[0])
+    assert "was rejected" in preview("/", s, b, b.items[0])
+    assert world.state.verify().ok
+
+
+def test_a_resubmission_counts_with_its_earlier_revisions(world: World) -> None:
+    from sandbox.exports import ExportQuotaError
+
+    n = len(world.frame().data)
+    s = world.store = ExportStore(world.state, quota_bytes=2 * n + n // 2)
+    a = world.submit()
+    s.decide(a.id, "audrey", "return", "units?")
+    assert s.quota_used("alice") == n  # returned: still awaiting the requester
+    a = s.resubmit(a.id, "alice", [world.frame()], context=world.ctx)
+    assert a.revision == 2 and s.quota_used("alice") == 2 * n  # revision 1 is kept too
+    s.decide(a.id, "audrey", "return", "still no units")
+    size = world.state.size()
+    with pytest.raises(ExportQuotaError):
+        s.resubmit(a.id, "alice", [world.frame()], context=world.ctx)
+    assert (s.get(a.id).state, s.get(a.id).revision) == ("returned", 2)
+    assert world.state.size() == size + 1
+    assert quota_records(world)[-1]["endpoint"] == f"POST /workspaces/w/exports/{a.id}/resubmit"
+    a = s.withdraw(a.id, "alice")  # every revision is dropped
+    assert s.quota_used("alice") == 0 and kept_bytes(world, a.id) == 0
+    assert world.state.con.execute("SELECT count(*) FROM export_items WHERE export_id = ? AND "
+                                   "data IS NULL", (a.id,)).fetchone() == (2,)
+
+
+def test_approved_exports_leave_the_quota_and_keep_their_bundle(world2: World) -> None:
+    w = world2
+    n = len(w.frame().data)
+    s = w.store = ExportStore(w.state, quota_bytes=n)
+    a = w.submit()
+    s.decide(a.id, "audrey", "approve")
+    assert s.quota_used("alice") == n  # one approval of two: still awaiting a decision
+    s.decide(a.id, "ramon", "approve")
+    assert s.quota_used("alice") == 0
+    s.release(a.id, "alice")
+    b = w.submit()  # fits: the approved request does not count
+    assert b.state == "checked"
+    data = s.download(a.id, "alice")
+    assert data[:2] == b"PK" and kept_bytes(w, a.id) == n + len(data)
+    s.revoke(a.id, "audrey", "superseded")
+    assert kept_bytes(w, a.id) == n + len(data)  # revoked: kept, never downloaded again
+
+
+def test_the_quota_does_not_tell_whether_the_identifier_scan_dropped_content(  # type: ignore[no-untyped-def]
+        world: World, index, demo_tables) -> None:
+    """The scan drops the content of a request it blocks; the quota counts the sizes the
+    request was submitted with, so what is in use is the same as for a made-up value."""
+    from sandbox.exports import ExportQuotaError
+
+    idn = demo_tables["persons"].column("id_number").to_pylist()[0]
+    leak = FrameItem("t", ("district", "who"), (("Siming", idn),))
+    clean = FrameItem("t", ("district", "who"), (("Siming", decoy_of(idn, index)),))
+    s = world.store = ExportStore(world.state, quota_bytes=len(leak.data) + 10)
+    messages = []
+    for member, item in (("alice", leak), ("bob", clean)):
+        req = world.submit(requester=member, items=[item])
+        assert req.state == "checked"
+        assert s.quota_used(member) == len(item.data)
+        with pytest.raises(ExportQuotaError) as info:
+            world.submit(requester=member, items=[item])
+        messages.append(info.value.to_dict())
+    assert s.get(s.list(requester="alice")[0].id).items[0].kept is False  # dropped
+    assert messages[0] == messages[1]
+
+
+def test_content_kept_by_earlier_versions_is_dropped_at_start(world: World) -> None:
+    a = world.submit()
+    b = world.submit()
+    world.state.con.execute("UPDATE export_requests SET state = 'withdrawn' WHERE id = ?",
+                            (a.id,))  # as earlier versions left a withdrawal
+    assert kept_bytes(world, a.id) > 0
+    ExportStore(world.state)
+    assert kept_bytes(world, a.id) == 0 and kept_bytes(world, b.id) > 0

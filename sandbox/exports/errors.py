@@ -9,6 +9,7 @@
         ├── NotRequesterError           export.not_requester    (only the requester may)
         ├── ExportBlockedError          export.blocked          (automatic checks blocked it)
         ├── ExportHeldError             export.held             (the member's requests are held)
+        ├── ExportQuotaError            limits.export_quota     (the member's storage quota is full)
         ├── ExportRevokedError          export.revoked
         ├── ExportInputError            export.invalid          (bad items or fields)
         ├── IdentifierIndexError        export.index            (identifier index missing/damaged)
@@ -56,6 +57,13 @@ class ExportHeldError(ExportError):
     docs/exports.md); the message is the same whatever the reason."""
 
     code = "export.held"
+
+
+class ExportQuotaError(ExportError):
+    """Storing the submission would take the member's requests awaiting a decision over
+    their export storage quota (docs/exports.md); nothing was stored."""
+
+    code = "limits.export_quota"
 
 
 class ExportRevokedError(ExportError):

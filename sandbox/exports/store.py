@@ -11,7 +11,8 @@ Each transition and its audit record are one transaction of the state database
 rules that do not depend on who is an auditor (the service decides that): a reviewer can
 never decide on their own request, a policy can ask for two independent approvals, only
 the requester withdraws, nothing blocked can be approved, and only what was approved is
-released. The content of a blocked export is not kept (only its names, sizes and hashes).
+released. The content of a blocked export is not kept (only its names, sizes and hashes),
+nor that of a withdrawn or rejected one; approved and released requests keep theirs.
 
 An export the identifier scan blocks is NOT rejected at once: that would tell the requester
 that a value is in the vault (a membership oracle). It waits for review like any other
@@ -19,6 +20,13 @@ request (state checked, the same view for its requester), with its content dropp
 reviewer can only reject it. Each identifier hit is an ``export.flagged`` record; a member
 with ``hit_limit`` requests with hits within ``hit_window_s`` has further submissions
 refused (``ExportHeldError``, one generic message; an ``export.held`` record).
+
+What a member stores without any reviewer having decided is bounded: the sizes of the items
+of every revision of their requests awaiting a decision (``AWAITING``), in all workspaces,
+may add up to at most ``quota_bytes``. A submission or resubmission that would go over is
+refused before anything is stored (``ExportQuotaError``, a ``limits.exceeded`` record).
+The sizes count whether or not the content was kept, so the quota in use never tells a
+member that the identifier scan dropped a request's content.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from .errors import (
     ExportHeldError,
     ExportInputError,
     ExportNotFoundError,
+    ExportQuotaError,
     ExportRevokedError,
     ExportStateError,
     NotRequesterError,
@@ -53,6 +62,8 @@ STATES = ("submitted", "checked", "approved", "rejected", "returned", "released"
           "withdrawn", "revoked")
 DECISIONS = {"approve": "approved", "reject": "rejected", "return": "returned"}
 WITHDRAWABLE = ("submitted", "checked", "returned", "approved")
+AWAITING = ("submitted", "checked", "returned")  # no reviewer has decided: counts to the quota
+DROPPED = ("withdrawn", "rejected")  # states whose content is not kept
 CHECKS_ACTOR = "sandbox:checks"
 MAX_TITLE, MAX_PURPOSE, MAX_COMMENT = 200, 4000, 4000
 HIT_LIMIT = 3  # requests with identifier hits ...
@@ -60,6 +71,9 @@ HIT_WINDOW_S = 30 * 86400  # ... within this many seconds: further submissions a
 REVIEWER_EVENTS = frozenset({"flagged"})  # never in the requester's view
 FLAGGED = "identifier hits"  # the reviewers' marker of a flagged request (CLI, console)
 HELD_MESSAGE = "your export requests are held for review; contact the auditors"
+EXPORT_QUOTA_BYTES = 64 << 20  # item bytes a member may have awaiting a decision
+QUOTA_LIMIT = "export_quota_bytes"  # the service limit, named in limits.exceeded records
+QUOTA_HINT = "withdraw requests you no longer need, or wait for a reviewer's decision"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS export_requests (
@@ -99,7 +113,7 @@ class StoredItem:
     media_type: str
     size: int
     sha256: str
-    kept: bool  # False when the content was not kept (blocked exports)
+    kept: bool  # False when the content was not kept (blocked, withdrawn, rejected)
     meta: dict[str, Any]
 
     def to_dict(self, view: str = "reviewer") -> dict[str, Any]:
@@ -216,14 +230,26 @@ class ExportStore:
     """Export requests of every workspace, in the state database of a ``State``."""
 
     def __init__(self, state: Any, *, hit_limit: int = HIT_LIMIT,
-                 hit_window_s: float = HIT_WINDOW_S) -> None:
+                 hit_window_s: float = HIT_WINDOW_S,
+                 quota_bytes: int = EXPORT_QUOTA_BYTES) -> None:
         self.state = state
         self.hit_limit, self.hit_window_s = hit_limit, hit_window_s
+        self.quota_bytes = quota_bytes
         if state.signer is not None:  # a read-only state (auditor's copy) is only read
             with state.transaction() as con:  # not executescript: it would commit others' work
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
                         con.execute(stmt)
+                self._drop_stale(con)
+
+    def _drop_stale(self, con: sqlite3.Connection) -> None:
+        """Content of withdrawn and rejected requests that earlier versions kept."""
+        marks = ", ".join("?" * len(DROPPED))
+        for (export_id,) in con.execute(
+                "SELECT id FROM export_requests WHERE state IN (" + marks + ") AND (bundle IS "
+                "NOT NULL OR id IN (SELECT export_id FROM export_items WHERE data IS NOT NULL))",
+                DROPPED).fetchall():
+            self._drop_content(con, export_id)
 
     # -- reading ---------------------------------------------------------------------------
     def _row(self, con: sqlite3.Connection, export_id: str) -> dict[str, Any]:
@@ -276,7 +302,8 @@ class ExportStore:
             "position = ?", (export_id, r["revision"], position)).fetchone()
         if row is None or row[0] is None:
             raise ExportNotFoundError(f"export {export_id} has no kept item #{position}",
-                                      "the content of blocked exports is not kept")
+                                      "the content of blocked, withdrawn and rejected "
+                                      "exports is not kept")
         return bytes(row[0])
 
     # -- identifier hits and holds ----------------------------------------------------------
@@ -304,6 +331,45 @@ class ExportStore:
                           actor=requester, export_id=None, title=title, recent=recent,
                           limit=self.hit_limit, window_s=self.hit_window_s)
         raise ExportHeldError(HELD_MESSAGE, "an auditor will look at them with you")
+
+    # -- the storage quota -----------------------------------------------------------------
+    def quota_used(self, member: str, con: sqlite3.Connection | None = None) -> int:
+        """Bytes counted to ``member``'s quota: the sizes of the items of every revision of
+        their requests awaiting a decision, and any bundle of those, in all workspaces.
+        Sizes count whether or not the content was kept (see the module's docstring)."""
+        marks = ", ".join("?" * len(AWAITING))
+        (n,) = (con or self.state.con).execute(
+            "SELECT coalesce((SELECT sum(i.size) FROM export_items i JOIN export_requests r ON "
+            f"r.id = i.export_id WHERE r.requester = ? AND r.state IN ({marks})), 0) + "
+            "coalesce((SELECT sum(length(bundle)) FROM export_requests WHERE requester = ? "
+            f"AND state IN ({marks})), 0)", (member, *AWAITING, member, *AWAITING)).fetchone()
+        return int(n)
+
+    def _quota_refusal(self, con: sqlite3.Connection, workspace: str, requester: str,
+                       need: int, endpoint: str | None) -> ExportQuotaError | None:
+        """None when ``need`` more bytes fit; else a ``limits.exceeded`` record (in ``con``'s
+        transaction) and the error to raise once it is committed."""
+        used = self.quota_used(requester, con)
+        if used + need <= self.quota_bytes:
+            return None
+        self.state.append(con, "limits.exceeded", workspace=workspace, member=requester,
+                          actor=requester, limit=QUOTA_LIMIT, endpoint=endpoint, count=1,
+                          window_s=None)
+        return ExportQuotaError(
+            f"this export needs {_size(need)} but your export quota of "
+            f"{_size(self.quota_bytes)} has {_size(max(self.quota_bytes - used, 0))} left: "
+            f"{_size(used)} is in use by your requests awaiting a decision (all workspaces)",
+            QUOTA_HINT)
+
+    def _refuse_over_quota(self, workspace: str, requester: str, need: int,
+                           endpoint: str | None) -> None:
+        """Before the checks run: a member over the quota is refused at once."""
+        if self.quota_used(requester) + need <= self.quota_bytes:
+            return
+        with self.state.transaction() as con:
+            refused = self._quota_refusal(con, workspace, requester, need, endpoint)
+        if refused is not None:
+            raise refused
 
     def _flag(self, con: sqlite3.Connection, req: dict[str, Any],
               report: CheckReport) -> None:
@@ -404,20 +470,26 @@ class ExportStore:
             self._event(con, {**req, "state": "checked"}, "rejected", CHECKS_ACTOR,
                         comment=comment)
             self._set(con, req["id"], state="rejected")
+            self._drop_content(con, req["id"])  # earlier revisions too
 
     @staticmethod
-    def _drop_content(con: sqlite3.Connection, export_id: str, revision: int) -> None:
+    def _drop_content(con: sqlite3.Connection, export_id: str,
+                      revision: int | None = None) -> None:
         """Keep names, sizes and hashes; drop the bytes and the column names (a header
-        can be an identifier too)."""
-        rows = con.execute("SELECT position, meta FROM export_items WHERE export_id = ? AND "
-                           "revision = ?", (export_id, revision)).fetchall()
-        for pos, meta in rows:
+        can be an identifier too) of one revision, or (``revision`` None: a withdrawn or
+        rejected request) of every revision, and the bundle (its hash stays)."""
+        rows = con.execute("SELECT revision, position, meta FROM export_items WHERE "
+                           "export_id = ? AND (? IS NULL OR revision = ?)",
+                           (export_id, revision, revision)).fetchall()
+        for rev, pos, meta in rows:
             m = json.loads(meta)
-            if "columns" in m:
+            if isinstance(m.get("columns"), list):
                 m["columns"] = len(m["columns"])
             con.execute("UPDATE export_items SET data = NULL, meta = ? WHERE export_id = ? AND "
                         "revision = ? AND position = ?",
-                        (json.dumps(m, ensure_ascii=False), export_id, revision, pos))
+                        (json.dumps(m, ensure_ascii=False), export_id, rev, pos))
+        if revision is None:
+            con.execute("UPDATE export_requests SET bundle = NULL WHERE id = ?", (export_id,))
 
     def _context(self, ctx: CheckContext, req: dict[str, Any]) -> CheckContext:
         return replace(ctx, min_group_count=req["min_group_count"],
@@ -426,11 +498,13 @@ class ExportStore:
     # -- the transitions --------------------------------------------------------------------
     def submit(self, *, workspace: str, requester: str, title: str, purpose: str,
                items: Sequence[ExportItem], policy: Policy, policy_version: int | None = None,
-               request_id: str | None = None,
-               context: CheckContext | None = None) -> ExportRequest:
+               request_id: str | None = None, context: CheckContext | None = None,
+               endpoint: str | None = None) -> ExportRequest:
         """A new request (state submitted). With a ``context`` the checks run now too
         (state checked, or rejected when a check blocks). A repeated ``request_id`` of the
-        same requester returns the first request and stores nothing."""
+        same requester returns the first request and stores nothing. Over the quota:
+        ``ExportQuotaError``, nothing stored; ``endpoint`` goes into its audit record
+        (by default the service's route)."""
         title = _text(title, "title", MAX_TITLE, True)
         purpose = _text(purpose, "purpose", MAX_PURPOSE, True)
         if not items:
@@ -443,6 +517,10 @@ class ExportStore:
             if row is not None:
                 return self.get(row[0])
         self._refuse_if_held(workspace, requester, title)
+        need = sum(len(it.data) for it in items)
+        if endpoint is None:
+            endpoint = f"POST /workspaces/{workspace}/exports"
+        self._refuse_over_quota(workspace, requester, need, endpoint)
         export_id = uuid.uuid4().hex
         req = {"id": export_id, "workspace": workspace, "requester": requester,
                "title": title, "revision": 1, "state": "submitted",
@@ -452,21 +530,27 @@ class ExportStore:
             report = run_checks(items, self._context(context, req), export_id, title)
         now = audit.now_iso()
         with self.state.transaction() as con:
-            try:
-                con.execute(f"INSERT INTO export_requests ({', '.join(_COLUMNS)}) VALUES "
-                            f"({', '.join('?' * len(_COLUMNS))})",
-                            (export_id, workspace, requester, request_id, title, purpose,
-                             "submitted", 1, policy.id, policy_version, policy.content_hash,
-                             policy.export.approvals, policy.export.min_group_count, None,
-                             None, now, now, None, None))
-            except sqlite3.IntegrityError:
-                raise ExportStateError(f"request {request_id} was just submitted",
-                                       "fetch it again") from None
-            summary = self._store_items(con, export_id, 1, items)
-            self._event(con, req, "submitted", requester, title=title, purpose=purpose,
-                        items=summary)
-            if report is not None:
-                self._checked(con, req, report)
+            # again, in the transaction: concurrent submissions of one member add up
+            refused = self._quota_refusal(con, workspace, requester, need, endpoint)
+            if refused is None:
+                try:
+                    con.execute(f"INSERT INTO export_requests ({', '.join(_COLUMNS)}) VALUES "
+                                f"({', '.join('?' * len(_COLUMNS))})",
+                                (export_id, workspace, requester, request_id, title, purpose,
+                                 "submitted", 1, policy.id, policy_version,
+                                 policy.content_hash, policy.export.approvals,
+                                 policy.export.min_group_count, None, None, now, now, None,
+                                 None))
+                except sqlite3.IntegrityError:
+                    raise ExportStateError(f"request {request_id} was just submitted",
+                                           "fetch it again") from None
+                summary = self._store_items(con, export_id, 1, items)
+                self._event(con, req, "submitted", requester, title=title, purpose=purpose,
+                            items=summary)
+                if report is not None:
+                    self._checked(con, req, report)
+        if refused is not None:
+            raise refused
         return self.get(export_id)
 
     def check(self, export_id: str, context: CheckContext,
@@ -497,9 +581,11 @@ class ExportStore:
 
     def resubmit(self, export_id: str, requester: str, items: Sequence[ExportItem], *,
                  title: str | None = None, purpose: str | None = None,
-                 context: CheckContext | None = None) -> ExportRequest:
+                 context: CheckContext | None = None,
+                 endpoint: str | None = None) -> ExportRequest:
         """A returned request, changed by its requester: a new revision, checked again;
-        approvals of earlier revisions do not count."""
+        approvals of earlier revisions do not count. The earlier revisions stay stored and
+        counted to the quota (``ExportQuotaError`` when the new one does not fit)."""
         r = self._row(self.state.con, export_id)
         if r["requester"] != requester:
             raise NotRequesterError(f"only {r['requester']} can change export {export_id}",
@@ -512,19 +598,27 @@ class ExportStore:
         purpose = _text(purpose, "purpose", MAX_PURPOSE, True) if purpose is not None \
             else r["purpose"]
         self._refuse_if_held(r["workspace"], requester, title)
+        need = sum(len(it.data) for it in items)
+        if endpoint is None:
+            endpoint = f"POST /workspaces/{r['workspace']}/exports/{export_id}/resubmit"
+        self._refuse_over_quota(r["workspace"], requester, need, endpoint)
         req = {**r, "revision": r["revision"] + 1, "title": title}
         report = None if context is None else run_checks(
             items, self._context(context, req), export_id, title)
         with self.state.transaction() as con:
             cur = self._row(con, export_id)
             self._expect(cur, ("returned",), "resubmitted")
-            self._set(con, export_id, state="submitted", revision=req["revision"],
-                      title=title, purpose=purpose, report=None, fingerprint=None)
-            summary = self._store_items(con, export_id, req["revision"], items)
-            self._event(con, req, "submitted", requester, title=title, purpose=purpose,
-                        items=summary)
-            if report is not None:
-                self._checked(con, req, report)
+            refused = self._quota_refusal(con, r["workspace"], requester, need, endpoint)
+            if refused is None:
+                self._set(con, export_id, state="submitted", revision=req["revision"],
+                          title=title, purpose=purpose, report=None, fingerprint=None)
+                summary = self._store_items(con, export_id, req["revision"], items)
+                self._event(con, req, "submitted", requester, title=title, purpose=purpose,
+                            items=summary)
+                if report is not None:
+                    self._checked(con, req, report)
+        if refused is not None:
+            raise refused
         return self.get(export_id)
 
     def decide(self, export_id: str, reviewer: str, decision: str,
@@ -555,6 +649,8 @@ class ExportStore:
             if decision != "approve":
                 self._event(con, r, DECISIONS[decision], reviewer, comment=comment)
                 self._set(con, export_id, state=DECISIONS[decision])
+                if decision == "reject":
+                    self._drop_content(con, export_id)
                 return self._load(con, export_id)
             approvers = {a for (a,) in con.execute(
                 "SELECT actor FROM export_events WHERE export_id = ? AND revision = ? AND "
@@ -593,6 +689,7 @@ class ExportStore:
             self._expect(r, WITHDRAWABLE, "withdrawn")
             self._event(con, r, "withdrawn", requester, comment=comment)
             self._set(con, export_id, state="withdrawn")
+            self._drop_content(con, export_id)  # frees the member's quota and the space
             return self._load(con, export_id)
 
     def revoke(self, export_id: str, reviewer: str, comment: str) -> ExportRequest:
@@ -673,3 +770,12 @@ class ExportStore:
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _size(n: int) -> str:
+    """Bytes for a message: exact below 1 KiB, else KiB or MiB with one decimal."""
+    if n < 1024:
+        return f"{n} bytes"
+    if n < 1 << 20:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / (1 << 20):.1f} MiB"

@@ -73,6 +73,7 @@ STATUS = {
     "export.invalid": 400, "export.not_found": 404, "export.state": 409,
     "export.blocked": 409, "export.revoked": 410, "export.not_requester": 403,
     "export.self_approval": 403, "export.duplicate_approval": 409, "export.held": 403,
+    "limits.export_quota": 403,
 }
 
 
@@ -394,7 +395,8 @@ class Service:
         if store is None:
             store = self._local.exports = ExportStore(
                 self.state(), hit_limit=self.limits["export_hit_limit"],
-                hit_window_s=self.limits["export_hit_window_s"])
+                hit_window_s=self.limits["export_hit_window_s"],
+                quota_bytes=self.limits["export_quota_bytes"])
         return store
 
     def _export_context(self, ws: Workspace) -> Any:

@@ -48,6 +48,11 @@ LIMITS: tuple[Limit, ...] = (
           "with export.held (403), a message that does not say why."),
     Limit("export_hit_window_s", 2592000.0, float,
           "The window, in seconds (30 days), in which export_hit_limit counts."),
+    Limit("export_quota_bytes", 64 << 20, int,
+          "Bytes of export items one member may have in requests awaiting a decision "
+          "(submitted, checked or returned; every revision; all workspaces). A submission or "
+          "resubmission that would go over gets limits.export_quota (403); withdrawn and "
+          "rejected requests free their share."),
     Limit("per_member_concurrency", 2, int,
           "Explain and query requests one member may have running at once; more get "
           "limits.concurrency (429)."),

@@ -230,7 +230,10 @@ def _take(it: Iterable[Any], n: int) -> Iterable[Any]:
 def preview(base: str, store: ExportStore, req: ExportRequest, item: StoredItem) -> str:
     """What the item holds, for a person to read; content is never run."""
     if not item.kept:
-        return none("The content was not kept (the checks blocked the request).")
+        why = {"withdrawn": "its requester withdrew the request",
+               "rejected": "the request was rejected"}.get(req.state,
+                                                           "the checks blocked the request")
+        return none(f"The content was not kept ({why}).")
     src = f"{base}exports/{req.id}/items/{item.position}"
     img = f'<img class="preview" src="{esc(src)}" alt="{esc(item.name)}">'
     if item.media_type == "image/png":

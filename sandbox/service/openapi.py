@@ -25,6 +25,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "export.self_approval": (403, "A reviewer can never decide on their own request."),
     "export.held": (403, "The member's export requests are held for review; contact the "
                          "auditors."),
+    "limits.export_quota": (403, "The export would take the member over export_quota_bytes."),
     "export.not_found": (404, "No export of that id among the caller's."),
     "export.state": (409, "The export is not in a state that allows this."),
     "export.blocked": (409, "The automatic checks blocked the export."),
