@@ -155,6 +155,13 @@ def output_names(tree: exp.Select) -> list[str]:
     return names
 
 
+# The range of epsilon any query may ask for, whatever the policy says. Below the floor the
+# noise scales overflow the engine's 64-bit sums (a count at 1e-300 came back as 2^63 - 1);
+# above the ceiling a "private" answer is the exact one.
+EPSILON_FLOOR = 1e-6
+EPSILON_CEILING = 1e4
+
+
 class Gate:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
@@ -163,10 +170,13 @@ class Gate:
         p = self.policy.privacy
         if epsilon is None:
             return p.epsilon_default
+        top = min(p.epsilon_max, EPSILON_CEILING)
+        # ints are compared exactly (a 400-digit integer must not overflow a float)
         if isinstance(epsilon, bool) or not isinstance(epsilon, int | float) or \
-                not math.isfinite(epsilon) or epsilon <= 0 or epsilon > p.epsilon_max:
-            raise Refusal("gate.epsilon", f"epsilon must be a number above 0 and at most "
-                          f"{p.epsilon_max} in this scenario",
+                not (isinstance(epsilon, int) or math.isfinite(epsilon)) or \
+                not EPSILON_FLOOR <= epsilon <= top:
+            raise Refusal("gate.epsilon", f"epsilon must be a number from {EPSILON_FLOOR:g} to "
+                          f"{top:g} in this scenario",
                           f"omit it to use the default {p.epsilon_default}")
         return float(epsilon)
 

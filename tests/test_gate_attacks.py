@@ -21,6 +21,8 @@ ATTACKS: list[tuple[str, str]] = [
     ("   ", "gate.syntax"),
     ("SELEC count(*) FROM persons", "gate.syntax"),
     ("SELECT count(*) FROM persons WHERE (", "gate.syntax"),
+    ("SELECT count(*) FROM persons WHERE district = '\ud800'", "gate.syntax"),
+    ("SELECT count(*) AS \"\udfff\" FROM persons", "gate.syntax"),
     ("SELECT count(*) FROM persons; SELECT count(*) FROM loans", "gate.multiple_statements"),
     ("SELECT count(*) FROM persons; DROP TABLE persons", "gate.multiple_statements"),
     ("DROP TABLE persons", "gate.not_a_query"),

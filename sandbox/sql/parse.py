@@ -21,6 +21,13 @@ def parse(sql: str) -> exp.Select:
         raise Refusal("gate.too_large", f"the query is longer than {MAX_SQL_CHARS} characters",
                       "split it into smaller queries")
     try:
+        sql.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: no engine can bind it
+        raise Refusal("gate.syntax", f"the query holds an invalid character at position "
+                      f"{exc.start + 1} (a lone UTF-16 surrogate)",
+                      "remove the character or write it as a valid Unicode code point") \
+            from None
+    try:
         statements = [s for s in sqlglot.parse(sql, dialect="duckdb") if s is not None]
     except (ParseError, TokenError) as exc:
         errors = getattr(exc, "errors", None) or []
