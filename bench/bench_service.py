@@ -2,6 +2,7 @@
 
     python bench/bench_service.py [--size large|small|tiny] [--clients 20] [--queries 10]
                                   [--think-s 2.0]
+    python bench/bench_service.py --flood [--size small] [--queries 60]
 
 Self-contained: ingests the demo data into a temporary home, starts a real JupyterHub
 (in-memory proxy, no configurable-http-proxy needed) and the sandbox service, makes a
@@ -12,6 +13,12 @@ service overhead at p50 (target: under 20 ms), in three settings: clients asking
 back (the machine saturated: latency is mostly queueing, which multiplies any per-query
 cost by the queue's length), clients that think between questions (random pauses, mean
 ``--think-s``, as analysts in notebooks do), and one client alone.
+
+``--flood``: what one hostile member costs the others. One member asks ``--queries``
+questions one after another (p50, p99) alone, then while another member floods the service
+from 8 threads (valid queries, refused queries and malformed bodies as fast as it can), once
+with the default limits and once with the limits lifted. Target: the flood slows the other
+member's p50 by at most 20% with the default limits.
 """
 
 from __future__ import annotations
@@ -100,6 +107,81 @@ def run(label: str, clients: int, per_client: int, fn) -> list[float]:  # type: 
     return run_mixed(label, clients, per_client, {"": fn})[""]
 
 
+FLOOD_BODIES = (
+    ({"sql": QUERIES[0], "epsilon": 0.001}, True),   # valid: charged, answered
+    ({"sql": "SELECT * FROM persons"}, True),         # refused by the gate
+    (None, False),                                    # malformed JSON
+)
+
+
+def attack(svc, token: str, stop_flag: threading.Event,  # type: ignore[no-untyped-def]
+           codes: dict[int, int]) -> None:
+    """One flooding client: as fast as it can, until told to stop."""
+    s, n = requests.Session(), 0
+    while not stop_flag.is_set():
+        body, ok = FLOOD_BODIES[n % len(FLOOD_BODIES)]
+        n += 1
+        kw = {"json": {**body, "request_id": uuid.uuid4().hex}} if ok else \
+            {"data": b"[" * 1000}
+        r = s.post(svc.base + f"workspaces/{WS}/query", timeout=120,
+                   headers={"Authorization": f"token {token}"}, **kw)
+        codes[r.status_code] = codes.get(r.status_code, 0) + 1  # approximate under races
+
+
+def flood(hub, paths: Path, config: Path, port: int, victim: str,  # type: ignore[no-untyped-def]
+          attacker: str, queries: int) -> None:
+    """The victim's latency alone, under a flood with the default limits, and under a flood
+    with the limits lifted (what the limits buy)."""
+    settings = {
+        "default limits": "",
+        "limits lifted": ", queries_per_minute: 1000000, refusals_per_minute: 1000000, "
+                         "per_member_concurrency: 1000",
+    }
+
+    def victim_run(svc) -> list[float]:  # type: ignore[no-untyped-def]
+        s, lat = requests.Session(), []
+        for i in range(queries):
+            t0 = time.perf_counter()
+            r = s.post(svc.base + f"workspaces/{WS}/query", timeout=120,
+                       headers={"Authorization": f"token {victim}"},
+                       json={"sql": QUERIES[i % len(QUERIES)], "epsilon": 0.001,
+                             "request_id": uuid.uuid4().hex})
+            lat.append(time.perf_counter() - t0)
+            if r.status_code != 200:
+                raise RuntimeError(r.text)
+        return lat
+
+    def line(label: str, lat: list[float], base: list[float] | None) -> None:
+        extra = f"  ({pct(lat, .5) / pct(base, .5) - 1:+.0%} p50)" if base else ""
+        print(f"{label:<34} p50 {pct(lat, .5) * 1000:7.1f} ms  p99 "
+              f"{pct(lat, .99) * 1000:7.1f} ms{extra}")
+
+    for name, extra in settings.items():
+        config.write_text(f"home: {paths.home}\nkeystore: {paths.keystore}\n"
+                          f"limits: {{workers: {WORKERS}{extra}}}\n")
+        svc = start_service(hub, config, port)
+        try:
+            for sql in QUERIES:  # warm
+                requests.post(svc.base + f"workspaces/{WS}/query", timeout=120,
+                              headers={"Authorization": f"token {victim}"},
+                              json={"sql": sql, "epsilon": 0.001,
+                                    "request_id": uuid.uuid4().hex})
+            alone = victim_run(svc)
+            line(f"{name}: alone", alone, None)
+            stop_flag, codes = threading.Event(), {}
+            with ThreadPoolExecutor(8) as pool:
+                for _ in range(8):
+                    pool.submit(attack, svc, attacker, stop_flag, codes)
+                time.sleep(1)
+                flooded = victim_run(svc)
+                stop_flag.set()
+            line(f"{name}: during the flood", flooded, alone)
+            print(f"{'':<34} flood: {sum(codes.values())} requests, statuses "
+                  + ", ".join(f"{k}: {v}" for k, v in sorted(codes.items())))
+        finally:
+            stop(svc.proc)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", default="large", choices=["tiny", "small", "large"])
@@ -107,6 +189,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=10, help="queries per client")
     ap.add_argument("--think-s", type=float, default=2.0,
                     help="mean pause between a thinking client's questions")
+    ap.add_argument("--flood", action="store_true",
+                    help="measure one member's latency while another floods the service")
     args = ap.parse_args()
     data = demo_data(args.size)
     with tempfile.TemporaryDirectory() as tmp_s:
@@ -153,11 +237,14 @@ def main() -> None:
             token = hub.token("alice")
             state = State(paths.state_db, kms.audit_signing_key())
             catalog = Catalog(paths.catalog_db, paths.vault_dir)
-            provision_local(state, catalog.resolve, POLICY, WS, ["alice"], epsilon=1e9,
+            provision_local(state, catalog.resolve, POLICY, WS, ["alice", "carol"], epsilon=1e9,
                             delta=0.5, expires="2099-12-31", actor="bench")
             catalog.close()
             state.close()
             config = tmp / "service.yaml"
+            if args.flood:
+                flood(hub, paths, config, svc_port, token, hub.token("carol"), args.queries)
+                return
             config.write_text(
                 f"home: {paths.home}\nkeystore: {paths.keystore}\n"
                 f"limits: {{per_member_concurrency: {args.clients}, workers: {WORKERS}}}\n")

@@ -521,3 +521,31 @@ def test_links_resolve(path: Path) -> None:
         assert dest.exists(), f"{path.name}: broken link {target}"
         if anchor and dest.suffix == ".md":
             assert anchor in anchors(dest), f"{path.name}: no heading for #{anchor} in {dest}"
+
+
+# -- docs/service.md: limits and error codes come from the code ----------------------------------
+def _service_doc() -> str:
+    return (Path(__file__).resolve().parents[1] / "docs" / "service.md").read_text()
+
+
+def test_service_limits_table_is_made_from_the_code() -> None:
+    from sandbox.service.config import limits_table
+
+    table = _service_doc().split("<!-- limits table: begin -->\n", 1)[1].split(
+        "<!-- limits table: end -->", 1)[0]
+    assert table.strip() == limits_table(), \
+        "docs/service.md is stale: paste limits_table() between the markers"
+
+
+def test_service_error_codes_are_documented_both_ways() -> None:
+    from sandbox.service.app import STATUS
+    from sandbox.service.openapi import ERROR_CODES
+
+    section = _service_doc().split("## Errors", 1)[1].split("\n## ", 1)[0]
+    documented: dict[str, int] = {}
+    for codes, status in re.findall(r"^\| ((?:`[^`]+`(?: / )?)+) \| (\d{3}) \|", section, re.M):
+        for code in re.findall(r"`([^`]+)`", codes):
+            documented[code] = int(status)
+    assert documented == {c: s for c, (s, _) in ERROR_CODES.items()}
+    assert {c: s for c, s in STATUS.items() if c != "state.error"} == \
+        {c: s for c, s in documented.items() if c in STATUS}

@@ -157,7 +157,7 @@ def test_lifecycle_refuses_at_once(cli: Cli, hub: Hub, service: Svc) -> None:  #
     assert ask(service, carol, "team-b").status_code == 200
     cli("workspace", "remove-member", "team-b", "carol")
     r = ask(service, carol, "team-b")  # the very next query
-    assert r.status_code == 403 and r.json()["error"]["code"] == "workspace.forbidden"
+    assert r.status_code == 404 and r.json()["error"]["code"] == "workspace.not_found"
     assert_clean(r)
     assert group(hub, "team-b") == {"alice"}
     cli("workspace", "suspend", "team-b", "--reason", "audit")

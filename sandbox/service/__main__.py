@@ -49,12 +49,14 @@ async def serve(config_path: Path, port: int | None) -> None:
     service = Service.start(config)
     hub_auth = HubAuth(cache_max_age=config.limits["auth_cache_s"])
     app = make_app(service, prefix, hub_auth)
-    body_cap = config.limits["max_body_bytes"]
-    # Bodies up to 16x the limit are read and answered with a JSON 413; beyond that the
-    # connection is closed without reading further.
-    server = HTTPServer(app, max_body_size=max(body_cap * 16, 1 << 20,
-                                               config.limits["max_export_bytes"]),
-                        xheaders=True)
+    limits = config.limits
+    # Every handler that takes a body raises this cap itself, after checking the token
+    # (export submissions to max_export_bytes); the console's forms stay under it. Forwarding
+    # headers are not trusted: the access log shows the peer and, apart, what it claimed.
+    server = HTTPServer(app, max_body_size=limits["max_body_bytes"],
+                        idle_connection_timeout=limits["header_timeout_s"],
+                        body_timeout=limits["body_timeout_s"], max_header_size=64 << 10,
+                        xheaders=False)
     server.listen(port, address=host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

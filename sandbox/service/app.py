@@ -8,16 +8,18 @@ engine text and stack traces stay in the server log.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import decimal
 import json
 import logging
+import math
 import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -39,17 +41,23 @@ from ..exports import (
     state_context,
 )
 from ..exports.errors import ExportNotFoundError
-from ..gate import Gate
+from ..gate import EPSILON_CEILING, EPSILON_FLOOR, Gate
 from ..keys import Kms, load_kms
-from ..ledger import DuplicateRequestError, SqliteLedger
+from ..ledger import DuplicateRequestError, SqliteLedger, request_digest
 from ..policy import Policy
 from ..scenarios import Scenarios, load_approved
 from ..settings import Paths
 from ..sql.refusal import Refusal
 from ..state import State
-from ..workspaces import WorkspaceRecord, Workspaces
+from ..workspaces import (
+    WorkspaceForbiddenError,
+    WorkspaceNotFoundError,
+    WorkspaceRecord,
+    Workspaces,
+)
 from . import console
 from .config import ServiceConfig
+from .limits import Rate, RateLimiter, retry_after
 from .openapi import document
 
 log = logging.getLogger("sandbox.service")
@@ -65,10 +73,10 @@ STATUS = {
     "request.conflict": 409,
     "request.failed": 409, "engine.timeout": 504, "engine.error": 500, "input.invalid": 400,
     "auth.required": 401, "auth.invalid": 401, "auth.token_in_url": 400, "auth.scope": 403,
-    "auth.not_a_user": 403, "auth.unavailable": 502, "workspace.forbidden": 403,
+    "auth.not_a_user": 403, "auth.unavailable": 502,
     "workspace.not_found": 404, "workspace.suspended": 403, "workspace.closed": 403,
     "workspace.expired": 403, "workspace.provisioning": 503, "limits.body_too_large": 413,
-    "limits.concurrency": 429,
+    "limits.concurrency": 429, "limits.rate": 429,
     "http.not_found": 404, "http.method_not_allowed": 405, "state.error": 503,
     "export.invalid": 400, "export.not_found": 404, "export.state": 409,
     "export.blocked": 409, "export.revoked": 410, "export.not_requester": 403,
@@ -228,7 +236,9 @@ class Service:
         self._identifiers: IdentifierIndex | None = None
         self.pool = ThreadPoolExecutor(max_workers=self.limits["workers"],
                                        thread_name_prefix="gate")
-        self.active: dict[str, int] = {}  # member -> running explain/query (event loop only)
+        self.active: dict[str, int] = {}  # member -> requests in flight (event loop only)
+        self.rates = RateLimiter()  # event loop only
+        self.held: dict[str, int] = {}  # member -> rate-limited requests held (event loop)
 
     @property
     def identifiers(self) -> IdentifierIndex:
@@ -284,6 +294,21 @@ class Service:
                     s.close()
             self._states.clear()
 
+    def rate(self, name: str) -> Rate:
+        return Rate(name, self.limits[name], 3600.0 if name.endswith("_per_hour") else 60.0)
+
+    def record_invalid(self, ws: Workspace | None, member: str, endpoint: str,
+                       exc: SandboxError, raw: bytes) -> None:
+        """A request.invalid audit record: a malformed request leaves a trace too."""
+        self.state().record("request.invalid", workspace=ws.name if ws else None,
+                            member=member, endpoint=endpoint, code=exc.code,
+                            message=exc.message.encode("utf-8", "backslashreplace").decode(),
+                            input=escaped(raw))
+
+    def record_limit(self, member: str, rate: Rate, endpoint: str, count: int) -> None:
+        self.state().record("limits.exceeded", member=member, limit=rate.name,
+                            endpoint=endpoint, count=count, window_s=rate.window_s)
+
     # -- per-thread state --------------------------------------------------------------
     def state(self) -> State:
         s = getattr(self._local, "state", None)
@@ -316,8 +341,15 @@ class Service:
             return self._gates[key]
 
     def workspace_for(self, name: str, member: str) -> Workspace:
-        """The workspace if ``member`` may use it now (records are read every time)."""
-        rec = Workspaces(self.state()).access(name, member)
+        """The workspace if ``member`` may use it now (records are read every time).
+
+        A workspace the member does not belong to is answered exactly like one that does
+        not exist: which workspaces exist is not the business of non-members."""
+        try:
+            rec = Workspaces(self.state()).access(name, member)
+        except (WorkspaceNotFoundError, WorkspaceForbiddenError):
+            raise WorkspaceNotFoundError(f"you have no workspace {name!r}",
+                                         "list yours with GET workspaces") from None
         policy, gate = self._gate(rec)
         return Workspace(name, rec, policy, gate)
 
@@ -336,12 +368,6 @@ class Service:
             out.append(item)
         return out
 
-    def schema(self, name: str, member: str) -> dict[str, Any]:
-        return self.workspace_for(name, member).schema()
-
-    def budget(self, name: str, member: str) -> dict[str, Any]:
-        return self.ledger(self.workspace_for(name, member)).balance(member).to_dict()
-
     def _check_size(self, sql: str) -> None:
         limit = self.limits["max_sql_chars"]
         if len(sql) > limit:
@@ -359,8 +385,6 @@ class Service:
         A retry (same id, same SQL and epsilon) gets the first answer; the id reused for a
         different question is a conflict (the ledger raises it too if the two race).
         """
-        from ..ledger import request_digest
-
         ledger = self.ledger(ws)
         digest = request_digest(sql, epsilon)
         prior = ledger.prior(member, request_id)
@@ -464,12 +488,83 @@ class Service:
 
 
 # -- HTTP ---------------------------------------------------------------------------------
+# Codes of requests that are malformed or ask for a workspace the member does not have:
+# each leaves a request.invalid record. Together with the gate's and the budget's refusals
+# they count against refusals_per_minute.
+RECORDED = ("input.invalid", "request.conflict", "limits.body_too_large",
+            "workspace.not_found")
+TARPIT_S, TARPIT_MAX = 1.0, 16  # pause before a limits.rate answer; held at once per member
+MAX_NESTING = 32  # depth of JSON bodies (export items are the deepest, about 5)
+
+
+def counts_as_refusal(code: str) -> bool:
+    return code.startswith("gate.") or code in RECORDED or code == "budget.exhausted"
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(raw: bytes) -> Any:
+    """The body as JSON, or input.invalid: strict numbers, valid Unicode, bounded nesting."""
+    try:
+        body = json.loads(raw or b"null", parse_constant=_no_constant)
+    except RecursionError:
+        raise Problem("input.invalid", "the body is nested too deeply",
+                      f"send JSON nested at most {MAX_NESTING} levels") from None
+    except (ValueError, UnicodeDecodeError):
+        raise Problem("input.invalid", "the body is not valid JSON",
+                      'send a JSON object such as {"sql": "SELECT ..."}') from None
+    stack: list[tuple[Any, int]] = [(body, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise Problem("input.invalid", "the body is nested too deeply",
+                          f"send JSON nested at most {MAX_NESTING} levels")
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise Problem("input.invalid", "the body holds text that is not valid Unicode "
+                              "(a lone surrogate such as \\ud800)",
+                              "send text as UTF-8; escape only whole characters") from None
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise Problem("input.invalid", "the body holds a number too large for a double",
+                          "send numbers within ±1.7e308")
+        elif isinstance(value, dict):
+            stack += [(k, depth + 1) for k in value] + [(v, depth + 1) for v in value.values()]
+        elif isinstance(value, list):
+            stack += [(v, depth + 1) for v in value]
+    return body
+
+
+def escaped(raw: bytes, limit: int = 512) -> str:
+    """The start of an untrusted body as printable ASCII (for the audit log)."""
+    text = raw[:limit].decode("utf-8", "backslashreplace")
+    return text.encode("unicode_escape").decode("ascii") + ("…" if len(raw) > limit else "")
+
+
+def log_request(handler: web.RequestHandler) -> None:
+    """The access log: the peer is the address that connected (the proxy); what a client
+    put in forwarding headers is logged as its claim, escaped, never as the address."""
+    status = handler.get_status()
+    req = handler.request
+    claimed = req.headers.get("X-Forwarded-For", "")
+    fwd = f" forwarded-for={escaped(claimed.encode(), 96)!r}" if claimed else ""
+    member = getattr(handler, "member", "") or "-"
+    level = log.info if status < 400 else log.warning if status < 500 else log.error
+    level("%d %s %s peer=%s member=%s%s %.1fms", status, req.method,
+          escaped(req.path.encode(), 200), req.remote_ip, escaped(member.encode(), 64), fwd,
+          1000.0 * req.request_time())
+
+
 class BaseHandler(web.RequestHandler):
     service: Service
     hub_auth: HubAuth | None
 
-    def initialize(self, service: Service, hub_auth: HubAuth | None = None) -> None:
-        self.service, self.hub_auth = service, hub_auth
+    def initialize(self, service: Service, hub_auth: HubAuth | None = None,
+                   endpoint: str = "") -> None:
+        self.service, self.hub_auth, self.endpoint = service, hub_auth, endpoint
         self.member = ""
 
     def set_default_headers(self) -> None:
@@ -483,7 +578,11 @@ class BaseHandler(web.RequestHandler):
 
     def send_json(self, body: Any, status: int = 200) -> None:
         self.set_status(status)
-        self.finish(dumps(body))
+        self.finish(dumps(body).encode("utf-8", "backslashreplace"))
+
+    def allowed_methods(self) -> list[str]:
+        return [m for m in ("GET", "POST")
+                if getattr(type(self), m.lower()) is not getattr(web.RequestHandler, m.lower())]
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -494,6 +593,10 @@ class BaseHandler(web.RequestHandler):
             body: dict[str, Any] = {"error": {
                 "code": code, "message": exc.reason or "the request could not be served",
                 "hint": "see the service's openapi.json for the endpoints"}}
+            if status == 405:
+                allowed = self.allowed_methods()
+                self.set_header("Allow", ", ".join(allowed))
+                body["error"]["hint"] = f"this endpoint takes {' or '.join(allowed)}"
         elif exc is None:
             status, body = status_code, {"error": {
                 "code": "http.error" if status_code < 500 else "internal",
@@ -504,17 +607,17 @@ class BaseHandler(web.RequestHandler):
             for k, v in exc.headers.items():
                 self.set_header(k, v)
         self.set_status(status)
-        self.finish(dumps(body))
+        self.finish(dumps(body).encode("utf-8", "backslashreplace"))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, SandboxError) and value.code.startswith(PUBLIC_PREFIXES):
-            log.info("%s %s -> %s: %s", self.request.method, self.request.path, value.code,
-                     value.message)
+            log.info("%s %s -> %s: %s", self.request.method, self.endpoint, value.code,
+                     escaped(value.message.encode("utf-8", "backslashreplace"), 200))
         elif isinstance(value, web.HTTPError) and value.status_code < 500:
-            log.info("%s %s -> %d", self.request.method, self.request.path, value.status_code)
+            log.info("%s %s -> %d", self.request.method, self.endpoint, value.status_code)
         else:
             log.error("unexpected error serving %s %s", self.request.method,
-                      self.request.path, exc_info=(typ, value, tb))
+                      self.endpoint, exc_info=(typ, value, tb))
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await IOLoop.current().run_in_executor(self.service.pool, fn, *args)
@@ -536,10 +639,58 @@ class OpenAPIHandler(BaseHandler):
         self.send_json(document(self.settings["sandbox_prefix"], __version__))
 
 
+@web.stream_request_body
 class AuthedHandler(BaseHandler):
-    """Requires a hub token (Authorization header only) carrying ``custom:sandbox:query``."""
+    """Requires a hub token (Authorization header only) carrying ``custom:sandbox:query``.
+
+    Order matters under hostile load: the token is checked, then the member's rate limits
+    and in-flight slot, and only then is a body read (streamed, up to this route's limit).
+    """
+
+    body_limit = "max_body_bytes"
+    rates: tuple[str, ...] = ()  # rate limits this route counts against (besides refusals)
+
+    def initialize(self, service: Service, hub_auth: HubAuth | None = None,
+                   endpoint: str = "") -> None:
+        super().initialize(service, hub_auth, endpoint)
+        self._chunks: list[bytes] = []
+        self._slot = False
+        self._working = False
+        self._deferred: Problem | None = None  # refused in prepare; sent after the body
 
     async def prepare(self) -> None:
+        # The body is not read before this returns. A request refused here gets its error
+        # only once its body is in (read up to the server's cap, max_body_bytes, and
+        # dropped): answering first and closing would reset the connection under the
+        # client before it reads the JSON error. A body announced larger than the route
+        # takes is answered at once and the connection closed unread.
+        length = self.request.headers.get("Content-Length", "0").strip()
+        announced = int(length) if length.isdigit() else None
+        try:
+            await self._authenticate()
+            await self._check_rates()
+            self._take_slot()
+        except Problem as problem:
+            if announced is None or announced > self.service.limits["max_body_bytes"]:
+                raise
+            self._deferred = problem
+            return
+        limit = self.service.limits[self.body_limit]
+        if announced is None or announced > limit:
+            problem = Problem("limits.body_too_large", f"the request body is larger than "
+                              f"{limit} bytes", "send a shorter query"
+                              if self.body_limit == "max_body_bytes" else
+                              "export fewer or smaller items")
+            await self.run(self.service.record_invalid, None, self.member, self.where(),
+                           problem, b"")
+            self._refused(problem.code)
+            raise problem
+        connection = self.request.connection
+        if connection is not None:
+            connection.set_max_body_size(limit)
+            connection.set_body_timeout(self.service.limits["body_timeout_s"])
+
+    async def _authenticate(self) -> None:
         if "token" in self.request.query_arguments:
             raise Problem("auth.token_in_url", "tokens are not accepted in the URL",
                           "send it in the header 'Authorization: token <token>'")
@@ -569,19 +720,113 @@ class AuthedHandler(BaseHandler):
                           "granted must be recreated")
         self.member = str(model["name"])
 
+    def where(self) -> str:
+        """Method and path under the API root, for audit records."""
+        path = self.request.path
+        return f"{self.request.method} {path[path.find('/api/v1/') + 7:]}"
 
-    def json_body(self, fields: dict[str, tuple[type, ...]], required: tuple[str, ...],
-                  limit_name: str = "max_body_bytes") -> dict[str, Any]:
-        limit = self.service.limits[limit_name]
-        if len(self.request.body) > limit:
-            raise Problem("limits.body_too_large", f"the request body is larger than {limit} "
-                          "bytes", "send a shorter query" if limit_name == "max_body_bytes"
-                          else "export fewer or smaller items")
+    async def _check_rates(self) -> None:
+        """429 with Retry-After when a rate limit is spent; the refusal limit applies to
+        every route, so a member who floods with bad requests is slowed everywhere."""
+        limiter = self.service.rates
+        for name in ("refusals_per_minute", *self.rates):
+            rate = self.service.rate(name)
+            wait = limiter.wait(self.member, rate)
+            if wait > 0:
+                count = limiter.refused(self.member, rate)
+                if count is not None:
+                    await self.run(self.service.record_limit, self.member, rate,
+                                   self.where(), count)
+                await self._hold(wait)
+                what = "refused or malformed requests" if name == "refusals_per_minute" \
+                    else name.split("_per_")[0]
+                raise Problem("limits.rate", f"too many {what}: the limit is {rate.count} per "
+                              f"{'minute' if rate.window_s == 60 else 'hour'}",
+                              f"wait {retry_after(wait)} s before the next request",
+                              {"Retry-After": retry_after(wait)})
+        for name in self.rates:
+            limiter.take(self.member, self.service.rate(name))
+
+    async def _hold(self, wait: float) -> None:
+        """Answer a rate-limited request after a pause (up to TARPIT_S): a client that
+        floods back to back then costs the event loop a few requests a second, not
+        thousands. Only a few of a member's requests are held; the rest are answered at
+        once (holding costs a connection)."""
+        held = self.service.held
+        if held.get(self.member, 0) >= TARPIT_MAX:
+            return
+        held[self.member] = held.get(self.member, 0) + 1
         try:
-            body = json.loads(self.request.body or b"null")
-        except (ValueError, UnicodeDecodeError):
-            raise Problem("input.invalid", "the body is not valid JSON",
-                          'send a JSON object such as {"sql": "SELECT ..."}') from None
+            await asyncio.sleep(min(wait, TARPIT_S))
+        finally:
+            held[self.member] -= 1
+            if not held[self.member]:
+                del held[self.member]
+
+    def _take_slot(self) -> None:
+        active = self.service.active
+        limit = self.service.limits["per_member_concurrency"]
+        if active.get(self.member, 0) >= limit:
+            raise Problem("limits.concurrency", f"you already have {limit} requests running",
+                          "wait for them to finish, then try again", {"Retry-After": "1"})
+        active[self.member] = active.get(self.member, 0) + 1
+        self._slot = True
+
+    def _release_slot(self) -> None:
+        if self._slot:
+            self._slot = False
+            active = self.service.active
+            active[self.member] -= 1
+            if not active[self.member]:
+                del active[self.member]
+
+    def on_finish(self) -> None:
+        self._release_slot()
+
+    def on_connection_close(self) -> None:
+        if not self._working:  # still reading the body: nothing else will free the slot
+            self._release_slot()
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._deferred is None:
+            self._chunks.append(chunk)
+
+    @property
+    def raw_body(self) -> bytes:
+        return b"".join(self._chunks)
+
+    def _refused(self, code: str) -> None:
+        if counts_as_refusal(code):
+            self.service.rates.take(self.member, self.service.rate("refusals_per_minute"))
+
+    async def serve(self, ws: str | None, fn: Callable[..., Any]) -> Any:
+        """``fn(workspace)`` in a worker, the workspace checked there first; a malformed
+        request leaves a request.invalid record before its error is sent."""
+        if self._deferred is not None:
+            raise self._deferred
+        raw = self.raw_body
+
+        def work() -> Any:
+            workspace = None
+            try:
+                if ws is not None:
+                    workspace = self.service.workspace_for(ws, self.member)
+                return fn(workspace)
+            except SandboxError as exc:
+                if exc.code in RECORDED:
+                    self.service.record_invalid(workspace, self.member, self.where(), exc, raw)
+                raise
+
+        self._working = True
+        try:
+            return await self.run(work)
+        except SandboxError as exc:
+            self._refused(exc.code)
+            raise
+
+    def json_body(self, fields: dict[str, tuple[type, ...]],
+                  required: tuple[str, ...]) -> dict[str, Any]:
+        body = parse_json(self.raw_body)
         if not isinstance(body, dict):
             raise Problem("input.invalid", "the body must be a JSON object",
                           'send a JSON object such as {"sql": "SELECT ..."}')
@@ -598,41 +843,37 @@ class AuthedHandler(BaseHandler):
             ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
             if not ok:
                 names = " or ".join("null" if t is type(None) else
-                                    {str: "a string", int: "a number", float: "a number"}
-                                    .get(t, t.__name__) for t in types)
+                                    {str: "a string", int: "a number", float: "a number",
+                                     list: "a list"}.get(t, t.__name__) for t in types)
                 raise Problem("input.invalid", f"the field {key!r} must be {names}",
                               f"allowed fields: {', '.join(fields)}")
+        eps = body.get("epsilon")
+        if eps is not None and not EPSILON_FLOOR <= eps <= EPSILON_CEILING:
+            raise Problem("input.invalid", f"the field 'epsilon' must be from "
+                          f"{EPSILON_FLOOR:g} to {EPSILON_CEILING:g}",
+                          "omit it to use the scenario's default")
+        rid = body.get("request_id")
+        if rid is not None and not REQUEST_ID_RE.fullmatch(rid):
+            raise Problem("input.invalid", "the field 'request_id' must be 1-64 letters, "
+                          "digits, '_' or '-'", "use a fresh uuid4 hex per request")
         return body
-
-    @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
-        active = self.service.active
-        limit = self.service.limits["per_member_concurrency"]
-        if active.get(self.member, 0) >= limit:
-            raise Problem("limits.concurrency", f"you already have {limit} requests running",
-                          "wait for them to finish, then try again", {"Retry-After": "1"})
-        active[self.member] = active.get(self.member, 0) + 1
-        try:
-            yield
-        finally:
-            active[self.member] -= 1
-            if not active[self.member]:
-                del active[self.member]
 
 
 class WorkspacesHandler(AuthedHandler):
     async def get(self) -> None:
-        self.send_json(await self.run(self.service.list_workspaces, self.member))
+        self.send_json(await self.serve(None, lambda _: self.service.list_workspaces(
+            self.member)))
 
 
 class SchemaHandler(AuthedHandler):
     async def get(self, ws: str) -> None:
-        self.send_json(await self.run(self.service.schema, ws, self.member))
+        self.send_json(await self.serve(ws, lambda w: w.schema()))
 
 
 class BudgetHandler(AuthedHandler):
     async def get(self, ws: str) -> None:
-        self.send_json(await self.run(self.service.budget, ws, self.member))
+        self.send_json(await self.serve(ws, lambda w: self.service.ledger(w).balance(
+            self.member).to_dict()))
 
 
 EXPLAIN_FIELDS: dict[str, tuple[type, ...]] = {"sql": (str,), "epsilon": (int, float, type(None))}
@@ -640,29 +881,26 @@ QUERY_FIELDS: dict[str, tuple[type, ...]] = {**EXPLAIN_FIELDS, "request_id": (st
 
 
 class ExplainHandler(AuthedHandler):
+    rates = ("queries_per_minute",)
+
     async def post(self, ws: str) -> None:
-        def work() -> dict[str, Any]:  # one trip to a worker: access, body, then the gate
-            workspace = self.service.workspace_for(ws, self.member)
+        def work(workspace: Workspace) -> dict[str, Any]:
             body = self.json_body(EXPLAIN_FIELDS, ("sql",))
             return self.service.explain(workspace, body["sql"], body.get("epsilon"))
 
-        with self.slot():
-            self.send_json(await self.run(work))
+        self.send_json(await self.serve(ws, work))
 
 
 class QueryHandler(AuthedHandler):
+    rates = ("queries_per_minute",)
+
     async def post(self, ws: str) -> None:
-        def work() -> tuple[dict[str, Any], bool]:
-            workspace = self.service.workspace_for(ws, self.member)
+        def work(workspace: Workspace) -> tuple[dict[str, Any], bool]:
             body = self.json_body(QUERY_FIELDS, ("sql", "request_id"))
-            if not REQUEST_ID_RE.match(body["request_id"]):
-                raise Problem("input.invalid", "the field 'request_id' must be 1-64 letters, "
-                              "digits, '_' or '-'", "use a fresh uuid4 hex per question")
             return self.service.query(workspace, self.member, body["sql"],
                                       body.get("epsilon"), body["request_id"])
 
-        with self.slot():
-            result, replayed = await self.run(work)
+        result, replayed = await self.serve(ws, work)
         if replayed:
             self.set_header("Sandbox-Replayed", "true")
         self.send_json(result)
@@ -674,67 +912,59 @@ WITHDRAW_FIELDS: dict[str, tuple[type, ...]] = {"comment": (str, type(None))}
 
 
 class ExportsHandler(AuthedHandler):
-    async def get(self, ws: str) -> None:
-        def work() -> list[dict[str, Any]]:
-            return self.service.list_exports(self.service.workspace_for(ws, self.member),
-                                             self.member)
+    body_limit = "max_export_bytes"
 
-        self.send_json(await self.run(work))
+    async def prepare(self) -> None:
+        if self.request.method == "POST":  # listing is not an export
+            self.rates = ("exports_per_hour",)
+        else:
+            self.body_limit = "max_body_bytes"
+        await super().prepare()
+
+    async def get(self, ws: str) -> None:
+        self.send_json(await self.serve(ws, lambda w: self.service.list_exports(
+            w, self.member)))
 
     async def post(self, ws: str) -> None:
-        def work() -> dict[str, Any]:
-            workspace = self.service.workspace_for(ws, self.member)
-            body = self.json_body(EXPORT_FIELDS, ("title", "purpose", "items"),
-                                  "max_export_bytes")
-            rid = body.get("request_id")
-            if rid is not None and not REQUEST_ID_RE.match(rid):
-                raise Problem("input.invalid", "the field 'request_id' must be 1-64 letters, "
-                              "digits, '_' or '-'", "use a fresh uuid4 hex per export")
+        def work(workspace: Workspace) -> dict[str, Any]:
+            body = self.json_body(EXPORT_FIELDS, ("title", "purpose", "items"))
             return self.service.submit_export(workspace, self.member, body)
 
-        with self.slot():
-            self.send_json(await self.run(work), 201)
+        self.send_json(await self.serve(ws, work), 201)
 
 
 class ExportResubmitHandler(AuthedHandler):
+    body_limit = "max_export_bytes"
+    rates = ("exports_per_hour",)
+
     async def post(self, ws: str, export_id: str) -> None:
-        def work() -> dict[str, Any]:
-            workspace = self.service.workspace_for(ws, self.member)
-            body = self.json_body(EXPORT_FIELDS, ("items",), "max_export_bytes")
+        def work(workspace: Workspace) -> dict[str, Any]:
+            body = self.json_body(EXPORT_FIELDS, ("items",))
             return self.service.submit_export(workspace, self.member, body, export_id)
 
-        with self.slot():
-            self.send_json(await self.run(work))
+        self.send_json(await self.serve(ws, work))
 
 
 class ExportHandler(AuthedHandler):
     async def get(self, ws: str, export_id: str) -> None:
-        def work() -> dict[str, Any]:
-            workspace = self.service.workspace_for(ws, self.member)
-            return self.service.own_export(workspace, self.member, export_id).to_dict(
-                "requester")
-
-        self.send_json(await self.run(work))
+        self.send_json(await self.serve(ws, lambda w: self.service.own_export(
+            w, self.member, export_id).to_dict("requester")))
 
 
 class ExportWithdrawHandler(AuthedHandler):
     async def post(self, ws: str, export_id: str) -> None:
-        def work() -> dict[str, Any]:
-            workspace = self.service.workspace_for(ws, self.member)
+        def work(workspace: Workspace) -> dict[str, Any]:
             body = self.json_body(WITHDRAW_FIELDS, ())
             return self.service.withdraw_export(workspace, self.member, export_id,
                                                 body.get("comment") or "")
 
-        self.send_json(await self.run(work))
+        self.send_json(await self.serve(ws, work))
 
 
 class ExportBundleHandler(AuthedHandler):
     async def get(self, ws: str, export_id: str) -> None:
-        def work() -> bytes:
-            workspace = self.service.workspace_for(ws, self.member)
-            return self.service.download_export(workspace, self.member, export_id)
-
-        data = await self.run(work)
+        data = await self.serve(ws, lambda w: self.service.download_export(
+            w, self.member, export_id))
         self.set_header("Content-Type", "application/zip")
         self.set_header("Content-Disposition",
                         f'attachment; filename="export-{export_id}.zip"')
@@ -769,7 +999,8 @@ def make_app(service: Service, prefix: str, hub_auth: HubAuth | None) -> web.App
         prefix += "/"
     base = prefix + "api/v1/"
     kwargs = {"service": service, "hub_auth": hub_auth}
-    handlers = [(re.escape(base) + pattern, handler, kwargs) for pattern, _, handler in ROUTES]
+    handlers = [(re.escape(base) + pattern, handler, {**kwargs, "endpoint": path})
+                for pattern, path, handler in ROUTES]
     handlers += console.routes(prefix, kwargs)
     # The hub checks that a service answers at its prefix: say where the API is.
     handlers.append((re.escape(prefix), HealthHandler, kwargs))
@@ -778,4 +1009,5 @@ def make_app(service: Service, prefix: str, hub_auth: HubAuth | None) -> web.App
     return web.Application(handlers, default_handler_class=NotFoundHandler,
                            default_handler_args=kwargs, sandbox_prefix=prefix,
                            cookie_secret=secrets.token_bytes(32), xsrf_cookies=False,
-                           serve_traceback=False, compress_response=False)
+                           serve_traceback=False, compress_response=False,
+                           log_function=log_request)

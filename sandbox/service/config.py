@@ -38,10 +38,13 @@ LIMITS: tuple[Limit, ...] = (
     Limit("max_sql_chars", 20000, int,
           "Longest SQL text accepted; longer queries are refused with gate.too_large (400)."),
     Limit("max_body_bytes", 65536, int,
-          "Largest request body accepted; larger bodies get limits.body_too_large (413)."),
+          "Largest request body of every route but export submissions. A body is read only "
+          "after the token is checked; one announced larger (Content-Length) gets "
+          "limits.body_too_large (413) unread, a chunked one is cut off at the limit."),
     Limit("max_export_bytes", 48 << 20, int,
-          "Largest export request body (items base64-encoded); larger ones get "
-          "limits.body_too_large (413). The export rules limit the items themselves."),
+          "Largest body of an export submission or resubmission (items base64-encoded), "
+          "streamed in after the token is checked; larger ones get limits.body_too_large "
+          "(413). The export rules limit the items themselves."),
     Limit("export_hit_limit", 3, int,
           "Export requests of one member the identifier scan may block within "
           "export_hit_window_s; after that the member's further export requests are refused "
@@ -53,9 +56,25 @@ LIMITS: tuple[Limit, ...] = (
           "(submitted, checked or returned; every revision; all workspaces). A submission or "
           "resubmission that would go over gets limits.export_quota (403); withdrawn and "
           "rejected requests free their share."),
+    Limit("queries_per_minute", 120, int,
+          "Explain and query requests one member may send per minute (a burst of this many, "
+          "then at the steady rate); more get limits.rate (429) with Retry-After."),
+    Limit("refusals_per_minute", 30, int,
+          "Refused or malformed requests one member may make per minute (gate refusals, "
+          "budget refusals, invalid bodies, unknown workspaces). Each leaves an audit "
+          "record; past the limit the member's explain, query and export requests get "
+          "limits.rate (429) with Retry-After until the allowance refills."),
+    Limit("exports_per_hour", 20, int,
+          "Export submissions and resubmissions one member may send per hour; more get "
+          "limits.rate (429) with Retry-After."),
+    Limit("header_timeout_s", 10.0, float,
+          "Seconds a connection may take to send its request headers (and may stay idle "
+          "between requests); slower connections are closed."),
+    Limit("body_timeout_s", 60.0, float,
+          "Seconds a request may take to send its body; slower connections are closed."),
     Limit("per_member_concurrency", 2, int,
-          "Explain and query requests one member may have running at once; more get "
-          "limits.concurrency (429)."),
+          "Requests one member may have in flight at once (any endpoint, body upload "
+          "included); more get limits.concurrency (429)."),
     Limit("query_timeout_s", 30.0, float,
           "Engine time per query; a query past it is interrupted, still charged, and "
           "answered with engine.timeout (504)."),
@@ -151,3 +170,16 @@ def load_config(path: Path) -> ServiceConfig:
                         f"known limits: {', '.join(known)}")
         limits[key] = _limit_value(path, ldoc, known[key])
     return ServiceConfig(path, home, keystore, limits)
+
+
+def limits_table() -> str:
+    """The limits table of docs/service.md, made from ``LIMITS`` (a test keeps the two
+    equal: regenerate with ``python -c "from sandbox.service.config import limits_table;
+    print(limits_table())"``)."""
+    rows = ["| limit | default | meaning |", "| --- | --- | --- |"]
+    for lim in LIMITS:
+        d = lim.default
+        default = f'"{d}"' if isinstance(d, str) else str(int(d) if float(d).is_integer()
+                                                             else d)
+        rows.append(f"| `{lim.name}` | {default} | {lim.help} |")
+    return "\n".join(rows)

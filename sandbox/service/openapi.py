@@ -4,21 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..gate import EPSILON_CEILING, EPSILON_FLOOR
+
 ERROR_CODES: dict[str, tuple[int, str]] = {
     "gate.*": (400, "The gate refused the query (one code per rule, see docs/gate.md); "
                     "nothing was executed or charged. Carries line and column when known."),
-    "input.invalid": (400, "Malformed JSON, an unknown field or a field of the wrong type."),
+    "input.invalid": (400, "Malformed JSON, an unknown field, a field of the wrong type or "
+                           "out of range, text that is not valid Unicode, or nesting deeper "
+                           "than 32 levels."),
     "auth.token_in_url": (400, "A token was sent in the URL; only the header is accepted."),
     "auth.required": (401, "No 'Authorization: token ...' header."),
     "auth.invalid": (401, "The token is unknown, expired or revoked."),
     "auth.scope": (403, "The token lacks the scope custom:sandbox:query."),
     "auth.not_a_user": (403, "The token belongs to a service, not a user."),
-    "workspace.forbidden": (403, "The user is not a member of the workspace."),
     "workspace.suspended": (403, "The operator suspended the workspace."),
     "workspace.expired": (403, "The workspace is past its last day of use."),
     "workspace.closed": (403, "The workspace is closed for good."),
     "budget.exhausted": (403, "The query costs more than the remaining budget (not charged)."),
-    "workspace.not_found": (404, "No workspace of that name."),
+    "workspace.not_found": (404, "No workspace of that name that the caller belongs to (a "
+                                 "workspace of others is answered the same way)."),
     "export.invalid": (400, "An export item or field is malformed, or breaks the export "
                             "limits (count, size, type)."),
     "export.not_requester": (403, "Only the requester may do this to the export."),
@@ -38,9 +42,13 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "request.conflict": (409, "The request id was already used for a different query."),
     "request.failed": (409, "A request with this id failed or was interrupted; it was charged "
                             "once. Send a new request id."),
-    "limits.body_too_large": (413, "The body exceeds max_body_bytes."),
+    "limits.body_too_large": (413, "The body (its Content-Length) exceeds max_body_bytes, "
+                                   "or max_export_bytes for export submissions."),
     "limits.concurrency": (429, "The member already has per_member_concurrency requests "
-                                "running."),
+                                "in flight (Retry-After says when to retry)."),
+    "limits.rate": (429, "The member spent a rate limit (queries_per_minute, "
+                         "refusals_per_minute or exports_per_hour); Retry-After says when "
+                         "to retry."),
     "internal": (500, "An unexpected error (logged for the operator; no details are sent)."),
     "engine.error": (500, "Execution failed (charged); the engine's text is never sent."),
     "auth.unavailable": (502, "The hub could not be asked about the token."),
@@ -74,7 +82,15 @@ _SECURE = [{"hubToken": ["custom:sandbox:query"]}]
 _EXPORT = {"$ref": "#/components/schemas/Export"}
 _EXPORT_PARAMS = [*_WS_PARAM, {"name": "export_id", "in": "path", "required": True,
                                "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}]
-_AUTH_ERRORS = (400, 401, 403, 404, 500, 502, 503)
+_AUTH_ERRORS = (400, 401, 403, 404, 413, 429, 500, 502, 503)
+
+
+# What a client can do next with the request it just made (OpenAPI links).
+_EXPORT_LINKS = {name: {"operationId": op, "parameters": {
+    "workspace": "$request.path.workspace", "export_id": "$response.body#/id"}}
+    for name, op in (("GetExport", "getExport"), ("WithdrawExport", "withdrawExport"),
+                     ("ResubmitExport", "resubmitExport"),
+                     ("DownloadExport", "downloadExport"))}
 
 
 def _body(schema: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +113,7 @@ def document(prefix: str, version: str) -> dict[str, Any]:
             "operationId": "listWorkspaces", "security": _SECURE,
             "responses": {"200": _ok({"type": "array", "items": {
                 "$ref": "#/components/schemas/WorkspaceSummary"}}),
-                **_errors(400, 401, 403, 500, 502, 503)}}},
+                **_errors(400, 401, 403, 413, 429, 500, 502, 503)}}},
         "/workspaces/{workspace}/schema": {"get": {
             "summary": "Tables, columns, roles, bounds, joins and privacy defaults (no data)",
             "operationId": "schema", "security": _SECURE, "parameters": _WS_PARAM,
@@ -108,7 +124,7 @@ def document(prefix: str, version: str) -> dict[str, Any]:
             "operationId": "explain", "security": _SECURE, "parameters": _WS_PARAM,
             "requestBody": _body({"$ref": "#/components/schemas/ExplainRequest"}),
             "responses": {"200": _ok({"$ref": "#/components/schemas/Explain"}),
-                          **_errors(*_AUTH_ERRORS, 413, 429)}}},
+                          **_errors(*_AUTH_ERRORS)}}},
         "/workspaces/{workspace}/query": {"post": {
             "summary": "Answer with differentially private noise, charging the caller once "
                        "per request id",
@@ -120,7 +136,7 @@ def document(prefix: str, version: str) -> dict[str, Any]:
                             "description": "'true' when this is the stored answer of an "
                                            "earlier request with the same id (not charged "
                                            "again)", "schema": {"type": "string"}}}},
-                **_errors(*_AUTH_ERRORS, 409, 413, 429, 504)}}},
+                **_errors(*_AUTH_ERRORS, 409, 504)}}},
         "/workspaces/{workspace}/budget": {"get": {
             "summary": "The caller's privacy budget in the workspace",
             "operationId": "budget", "security": _SECURE, "parameters": _WS_PARAM,
@@ -136,10 +152,11 @@ def document(prefix: str, version: str) -> dict[str, Any]:
                      "operationId": "submitExport", "security": _SECURE,
                      "parameters": _WS_PARAM,
                      "requestBody": _body({"$ref": "#/components/schemas/ExportSubmit"}),
-                     "responses": {"201": _ok(_EXPORT, "Created (state checked, or rejected "
-                                                       "when the limits or types rule "
-                                                       "blocks)"),
-                                   **_errors(*_AUTH_ERRORS, 409, 413, 429)}}},
+                     "responses": {"201": {**_ok(_EXPORT, "Created (state checked, or "
+                                                          "rejected when the limits or types "
+                                                          "rule blocks)"),
+                                           "links": _EXPORT_LINKS},
+                                   **_errors(*_AUTH_ERRORS, 409)}}},
         "/workspaces/{workspace}/exports/{export_id}": {"get": {
             "summary": "One of the caller's export requests: state, checks, decisions",
             "operationId": "getExport", "security": _SECURE, "parameters": _EXPORT_PARAMS,
@@ -148,15 +165,15 @@ def document(prefix: str, version: str) -> dict[str, Any]:
             "summary": "Withdraw one's own request before it is released",
             "operationId": "withdrawExport", "security": _SECURE,
             "parameters": _EXPORT_PARAMS,
-            "requestBody": _body({"type": "object", "properties": {
-                "comment": {"type": ["string", "null"]}}}),
+            "requestBody": _body({"type": "object", "additionalProperties": False,
+                                  "properties": {"comment": {"type": ["string", "null"]}}}),
             "responses": {"200": _ok(_EXPORT), **_errors(*_AUTH_ERRORS, 409)}}},
         "/workspaces/{workspace}/exports/{export_id}/resubmit": {"post": {
             "summary": "A changed version of a request returned for changes (new revision, "
                        "checked again)", "operationId": "resubmitExport",
             "security": _SECURE, "parameters": _EXPORT_PARAMS,
-            "requestBody": _body({"$ref": "#/components/schemas/ExportSubmit"}),
-            "responses": {"200": _ok(_EXPORT), **_errors(*_AUTH_ERRORS, 409, 413, 429)}}},
+            "requestBody": _body({"$ref": "#/components/schemas/ExportResubmit"}),
+            "responses": {"200": _ok(_EXPORT), **_errors(*_AUTH_ERRORS, 409)}}},
         "/workspaces/{workspace}/exports/{export_id}/bundle": {"get": {
             "summary": "The signed bundle of a released export (each download is logged)",
             "operationId": "downloadExport", "security": _SECURE,
@@ -167,6 +184,16 @@ def document(prefix: str, version: str) -> dict[str, Any]:
                           **_errors(*_AUTH_ERRORS, 409, 410)}}},
     }
     number_or_null = {"type": ["number", "null"]}
+    epsilon = {"type": ["number", "null"], "minimum": EPSILON_FLOOR, "maximum": EPSILON_CEILING,
+               "description": "null or absent: the scenario's default; at most the "
+                              "scenario's epsilon_max"}
+    request_id = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+    export_fields = {
+        "title": {"type": "string"}, "purpose": {"type": "string"},
+        "request_id": {"anyOf": [request_id, {"type": "null"}]},
+        "items": {"type": "array", "minItems": 1, "items": {"type": "object", "description":
+                  "{kind: frame, name, columns, rows, release_ids, postprocessing} or "
+                  "{kind: file, name, media_type, data_base64, release_ids}"}}}
     schemas = {
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["code", "message", "hint"],
@@ -176,12 +203,9 @@ def document(prefix: str, version: str) -> dict[str, Any]:
                            "hint": {"type": ["string", "null"]},
                            "line": {"type": "integer"}, "column": {"type": "integer"}}}}},
         "ExportSubmit": {"type": "object", "required": ["title", "purpose", "items"],
-                         "additionalProperties": False, "properties": {
-            "title": {"type": "string"}, "purpose": {"type": "string"},
-            "request_id": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-            "items": {"type": "array", "items": {"type": "object", "description":
-                      "{kind: frame, name, columns, rows, release_ids, postprocessing} or "
-                      "{kind: file, name, media_type, data_base64, release_ids}"}}}},
+                         "additionalProperties": False, "properties": export_fields},
+        "ExportResubmit": {"type": "object", "required": ["items"],
+                           "additionalProperties": False, "properties": export_fields},
         "Export": {"type": "object", "description": "An export request as its requester "
                    "sees it: nothing in it depends on whether a value is in the vault (the "
                    "identifier scan is shown to auditors only, docs/exports.md)",
@@ -218,12 +242,11 @@ def document(prefix: str, version: str) -> dict[str, Any]:
             "privacy": {"type": "object"}, "budget_default": {"type": "object"}}},
         "ExplainRequest": {"type": "object", "required": ["sql"],
                            "additionalProperties": False, "properties": {
-                               "sql": {"type": "string"}, "epsilon": number_or_null}},
+                               "sql": {"type": "string"}, "epsilon": epsilon}},
         "QueryRequest": {"type": "object", "required": ["sql", "request_id"],
                          "additionalProperties": False, "properties": {
-                             "sql": {"type": "string"}, "epsilon": number_or_null,
-                             "request_id": {"type": "string",
-                                            "pattern": "^[A-Za-z0-9_-]{1,64}$"}}},
+                             "sql": {"type": "string"}, "epsilon": epsilon,
+                             "request_id": request_id}},
         "Explain": {"type": "object", "properties": {
             "rewritten_sql": {"type": "string"}, "postprocess_sql": {"type": "string"},
             "columns": {"type": "array", "items": {"type": "string"}},
