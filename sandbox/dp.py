@@ -2,7 +2,8 @@
 
 This is the only module of the product that imports OpenDP. It is pure: it never sees
 rows, only exact bounded aggregates that the gate computed (counts, fixed-point sums,
-per-candidate cumulative counts) together with the sensitivities the gate enforced.
+per-candidate cumulative counts, quantile histograms) together with the sensitivities the
+gate enforced.
 
 Planning (``plan_*``) is deterministic and spends nothing: it builds the OpenDP
 measurement, reads its privacy map and returns a :class:`Mechanism` whose
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import opendp.prelude as dp
 
 from sandbox.errors import SandboxError
@@ -43,12 +45,15 @@ __all__ = [
     "Mechanism",
     "MechanismMismatchError",
     "compose",
+    "plan_binned_quantile",
     "plan_gaussian",
     "plan_laplace",
     "plan_quantile",
     "plan_threshold",
+    "quantile_rank_error",
     "quantile_scores",
     "release",
+    "release_binned_quantile",
     "release_quantile",
     "release_threshold",
     "rho_to_epsilon",
@@ -490,7 +495,8 @@ class Mechanism:
     the sensitivity for vector mechanisms, ``(l0, l1, linf)`` for thresholds and the
     number of rows per unit for quantiles. ``alpha`` and ``threshold`` are set only for
     quantile and threshold mechanisms, so a release cannot use a plan made for another
-    quantile or a lower threshold.
+    quantile or a lower threshold. ``stages`` is how many selections a quantile makes
+    (2 for :func:`plan_binned_quantile`), each at ``scale``; the cost covers all of them.
     """
 
     kind: str
@@ -501,6 +507,7 @@ class Mechanism:
     d_in: Any = None
     alpha: float | None = None
     threshold: int | None = None
+    stages: int = 1
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -513,6 +520,8 @@ class Mechanism:
             raise _invalid(
                 "cost and integer", "a Cost and a bool", "other types", "use plan_* to plan"
             )
+        if isinstance(self.stages, bool) or not isinstance(self.stages, int) or self.stages < 1:
+            raise _invalid("stages", "an integer >= 1", _describe(self.stages), "use plan_*")
 
     def ci_halfwidth(self, confidence: float = 0.95) -> float:
         """Half-width h of the two-sided ``confidence`` interval of one noisy value.
@@ -548,6 +557,8 @@ class Mechanism:
             out["alpha"] = self.alpha
         if self.threshold is not None:
             out["threshold"] = self.threshold
+        if self.stages != 1:
+            out["stages"] = self.stages
         return out
 
 
@@ -1415,7 +1426,7 @@ def _score_sensitivity(alpha: float, rows: int) -> int:
 
 
 def _noisy_max_scale(score_sens: int, eps: float) -> float:
-    """Smallest Gumbel scale whose noisy-max map fits: 2 * sensitivity / eps up to ulps."""
+    """Smallest noisy-max scale whose map fits: 2 * sensitivity / eps up to ulps."""
     scale = _check_scale(2.0 * score_sens / eps, "quantile")
     for _ in range(8):
         if float(_noisy_max(scale).map(score_sens)) <= eps:
@@ -1432,8 +1443,10 @@ def plan_quantile(
 
     The score sensitivity is OpenDP's stability map of ``make_quantile_score_candidates``
     at ``max_contributions`` rows per unit (``max_contributions * max(num, den - num)``);
-    selection is OpenDP's report-noisy-max with Gumbel noise (``make_noisy_max``,
-    minimising the score), whose map gives the cost.
+    selection is OpenDP's ``make_noisy_max`` under ``max_divergence`` (minimising the
+    score), which in OpenDP 0.16 is report-noisy-max with exponential noise, i.e.
+    permute-and-flip; its map gives the cost. The gate uses
+    :func:`plan_binned_quantile` instead, which reaches a much finer grid.
 
     The grid must be non-decreasing and finite; repeated candidates are merged (a grid
     between equal bounds, e.g. ``median(5)`` with bounds [5, 5], has one distinct
@@ -1470,7 +1483,7 @@ def release_quantile(
     counts_above: Sequence[int] | None = None,
     n: int | None = None,
 ) -> float:
-    """Pick the candidate for the ``alpha``-quantile with OpenDP's noisy max.
+    """Pick the candidate for the ``alpha``-quantile with OpenDP's noisy max (permute-and-flip).
 
     ``counts_below[i]`` is ``#(x < candidates[i])``; ``counts_above[i]`` is
     ``#(x > candidates[i])`` (or give ``n`` and ties are counted above). See
@@ -1519,3 +1532,282 @@ def release_quantile(
     except dp.OpenDPException as exc:
         raise _opendp_failed("select the quantile", exc, show=False) from exc
     return distinct[index]
+
+
+# --------------------------------------------------------------------------- binned quantiles
+
+# Largest grid of a binned quantile: the bin index must fit the engine's INTEGER and each
+# stage's score vector stays at most 2**12 candidates.
+_MAX_QUANTILE_BINS = 2**24
+# Largest score handed to OpenDP's u64 noisy max (clipping a score is 1-Lipschitz).
+_U64_SCORE_LIMIT = 2**62
+
+
+def _stage_bins(bins: Any) -> tuple[int, int]:
+    """Split a power-of-two grid into (coarse, fine) stages of about sqrt(bins) each."""
+    if isinstance(bins, bool) or not isinstance(bins, numbers.Integral):
+        raise _invalid("bins", "an integer", _describe(bins), "pass the histogram's bin count")
+    total = int(bins)
+    if not (4 <= total <= _MAX_QUANTILE_BINS) or total & (total - 1):
+        raise _invalid(
+            "bins",
+            f"a power of two from 4 to {_MAX_QUANTILE_BINS}",
+            _describe(bins),
+            "build the histogram with 2**k bins between the bounds, e.g. 2**20",
+        )
+    fine = 1 << (total.bit_length() - 1) // 2
+    return total // fine, fine
+
+
+def _check_bounds(lower: Any, upper: Any) -> tuple[float, float]:
+    lo, hi = _real("lower", lower), _real("upper", upper)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise _invalid(
+            "lower and upper",
+            "finite with lower <= upper",
+            f"[{_describe(lower)}, {_describe(upper)}]",
+            "pass the bounds the histogram was built between",
+        )
+    return lo, hi
+
+
+@_planned
+def plan_binned_quantile(epsilon: float, alpha: float, max_contributions: int) -> Mechanism:
+    """Plan a quantile over a fine histogram of the bounds (see :func:`release_binned_quantile`).
+
+    Two selections with OpenDP's ``make_noisy_max`` (permute-and-flip under
+    ``max_divergence``), each planned at half of ``epsilon`` with the score sensitivity
+    of :func:`plan_quantile` (OpenDP's stability map of the quantile score at
+    ``max_contributions`` rows per unit). The cost is the basic composition of the two
+    OpenDP maps, so it is at most ``epsilon``: the same as a one-stage quantile.
+    """
+    eps = _check_epsilon(epsilon)
+    alpha = _check_alpha(alpha)
+    rows = _check_positive_int(max_contributions, "max_contributions")
+    halves = split_epsilon(eps, [1.0, 1.0])
+    try:
+        score_sens = _score_sensitivity(alpha, rows)
+        scale = max(_noisy_max_scale(score_sens, half) for half in halves)
+        spent = float(_noisy_max(scale).map(score_sens))
+    except (dp.OpenDPException, ValueError, TypeError, OverflowError) as exc:
+        raise _opendp_failed("plan the quantile", exc, show=True) from exc
+    cost = Cost(epsilon=spent) + Cost(epsilon=spent)
+    _assert_fits(cost.epsilon, eps, "epsilon")
+    return Mechanism(
+        kind="exponential",
+        scale=scale,
+        sensitivity=float(score_sens),
+        cost=cost,
+        integer=True,
+        d_in=rows,
+        alpha=alpha,
+        stages=2,
+    )
+
+
+def _read_histogram(histogram: Any, bins: int) -> tuple[Any, Any]:
+    """Sorted distinct bin indices and their counts (int64 arrays) from engine output.
+
+    ``None`` (the histogram of a group without values) is empty; entries with a ``None``
+    or out-of-range bin are dropped, ``None`` counts are 0 and counts are clipped to
+    [0, 2**62]; repeated bins are added up. These repairs are per entry and the identity
+    on a real histogram, so the sensitivity analysis is unchanged and the release never
+    raises on data. Only the *type* of the entries is refused (bins and counts are ints;
+    the query fixes the type, so the first entry is checked).
+    """
+    if histogram is None:
+        pairs: list[Any] = []
+    elif isinstance(histogram, Mapping):
+        pairs = list(histogram.items())
+    else:
+        try:
+            pairs = list(histogram)
+        except TypeError:
+            raise _invalid(
+                "histogram",
+                "a mapping or a sequence of (bin, count) pairs",
+                _describe(histogram),
+                "pass the engine's HISTOGRAM value",
+            ) from None
+    empty = np.zeros(0, dtype=np.int64)
+    if not pairs:
+        return empty, empty
+    first = pairs[0]
+    if not (
+        isinstance(first, tuple | list)
+        and len(first) == 2
+        and all(v is None or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
+                for v in first)
+    ):
+        raise _invalid(
+            "histogram entries",
+            "(bin, count) pairs of integers",
+            "another type",
+            "build the histogram over integer bin indices",
+        )
+    try:
+        flat = np.fromiter(
+            itertools.chain.from_iterable(pairs), dtype=np.int64, count=2 * len(pairs)
+        ).reshape(-1, 2)
+        keys, counts = flat[:, 0], np.clip(flat[:, 1], 0, _INT_LIMIT)
+    except (TypeError, ValueError, OverflowError):  # a None or a huge int: entry by entry
+        rows = [
+            (int(k), 0 if c is None else min(max(int(c), 0), _INT_LIMIT))
+            for k, c in pairs
+            if k is not None and 0 <= int(k) < bins
+        ]
+        keys = np.array([k for k, _ in rows], dtype=np.int64)
+        counts = np.array([c for _, c in rows], dtype=np.int64)
+    keep = (keys >= 0) & (keys < bins) & (counts > 0)
+    keys, counts = keys[keep], counts[keep]
+    if keys.size > 1 and not bool((keys[1:] > keys[:-1]).all()):  # the engine sorts them
+        order = np.argsort(keys, kind="stable")
+        keys, counts = keys[order], counts[order]
+    if keys.size > 1 and bool((keys[1:] == keys[:-1]).any()):
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        keys, counts = keys[starts], np.add.reduceat(counts, starts)
+    return keys, counts
+
+
+class _BinScores:
+    """Signed quantile scores J(f) = (den - num) * #(bins < f) - num * #(bins > f) of fine
+    bins f, from a sparse histogram. J is non-decreasing in f; OpenDP's score of bin f as
+    a candidate (its own rows counted as ties) is |J(f)|."""
+
+    def __init__(self, keys: Any, counts: Any, alpha: float) -> None:
+        num, den = _quantile_constants(alpha)
+        # Exact integer arithmetic: int64 when no sum or score can overflow it (every real
+        # dataset), Python ints otherwise.
+        bound = int(counts.max()) * counts.size * den if counts.size else 0
+        if bound >= 2**62:
+            counts = counts.astype(object)
+        self.keys, self.counts = keys, counts
+        self.below = np.concatenate([np.zeros(1, dtype=counts.dtype), np.cumsum(counts)])
+        self.n = self.below[-1]
+        self.lo_w, self.hi_w = den - num, num
+
+    def __call__(self, bins: Any) -> Any:
+        idx = np.searchsorted(self.keys, bins, side="left")
+        lt = self.below[idx]
+        inside = idx < self.keys.size
+        present = np.zeros(len(bins), dtype=bool)
+        present[inside] = self.keys[idx[inside]] == bins[inside]
+        own = np.zeros(len(bins), dtype=self.below.dtype)
+        own[present] = self.counts[idx[present]]
+        gt = self.n - lt - own
+        return self.lo_w * lt - self.hi_w * gt
+
+
+def _coarse_scores(scores: _BinScores, coarse: int, fine: int) -> Any:
+    """Per coarse bin, the best (smallest) |J| of its fine bins.
+
+    J is non-decreasing, so over a run of fine bins the minimum of |J| is at an end of the
+    run, unless J changes sign inside it; that happens in at most one coarse bin, whose
+    fine bins are then scored one by one."""
+    starts = np.arange(coarse, dtype=np.int64) * fine
+    first, last = scores(starts), scores(starts + (fine - 1))
+    best = np.where(first >= 0, first, np.where(last <= 0, -last, 0))
+    for c in np.flatnonzero((first < 0) & (last > 0)):
+        inner = scores(np.arange(starts[c], starts[c] + fine, dtype=np.int64))
+        best[c] = np.abs(inner).min()
+    return best
+
+
+def _select(meas: Any, scores: Any) -> int:
+    """OpenDP's noisy max (minimising) over non-negative integer scores, clipped to u64."""
+    clipped = np.ascontiguousarray(np.minimum(scores, _U64_SCORE_LIMIT), dtype=np.uint64)
+    try:
+        return int(meas(clipped))
+    except dp.OpenDPException as exc:
+        raise _opendp_failed("select the quantile", exc, show=False) from exc
+
+
+def release_binned_quantile(
+    mech: Mechanism,
+    lower: float,
+    upper: float,
+    bins: int,
+    alpha: float,
+    histogram: Any,
+) -> float:
+    """Release the ``alpha``-quantile from a histogram of ``bins`` equal bins of [lower, upper].
+
+    ``histogram`` holds (bin index, row count) pairs for the non-empty bins (a mapping or
+    a sequence; the engine's ``HISTOGRAM`` of ``floor((x - lower) / step)``). Each fine bin
+    is a candidate with OpenDP's quantile score, its own rows counted as ties:
+    ``|(den - num) * #(rows in bins below) - num * #(rows in bins above)|``. The grid is
+    split into ``coarse x fine`` bins (about ``sqrt(bins)`` each). Stage one selects a
+    coarse bin scored by the best score of its fine bins; stage two selects a fine bin of
+    it. Both are OpenDP's ``make_noisy_max`` at the planned scale (permute-and-flip), so
+    each stage scores at most ``sqrt(bins)`` candidates, whatever the data. The released
+    value is the midpoint of the chosen fine bin (resolution ``(upper - lower) / bins``).
+
+    Never raises on the histogram's values (see :func:`_read_histogram`); with
+    ``lower == upper`` that bound is returned (it does not depend on the data).
+    """
+    if (
+        not isinstance(mech, Mechanism)
+        or mech.kind != "exponential"
+        or mech.alpha is None
+        or mech.stages != 2
+    ):
+        raise MechanismMismatchError(
+            "release_binned_quantile needs a mechanism from plan_binned_quantile",
+            "plan binned quantiles with plan_binned_quantile",
+        )
+    alpha = _check_alpha(alpha)
+    if alpha != mech.alpha:
+        raise MechanismMismatchError(
+            f"the mechanism was planned for alpha={mech.alpha!r}, not alpha={alpha!r}",
+            "plan one mechanism per quantile",
+        )
+    if isinstance(mech.d_in, bool) or not isinstance(mech.d_in, int):
+        raise MechanismMismatchError(
+            "the quantile mechanism has no row bound (d_in)", "plan it with plan_binned_quantile"
+        )
+    coarse, fine = _stage_bins(bins)
+    lo, hi = _check_bounds(lower, upper)
+    score_sens = _score_sensitivity(alpha, mech.d_in)
+    meas = _noisy_max(mech.scale)
+    per_stage = float(meas.map(score_sens))
+    if score_sens > mech.sensitivity or (Cost(per_stage) + Cost(per_stage)).epsilon > (
+        mech.cost.epsilon * (1 + _REL_TOL)
+    ):
+        raise MechanismMismatchError(
+            "the mechanism's cost does not match OpenDP's privacy map for its scale",
+            "plan mechanisms with plan_binned_quantile; do not build or edit them by hand",
+        )
+    keys, counts = _read_histogram(histogram, coarse * fine)
+    if lo == hi:
+        return lo
+    scores = _BinScores(keys, counts, alpha)
+    c = _select(meas, _coarse_scores(scores, coarse, fine))
+    inner = np.arange(c * fine, (c + 1) * fine, dtype=np.int64)
+    f = c * fine + _select(meas, np.abs(scores(inner)))
+    step = (hi - lo) / (coarse * fine)
+    return min(max(lo + (f + 0.5) * step, lo), hi)
+
+
+def quantile_rank_error(mech: Mechanism, bins: int, confidence: float = 0.95) -> float:
+    """Rank error k of a quantile release, in rows, at ``confidence``; spends nothing.
+
+    With probability at least ``confidence`` the released bin's imbalance
+    ``(1 - alpha) * #(rows below) - alpha * #(rows above)`` (its own rows left out) is
+    within k of the smallest imbalance of any bin of the grid, i.e. the value is at most
+    about k rows away in rank from the exact quantile. Each selection over m candidates
+    picks one whose score exceeds the best by t with probability at most
+    ``m * exp(-t / scale)`` (permute-and-flip accepts a candidate with probability
+    ``exp(-(score - best) / scale)``); the failure probability is split evenly over the
+    stages, and a score is ``den`` times the imbalance. ``bins`` is the number of
+    candidates of a one-stage plan, the grid of a binned one.
+    """
+    if not isinstance(mech, Mechanism) or mech.kind != "exponential" or mech.alpha is None:
+        raise MechanismMismatchError(
+            "quantile_rank_error needs a quantile mechanism", "plan it with plan_*quantile"
+        )
+    beta = 1.0 - _check_confidence(confidence)
+    one_stage = mech.stages != 2
+    sizes = [_check_positive_int(bins, "bins")] if one_stage else list(_stage_bins(bins))
+    _, den = _quantile_constants(mech.alpha)
+    share = beta / len(sizes)
+    return sum(mech.scale * math.log(m / share) for m in sizes) / den

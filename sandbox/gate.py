@@ -28,7 +28,7 @@ from .policy import Policy
 from .sql import allowlist, shortcuts
 from .sql.analyse import Analysis, analyse
 from .sql.parse import parse
-from .sql.plan import PrivacyPlan, ci_halfwidth, plan, release
+from .sql.plan import PrivacyPlan, ci_halfwidth, plan, quantile_accuracy, release
 from .sql.postprocess import ROW, Output, build, finish
 from .sql.refusal import Refusal
 from .sql.resolve import resolve
@@ -135,7 +135,7 @@ def _accuracy(q: CheckedQuery, o: Output) -> str | float | None:
         return (f"noisy sum ±{ci_halfwidth(items[0]):.4g} / noisy count "
                 f"±{ci_halfwidth(items[1]):.4g} (95%)")
     if spec.kind == "quantile":
-        return "exponential mechanism over a 1024-bin grid of the bounds"
+        return quantile_accuracy(items[0])
     return "computed from noisy count, sum and sum of squares"
 
 

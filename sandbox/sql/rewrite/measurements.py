@@ -240,6 +240,8 @@ def _measure(spec: AggSpec, add, rows: int) -> list[str]:  # type: ignore[no-unt
         if hi <= lo:  # a constant: any grid around it will do
             lo, hi = lo - 0.5, hi + 0.5
             clamped = clamp(arg, lo, hi)
+        # The bin of each value on a fine grid (a power of two, so the step is exact);
+        # HISTOGRAM counts rows per non-empty bin, at most min(rows, bins) entries per group.
         step = (hi - lo) / QUANTILE_BINS
         raw = exp.Floor(this=exp.Div(this=exp.Paren(this=exp.Sub(this=_double(clamped),
                                                                   expression=_num(lo))),
@@ -249,13 +251,3 @@ def _measure(spec: AggSpec, add, rows: int) -> list[str]:  # type: ignore[no-unt
         return [add("histogram", _when(cond, binned), rows, 1.0, (lo, hi), QUANTILE_BINS,
                     fraction=spec.fraction)]
     raise AssertionError(spec.kind)  # pragma: no cover
-
-
-def candidates(m: Measurement) -> list[float]:
-    """Candidate values for a quantile: the histogram's bin edges."""
-    assert m.bounds is not None
-    lo, hi = m.bounds
-    step = (hi - lo) / m.bins
-    return [lo + i * step for i in range(m.bins + 1)]
-
-
