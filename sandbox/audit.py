@@ -42,6 +42,8 @@ KINDS: dict[str, tuple[str, ...]] = {
     "query.cancelled": ("charge_id",),
     "query.interrupted": ("charge_id", "epsilon", "delta"),
     "query.refused": ("sql", "sql_sha256", "sql_length", "rule", "message"),
+    "query.replayed": ("charge_id", "release_id", "sql", "sql_sha256", "sql_length",
+                       "epsilon", "delta"),
     "budget.changed": ("operation", "epsilon_total", "delta_total", "refresh"),
     "key.rotated": ("new_key", "retired", "rewrapped"),
     "key.destroyed": ("key_id",),

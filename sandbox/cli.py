@@ -559,9 +559,11 @@ def _print_release(release, fmt: str) -> None:  # type: ignore[no-untyped-def]
     for row, ci in zip(d["rows"], d["ci95"], strict=True):
         rows.append({c: _fmt_cell(v, h) for c, v, h in zip(d["columns"], row, ci, strict=True)})
     _print_table(rows, d["columns"], upper=False)
-    click.echo(f"noisy values (differential privacy), ± = 95% interval; epsilon spent "
-               f"{d['epsilon']:.4g}, delta {d['delta']:.2g}; groups suppressed "
-               f"{d['suppressed_groups']}; release {d['release_id']}")
+    spent = (f"the stored answer of the same question (epsilon {d['epsilon']:.4g} spent then, "
+             "nothing now)" if d.get("replayed") else
+             f"epsilon spent {d['epsilon']:.4g}, delta {d['delta']:.2g}")
+    click.echo(f"noisy values (differential privacy), ± = 95% interval; {spent}; groups "
+               f"suppressed {d['suppressed_groups']}; release {d['release_id']}")
 
 
 def _fmt_number(value: Any, digits: int) -> str:

@@ -190,6 +190,8 @@ def summary(r: dict[str, Any]) -> str:
         text = f"release {r.get('release_id')} · eps {eps} · {r.get('rows')} row(s)"
     elif kind == "query.refused":
         text = f"{r.get('rule')} · {r.get('sql')}"
+    elif kind == "query.replayed":
+        text = f"release {r.get('release_id')} again, free · {r.get('sql')}"
     elif kind == "query.failed":
         text = f"{r.get('error_code')} · eps {eps}"
     elif kind in ("query.cancelled", "query.interrupted"):

@@ -23,7 +23,7 @@ from sqlglot import exp
 
 from .audit import values_digest
 from .errors import EngineError, SandboxError
-from .ledger import Ledger
+from .ledger import Ledger, replay_key
 from .policy import Policy
 from .sql import allowlist, shortcuts
 from .sql.analyse import Analysis, analyse
@@ -87,6 +87,7 @@ class Release:
     suppressed_groups: int
     rewritten_sql: str
     plan: dict[str, Any] = field(default_factory=dict)
+    replayed: bool = False  # the stored answer of an earlier identical question, free
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,7 +96,16 @@ class Release:
             "ci95": self.ci95, "mechanisms": self.mechanisms,
             "epsilon": self.epsilon, "delta": self.delta,
             "suppressed_groups": self.suppressed_groups, "noisy": True,
+            "replayed": self.replayed,
         }
+
+    @classmethod
+    def replay_of(cls, stored: dict[str, Any], q: CheckedQuery) -> Release:
+        """A stored answer again (values as stored, marked replayed)."""
+        return cls(stored["release_id"], stored["policy"], list(stored["columns"]),
+                   [list(r) for r in stored["rows"]], stored["ci95"], stored["mechanisms"],
+                   stored["epsilon"], stored["delta"], stored["suppressed_groups"],
+                   q.executed_sql, q.plan.to_dict(), replayed=True)
 
 
 def _json_rows(rows: list[list[Any]]) -> list[list[Any]]:
@@ -221,6 +231,11 @@ class Gate:
         A refusal costs nothing. Once the engine has been asked, the charge stands even if
         execution fails or times out. ``request_digest`` (``ledger.request_digest`` of the
         request as sent) is kept with ``request_id`` to tell a retry from a reused id.
+
+        The member's earlier answer to the same question (same SQL text, epsilon, policy
+        and dataset versions) is returned again, marked replayed and charged nothing:
+        post-processing of a release already paid for. A notebook re-run is free, and
+        asking again never averages the noise away.
         """
         try:
             q = self.check(sql, epsilon)
@@ -230,6 +245,12 @@ class Gate:
         except Refusal as refusal:
             ledger.refused(member, sql, refusal.code, refusal.message)
             raise
+        key = replay_key(sql, q.epsilon, self.policy.id, self.policy.content_hash,
+                         sorted(t.engine_table for t in q.analysis.sources.tables.values()))
+        stored = ledger.replay(member, key, sql=sql, request_id=request_id,
+                               request_digest=request_digest)
+        if stored is not None:
+            return Release.replay_of(stored, q)
         reservation = ledger.reserve(member, q.plan.cost, sql=sql, rewritten=q.executed_sql,
                                      request_id=request_id, request_digest=request_digest)
         try:
@@ -248,8 +269,8 @@ class Gate:
             raise
         ledger.commit(reservation, release_id=result.release_id,
                       values_digest=values_digest(_json_rows(result.rows)), rows=len(result.rows),
-                      suppressed=result.suppressed_groups,
-                      response=result.to_dict() if request_id is not None else None)
+                      suppressed=result.suppressed_groups, response=result.to_dict(),
+                      replay_key=key, request_id=request_id)
         return result
 
     @staticmethod

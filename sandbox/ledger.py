@@ -117,11 +117,26 @@ class Ledger(Protocol):
                 request_digest: str | None = None) -> Reservation: ...
     def commit(self, reservation: Reservation, *, release_id: str = "",
                values_digest: str = "", rows: int = 0, suppressed: int = 0,
-               response: dict[str, Any] | None = None) -> None: ...
+               response: dict[str, Any] | None = None, replay_key: str | None = None,
+               request_id: str | None = None) -> None: ...
+    def replay(self, member: str, replay_key: str, *, sql: str = "",
+               request_id: str | None = None,
+               request_digest: str | None = None) -> dict[str, Any] | None: ...
     def fail(self, reservation: Reservation, error_code: str) -> None: ...
     def cancel(self, reservation: Reservation) -> None: ...
     def refused(self, member: str, sql: str, rule: str, message: str) -> None: ...
     def balance(self, member: str) -> Balance: ...
+
+
+def replay_key(sql: str, epsilon: float, policy_id: str, policy_hash: str,
+               tables: list[str]) -> str:
+    """Hex SHA-256 of what makes two questions the same release: the exact SQL text, the
+    epsilon it is answered at, the policy (id and content) and the dataset versions read.
+    A later request with the same key gets the stored answer, free (post-processing)."""
+    text = json.dumps({"sql": sql, "epsilon": float(epsilon), "policy": policy_id,
+                       "policy_sha256": policy_hash, "tables": sorted(tables)},
+                      sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def exceeded(cost: Cost, b: Balance) -> BudgetExceededError:
@@ -157,6 +172,7 @@ class InMemoryLedger:
         self._limits = (epsilon, delta)
         self._charges: dict[str, list[Cost]] = {}
         self._open: dict[str, tuple[Reservation, Cost]] = {}
+        self._releases: dict[tuple[str, str], dict[str, Any]] = {}
         self._lock = threading.Lock()
 
     def balance(self, member: str) -> Balance:
@@ -177,12 +193,19 @@ class InMemoryLedger:
             self._open[r.id] = (r, cost)
             return r
 
-    def commit(self, reservation: Reservation, **_: object) -> None:
+    def commit(self, reservation: Reservation, *, response: dict[str, Any] | None = None,
+               replay_key: str | None = None, **_: object) -> None:
         with self._lock:
-            self._open.pop(reservation.id, None)
+            if self._open.pop(reservation.id, None) is not None and replay_key and response:
+                self._releases[(reservation.member, replay_key)] = response
+
+    def replay(self, member: str, replay_key: str, **_: object) -> dict[str, Any] | None:
+        with self._lock:
+            return self._releases.get((member, replay_key))
 
     def fail(self, reservation: Reservation, error_code: str) -> None:
-        self.commit(reservation)
+        with self._lock:
+            self._open.pop(reservation.id, None)
 
     def cancel(self, reservation: Reservation) -> None:
         """Return a reservation whose execution never started (see ``refundable``)."""
@@ -288,18 +311,7 @@ class SqliteLedger:
         refusal: SandboxError | None = None
         asked = cap_text(sql)
         with self.state.transaction() as con:
-            seen = None if request_id is None else con.execute(
-                "SELECT request_digest FROM requests WHERE workspace = ? AND member = ? AND "
-                "request_id = ?", (self.workspace, member, request_id)).fetchone()
-            if seen is not None:
-                if _differ(seen[0], request_digest):
-                    raise RequestConflictError(
-                        f"request {request_id} was already used for a different query",
-                        "use a new request id for a new question")
-                raise DuplicateRequestError(
-                    f"request {request_id} was already received and charged once",
-                    "fetch its answer by sending the same request again once it has finished, "
-                    "or use a new request id for a new question")
+            self._check_new_request(con, member, request_id, request_digest)
             b, period, charges = self._balance(con, member)
             if not fits(compose([*charges, cost]), b.epsilon_total, b.delta_total):
                 refusal = exceeded(cost, b)
@@ -327,8 +339,56 @@ class SqliteLedger:
             raise refusal
         return Reservation(cid, member, cost.epsilon, cost.delta)
 
+    def _check_new_request(self, con, member: str, request_id: str | None,  # type: ignore[no-untyped-def]
+                           digest: str | None) -> None:
+        seen = None if request_id is None else con.execute(
+            "SELECT request_digest FROM requests WHERE workspace = ? AND member = ? AND "
+            "request_id = ?", (self.workspace, member, request_id)).fetchone()
+        if seen is not None:
+            if _differ(seen[0], digest):
+                raise RequestConflictError(
+                    f"request {request_id} was already used for a different query",
+                    "use a new request id for a new question")
+            raise DuplicateRequestError(
+                f"request {request_id} was already received and charged once",
+                "fetch its answer by sending the same request again once it has finished, "
+                "or use a new request id for a new question")
+
+    def replay(self, member: str, replay_key: str, *, sql: str = "",
+               request_id: str | None = None,
+               request_digest: str | None = None) -> dict[str, Any] | None:
+        """The stored answer of the member's earlier identical question (``replay_key``),
+        recorded as ``query.replayed`` and charged nothing; None when there is none.
+
+        Returning a release already paid for is post-processing: it reveals nothing new.
+        The request id, if any, is kept so that its retries get the same answer.
+        """
+        with self.state.transaction() as con:
+            row = con.execute(
+                "SELECT r.charge_id, r.response FROM releases r JOIN charges c ON "
+                "c.id = r.charge_id WHERE r.workspace = ? AND r.member = ? AND "
+                "r.replay_key = ? AND c.state = 'committed'",
+                (self.workspace, member, replay_key)).fetchone()
+            if row is None:
+                return None
+            self._check_new_request(con, member, request_id, request_digest)
+            response = {**json.loads(row[1]), "replayed": True}
+            asked = cap_text(sql)
+            self.state.append(con, "query.replayed", workspace=self.workspace, member=member,
+                              charge_id=row[0], release_id=response.get("release_id"),
+                              sql=asked.text, sql_sha256=asked.sha256,
+                              sql_length=asked.length, epsilon=0.0, delta=0.0)
+            if request_id is not None:
+                con.execute("INSERT INTO requests (workspace, member, request_id, charge_id, "
+                            "request_digest, response) VALUES (?,?,?,?,?,?)",
+                            (self.workspace, member, request_id, row[0], request_digest,
+                             json.dumps(response, ensure_ascii=False)))
+        return response
+
     def _close(self, reservation: Reservation, state: str, kind: str, **fields: object) -> None:
         response = fields.pop("_response", None)
+        key = fields.pop("_replay_key", None)
+        request_id = fields.pop("_request_id", None)
         with self.state.transaction() as con:
             row = con.execute("SELECT state, period FROM charges WHERE id = ?",
                               (reservation.id,)).fetchone()
@@ -344,16 +404,25 @@ class SqliteLedger:
             con.execute("UPDATE charges SET state = ?, closed_seq = ? WHERE id = ?",
                         (state, seq, reservation.id))
             if response is not None and state == "committed":
-                con.execute("UPDATE requests SET response = ? WHERE charge_id = ?",
-                            (json.dumps(response, ensure_ascii=False), reservation.id))
+                text = json.dumps(response, ensure_ascii=False)
+                if request_id is not None:
+                    con.execute("UPDATE requests SET response = ? WHERE charge_id = ?",
+                                (text, reservation.id))
+                if key is not None:  # the latest answer to a question is the one replayed
+                    con.execute("INSERT OR REPLACE INTO releases VALUES (?,?,?,?,?)",
+                                (self.workspace, reservation.member, key, reservation.id,
+                                 text))
 
     def commit(self, reservation: Reservation, *, release_id: str = "",
                values_digest: str = "", rows: int = 0, suppressed: int = 0,
-               response: dict[str, Any] | None = None) -> None:
+               response: dict[str, Any] | None = None, replay_key: str | None = None,
+               request_id: str | None = None) -> None:
+        """Close a reservation as answered; ``response`` is stored for retries of
+        ``request_id`` and for free replays of the same question (``replay_key``)."""
         self._close(reservation, "committed", "query.answered", release_id=release_id,
                     values_digest=values_digest, rows=rows, epsilon=reservation.epsilon,
                     delta=reservation.delta, suppressed_groups=suppressed,
-                    _response=response)
+                    _response=response, _replay_key=replay_key, _request_id=request_id)
 
     def fail(self, reservation: Reservation, error_code: str) -> None:
         self._close(reservation, "failed", "query.failed", error_code=error_code,

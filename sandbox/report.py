@@ -29,6 +29,7 @@ DECISIONS = (
     ("query.failed", "failed"),
     ("query.interrupted", "interrupted"),
     ("query.cancelled", "cancelled"),
+    ("query.replayed", "replayed (free)"),
 )
 # Okabe-Ito: distinguishable with colour-blindness, readable on white.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000",

@@ -62,6 +62,10 @@ CREATE TABLE IF NOT EXISTS requests (
     workspace TEXT NOT NULL, member TEXT NOT NULL, request_id TEXT NOT NULL,
     charge_id TEXT NOT NULL, response TEXT, PRIMARY KEY (workspace, member, request_id));
 CREATE INDEX IF NOT EXISTS requests_by_charge ON requests (charge_id);
+CREATE TABLE IF NOT EXISTS releases (
+    workspace TEXT NOT NULL, member TEXT NOT NULL, replay_key TEXT NOT NULL,
+    charge_id TEXT NOT NULL, response TEXT NOT NULL,
+    PRIMARY KEY (workspace, member, replay_key));
 """
 
 

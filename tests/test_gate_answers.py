@@ -146,18 +146,35 @@ def test_explain_spends_nothing_and_touches_no_data(gate) -> None:  # type: igno
     assert "noisy sum" in plan["accuracy"]["AVG(income)"]
 
 
-def test_repeating_a_query_charges_every_time(gate, engine) -> None:  # type: ignore[no-untyped-def]
+def test_a_repeated_question_is_replayed_free_and_a_new_one_charged(gate, engine) -> None:  # type: ignore[no-untyped-def]
     ledger = InMemoryLedger(1.0, 1e-5)
-    for i in range(4):
-        gate.answer("SELECT count(*) FROM persons", member="rep", ledger=ledger,
-                    executor=engine, epsilon=0.25)
-        assert ledger.balance("rep").epsilon_spent == pytest.approx(0.25 * (i + 1))
+    first = gate.answer("SELECT count(*) FROM persons", member="rep", ledger=ledger,
+                        executor=engine, epsilon=0.25)
+    assert not first.replayed
+    for _ in range(3):  # the same SQL at the same epsilon: the stored answer, free
+        again = gate.answer("SELECT count(*) FROM persons", member="rep", ledger=ledger,
+                            executor=engine, epsilon=0.25)
+        assert again.replayed and again.rows == first.rows
+        assert again.release_id == first.release_id
+        assert ledger.balance("rep").epsilon_spent == pytest.approx(0.25)
+    # another member, another epsilon or other SQL text is a new question, charged
+    gate.answer("SELECT count(*) FROM persons", member="other", ledger=ledger,
+                executor=engine, epsilon=0.25)
+    assert ledger.balance("other").epsilon_spent == pytest.approx(0.25)
+    for sql, eps in [("SELECT count(*) FROM persons", 0.5),
+                     ("SELECT COUNT(*) FROM persons", 0.25)]:
+        fresh = gate.answer(sql, member="rep", ledger=ledger, executor=engine, epsilon=eps)
+        assert not fresh.replayed
+    assert ledger.balance("rep").epsilon_spent == pytest.approx(1.0)
     from sandbox.ledger import BudgetExceededError
 
     with pytest.raises(BudgetExceededError) as info:
-        gate.answer("SELECT count(*) FROM persons", member="rep", ledger=ledger,
-                    executor=engine, epsilon=0.25)
+        gate.answer("SELECT count(*) FROM persons WHERE age > 1", member="rep",
+                    ledger=ledger, executor=engine, epsilon=0.25)
     assert "remains" in info.value.message
+    # replays still work with the budget spent
+    assert gate.answer("SELECT count(*) FROM persons", member="rep", ledger=ledger,
+                       executor=engine, epsilon=0.5).replayed
 
 
 def test_epsilon_outside_policy_is_refused(gate) -> None:  # type: ignore[no-untyped-def]

@@ -138,3 +138,53 @@ def test_requests_stored_before_digests_replay_as_before(tmp_path) -> None:  # t
         state.close()
     state = State(path, key)  # opening again migrates nothing twice
     state.close()
+
+
+def test_a_question_answered_before_is_replayed_free_and_recorded(ledger, engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    led, gate, state = ledger
+    sql = "SELECT district, count(*) FROM persons GROUP BY district"
+    first = gate.answer(sql, member="ann", ledger=led, executor=engine, epsilon=0.5,
+                        request_id="r-a", request_digest=request_digest(sql, 0.5))
+    spent = led.balance("ann").epsilon_spent
+    # a notebook re-run: a new request id, the same question
+    again = gate.answer(sql, member="ann", ledger=led, executor=engine, epsilon=0.5,
+                        request_id="r-b", request_digest=request_digest(sql, 0.5))
+    assert again.replayed and again.rows == first.rows and again.ci95 == first.ci95
+    assert led.balance("ann").epsilon_spent == spent
+    # its request id is kept: a retry of r-b gets the replay, never a charge
+    prior = led.prior("ann", "r-b")
+    assert prior is not None and prior.state == "committed"
+    assert prior.response is not None and prior.response["replayed"] is True
+    with pytest.raises(DuplicateRequestError):
+        gate.answer(sql, member="ann", ledger=led, executor=engine, epsilon=0.5,
+                    request_id="r-b")
+    # a reused id with another question is still a conflict on the replay path
+    with pytest.raises(RequestConflictError):
+        gate.answer(sql, member="ann", ledger=led, executor=engine, epsilon=0.5,
+                    request_id="r-a", request_digest=request_digest(sql + " ", 0.5))
+    # another process (a new ledger object on the same state) replays it too
+    led2 = SqliteLedger.existing(state, "w")
+    assert gate.answer(sql, member="ann", ledger=led2, executor=engine, epsilon=0.5).replayed
+    records = [r for r in state.records() if r["kind"].startswith("query.")]
+    replays = [r for r in records if r["kind"] == "query.replayed"]
+    charged = [r for r in records if r["kind"] == "query.charged"]
+    assert len(charged) == 1 and len(replays) == 2
+    assert {r["charge_id"] for r in replays} == {charged[0]["charge_id"]}
+    assert all(r["release_id"] == first.release_id and r["epsilon"] == 0 for r in replays)
+    assert state.verify().ok
+
+
+def test_only_answered_questions_under_the_same_policy_are_replayed(  # type: ignore[no-untyped-def]
+        ledger, engine, tiny_vault) -> None:
+    led, gate, state = ledger
+    q = gate.check("SELECT count(*) FROM persons")
+    led.reserve("ann", q.plan.cost, sql=q.sql, request_id="r-2")  # then the process dies
+    assert state.recover(stale_after_s=0) == 1
+    # interrupted: no answer to replay, so the next request is charged
+    assert not gate.answer(q.sql, member="ann", ledger=led, executor=engine).replayed
+    assert led.balance("ann").epsilon_spent == pytest.approx(2 * q.plan.cost.epsilon)
+    # the same SQL under an edited policy is a new question
+    pol = policy(tiny_vault.catalog)
+    edited = type(pol)(**{**pol.__dict__, "content_hash": "0" * 64})
+    assert not Gate(edited).answer(q.sql, member="ann", ledger=led, executor=engine).replayed
+    assert Gate(edited).answer(q.sql, member="ann", ledger=led, executor=engine).replayed

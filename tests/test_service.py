@@ -422,6 +422,38 @@ def test_a_request_id_reused_for_another_question_is_a_conflict(service: Svc,
     assert after == pytest.approx(spent)
 
 
+def test_the_same_question_with_a_new_request_id_is_replayed_free(service: Svc, alice: str,
+                                                                  vault_home: Paths) -> None:
+    import sqlite3
+
+    sql = "SELECT purpose, avg(amount) AS mean FROM loans GROUP BY purpose"
+    r1 = service.call("POST", f"workspaces/{WS}/query", alice,
+                      json={"sql": sql, "epsilon": 0.125, "request_id": rid()})
+    assert r1.status_code == 200 and r1.json()["replayed"] is False, r1.text
+    spent = r1.json()["budget"]["epsilon_spent"]
+    r2 = service.call("POST", f"workspaces/{WS}/query", alice,
+                      json={"sql": sql, "epsilon": 0.125, "request_id": rid()})
+    assert r2.status_code == 200 and r2.headers["Sandbox-Replayed"] == "true"
+    body = r2.json()
+    assert body["replayed"] is True and body["rows"] == r1.json()["rows"]
+    assert body["release_id"] == r1.json()["release_id"]
+    assert body["budget"]["epsilon_spent"] == pytest.approx(spent)
+    con = sqlite3.connect(vault_home.state_db)
+    try:
+        rows = con.execute("SELECT body FROM audit_records WHERE kind = 'query.replayed' "
+                           "ORDER BY seq DESC LIMIT 1").fetchall()
+    finally:
+        con.close()
+    rec = json.loads(rows[0][0])
+    assert rec["member"] == "alice" and rec["sql"] == sql and rec["epsilon"] == 0
+    assert rec["release_id"] == body["release_id"]
+    # the same SQL at another epsilon is another question: fresh noise, charged
+    r3 = service.call("POST", f"workspaces/{WS}/query", alice,
+                      json={"sql": sql, "epsilon": 0.25, "request_id": rid()})
+    assert r3.json()["replayed"] is False
+    assert r3.json()["budget"]["epsilon_spent"] == pytest.approx(spent + 0.25)
+
+
 def test_refused_sql_is_stored_capped_with_its_hash_and_length(service: Svc, alice: str,
                                                                 vault_home: Paths) -> None:
     import hashlib

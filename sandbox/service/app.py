@@ -383,7 +383,8 @@ class Service:
         """(response, replayed): answer once per request id, charging the member.
 
         A retry (same id, same SQL and epsilon) gets the first answer; the id reused for a
-        different question is a conflict (the ledger raises it too if the two race).
+        different question is a conflict (the ledger raises it too if the two race). A new
+        request for a question already answered gets that answer free (``Gate.answer``).
         """
         ledger = self.ledger(ws)
         digest = request_digest(sql, epsilon)
@@ -411,7 +412,7 @@ class Service:
                           "answer") from None
         body = release.to_dict()
         body["budget"] = ledger.balance(member).to_dict()
-        return body, False
+        return body, release.replayed
 
     # -- exports ---------------------------------------------------------------------------
     def export_store(self) -> ExportStore:
@@ -475,7 +476,7 @@ class Service:
     def _replay(self, ledger: SqliteLedger, member: str, request_id: str, state: str,
                 response: dict[str, Any] | None) -> dict[str, Any]:
         if state == "committed" and response is not None:
-            return {**response, "budget": ledger.balance(member).to_dict()}
+            return {**response, "replayed": True, "budget": ledger.balance(member).to_dict()}
         if state == "reserved":
             raise Problem("request.in_progress", f"request {request_id} is still running",
                           "wait a moment and send the same request again to fetch its answer")

@@ -359,6 +359,8 @@ def query_row(r: dict[str, Any], sql: dict[str, str]) -> list[str]:
         info = f"{code(r.get('rule'))}: {esc(r.get('message'))}"
     elif kind == "query.failed":
         info = code(r.get("error_code"))
+    elif kind == "query.replayed":
+        info = f"release {code(r.get('release_id'))} sent again, not charged"
     elif kind == "query.charged":
         info = f"delta {fmt_delta(r.get('delta'))}" + details(
             {"rewritten_sql": r.get("rewritten_sql")} if r.get("rewritten_sql") else None)

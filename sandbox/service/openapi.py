@@ -261,6 +261,9 @@ def document(prefix: str, version: str) -> dict[str, Any]:
             "mechanisms": {"type": "object", "additionalProperties": {"type": "string"}},
             "epsilon": {"type": "number"}, "delta": {"type": "number"},
             "suppressed_groups": {"type": "integer"}, "noisy": {"const": True},
+            "replayed": {"type": "boolean", "description": "true: the stored answer of an "
+                         "earlier identical request (same SQL, epsilon, policy and data), "
+                         "not charged again; epsilon and delta are what it cost then"},
             "budget": _BUDGET}},
     }
     return {
