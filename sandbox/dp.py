@@ -1157,14 +1157,18 @@ def _smallest_threshold(scale: float, delta: float, d_in: tuple[int, int, int]) 
 
 @_planned
 def plan_threshold(
-    epsilon: float, delta: float, sensitivity: int, max_groups_per_unit: int
+    epsilon: float, delta: float, sensitivity: int, max_groups_per_unit: int,
+    max_total: int | None = None,
 ) -> tuple[Mechanism, int]:
     """Plan noisy counts for PRIVATE group keys, with suppression of rare keys.
 
     Uses OpenDP's ``make_laplace_threshold`` (discrete Laplace on each count; a key is
     kept when its noisy count is >= threshold). One unit touches at most
-    ``max_groups_per_unit`` keys and adds at most ``sensitivity`` to each, so
-    ``d_in = (l0, l1, linf) = (max_groups, max_groups * sensitivity, sensitivity)``.
+    ``max_groups_per_unit`` keys and adds at most ``sensitivity`` to each, and at most
+    ``max_total`` over all keys (its rows: each row is in one group), so
+    ``d_in = (l0, l1, linf) = (max_groups, min(max_groups * sensitivity, max_total),
+    sensitivity)``. With ``max_total`` the noise no longer grows with the number of
+    groups a unit may touch, only the threshold does (through delta).
     The scale fits epsilon; the threshold is the smallest integer for which delta (the
     chance that one of the keys only that unit has is released) fits ``delta``; it is one
     more than OpenDP's own map would suggest, see :func:`_threshold_cost`.
@@ -1173,7 +1177,9 @@ def plan_threshold(
     delta = _check_delta(delta, positive=True)
     linf = _check_positive_int(sensitivity, "sensitivity")
     l0 = _check_positive_int(max_groups_per_unit, "max_groups_per_unit")
-    d_in = (l0, l0 * linf, linf)
+    total = l0 * linf if max_total is None else _check_positive_int(max_total, "max_total")
+    linf = min(linf, total)
+    d_in = (l0, min(l0 * linf, total), linf)
     try:
         # The epsilon of the map does not depend on the threshold: fit the scale alone.
         scale = _threshold_scale(eps, d_in)
@@ -1186,7 +1192,7 @@ def plan_threshold(
     mech = Mechanism(
         kind="discrete_laplace",
         scale=scale,
-        sensitivity=float(l0 * linf),
+        sensitivity=float(d_in[1]),
         cost=Cost(epsilon=float(spent_eps), delta=float(spent_delta)),
         integer=True,
         d_in=d_in,

@@ -323,6 +323,24 @@ def test_threshold_plan_matches_opendp_map() -> None:
     assert opendp_map(threshold - 2)[1] > 1e-6  # i.e. the delta of threshold - 1
 
 
+def test_threshold_with_a_total_per_unit_has_less_noise_and_a_lower_threshold() -> None:
+    """A unit with at most 6 rows in all, in up to 6 groups: l1 is 6, not 6 * 6."""
+    loose, t_loose = dp.plan_threshold(1.0, 1e-6, 6, 6)
+    tight, t_tight = dp.plan_threshold(1.0, 1e-6, 6, 6, max_total=6)
+    assert loose.d_in == (6, 36, 6) and tight.d_in == (6, 6, 6)
+    assert tight.scale == pytest.approx(loose.scale / 6, rel=1e-9)
+    assert t_tight < t_loose / 4
+    meas = opendp.m.make_laplace_threshold(
+        opendp.map_domain(opendp.atom_domain(T=str), opendp.atom_domain(T="i64")),
+        opendp.l01inf_distance(opendp.absolute_distance(T="i64")),
+        scale=tight.scale, threshold=t_tight - 1)
+    eps, delta = meas.map(tight.d_in)
+    assert tight.cost.epsilon <= 1.0 and eps <= 1.0
+    assert tight.cost.delta == delta <= 1e-6
+    # a total below the per-group bound caps that bound too
+    assert dp.plan_threshold(1.0, 1e-6, 6, 3, max_total=2)[0].d_in == (3, 2, 2)
+
+
 def test_threshold_rarely_releases_a_single_unit_key() -> None:
     """Measured release rate of count-1 keys matches the planned delta.
 

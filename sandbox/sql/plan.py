@@ -15,6 +15,10 @@ from typing import Any
 from .. import dp
 from .rewrite.context import Measurement, RewriteContext
 
+# Share of the query's epsilon (relative to one measurement's) spent on the noisy count
+# of groups that says how many private groups were suppressed.
+GROUP_COUNT_WEIGHT = 0.25
+
 
 @dataclass
 class Planned:
@@ -62,8 +66,10 @@ def plan(ctx: RewriteContext, epsilon: float) -> PrivacyPlan:
     privacy = ctx.policy.privacy
     gaussian = privacy.mechanism == "gaussian"
     released = [m for m in ctx.measurements if not m.hidden]
-    parts = len(released) + (2 if ctx.threshold else 0)
-    shares = dp.split_epsilon(epsilon, [1.0] * parts)
+    # private keys: the threshold takes a full share, the noisy count of groups (only
+    # used to say how many groups were suppressed) a small one
+    weights = [1.0] * len(released) + ([1.0, GROUP_COUNT_WEIGHT] if ctx.threshold else [])
+    shares = dp.split_epsilon(epsilon, weights)
     delta_users = (len([m for m in released if m.kind != "histogram"]) if gaussian else 0) + \
         (1 if ctx.threshold else 0)
     delta_share = privacy.delta / delta_users if delta_users else 0.0
@@ -88,11 +94,12 @@ def plan(ctx: RewriteContext, epsilon: float) -> PrivacyPlan:
         out.items.append(item)
     if ctx.threshold:
         m = next(x for x in ctx.measurements if x.name == ctx.threshold)
-        mech, value = dp.plan_threshold(shares[-2], delta_share,
-                                        int(ctx.analysis.rows_per_unit), l0)
+        rows = int(ctx.analysis.rows_per_unit)
+        # a unit's rows are spread over at most l0 groups: at most `rows` in all
+        mech, value = dp.plan_threshold(shares[-2], delta_share, rows, l0, max_total=rows)
         out.threshold = Planned(m, shares[-2], delta_share, mech)
         out.threshold_value = value
-        out.group_count = dp.plan_laplace(shares[-1], float(l0), integer=True)
+        out.group_count = dp.plan_laplace(shares[-1], float(min(l0, rows)), integer=True)
         costs.extend([mech.cost, out.group_count.cost])
     out.cost = dp.compose(costs)
     return out

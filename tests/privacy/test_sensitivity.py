@@ -19,7 +19,8 @@ engine returned (``__k<i>`` keys, ``__m<i>`` measurements). The properties:
    count/sum: L1 over all groups ≤ ``m.sensitivity`` (Laplace), L2 ≤ it (Gaussian);
    count_units: ≤ 1 per group, ≤ ``ctx.max_groups`` groups; histogram (quantiles): per
    group ≤ ``analysis.rows_per_unit`` entries (L1), ≤ ``max_groups`` groups; the hidden
-   threshold count: ≤ ``rows_per_unit`` per group, ≤ ``max_groups`` groups.
+   threshold count: ≤ ``rows_per_unit`` per group and over all groups, ≤ ``max_groups``
+   groups.
 3. Public keys: identical key lists in the same order, no duplicates. Private keys: no
    duplicates, at most ``max_groups`` keys differ, and the exact result comes in
    canonical key order (sorted, NULLs last).
@@ -588,7 +589,10 @@ def _check_exact(q: Any, small: pa.Table, big: pa.Table, where: str, variant: st
         moved = {g: d for g, d in diffs.items() if d}
         if m.kind == "count_units" or m.hidden:
             per = 1 if m.kind == "count_units" else rows
-            if any(d > per for d in moved.values()) or len(moved) > l0:
+            # the threshold is planned with l1 = rows over all groups (plan_threshold's
+            # max_total): a unit's rows are each in one group
+            if any(d > per for d in moved.values()) or len(moved) > l0 or \
+                    (m.hidden and sum(moved.values()) > rows):
                 raise SensitivityExceeded(
                     f"{where}: {m.kind}{' (threshold)' if m.hidden else ''} {m.name} moved "
                     f"{dict(list(moved.items())[:8])} in {len(moved)} groups (at most {per} "
