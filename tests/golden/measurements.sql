@@ -2,7 +2,7 @@
 SELECT __rel.__k0 AS __k0, COUNT(*) AS __m0, SUM(__rel.__v1) AS __m1, COUNT(__rel.__v2) AS __m2 FROM (SELECT persons.person_id AS __unit, persons.district AS __k0, 1 AS __v0, TRY(CASE WHEN persons.income > 2000000 THEN 2000000 WHEN persons.income < 0 THEN 0 ELSE persons.income END) AS __v1, persons.income AS __v2 FROM (SELECT district, gender, education, employed, age, income, credit_score, registered_on, person_id FROM persons_v1 WHERE __sandbox_rank <= 1) AS persons) AS __rel GROUP BY __rel.__k0
 
 -- SELECT count(DISTINCT person_id) FROM loans WHERE purpose = 'mortgage'
-SELECT COUNT(DISTINCT __rel.__v0) AS __m0 FROM (SELECT loans.person_id AS __unit, loans.person_id AS __v0 FROM (SELECT amount, rate, term_months, purpose, status, issued_on, person_id FROM loans_v1 WHERE __sandbox_rank <= 10) AS loans WHERE loans.purpose = 'mortgage') AS __rel
+SELECT COUNT(DISTINCT __rel.__v0) AS __m0 FROM (SELECT loans.person_id AS __unit, loans.person_id AS __v0 FROM (SELECT amount, rate, term_months, purpose, status, issued_on, person_id FROM loans_v1) AS loans WHERE loans.purpose = 'mortgage') AS __rel
 
 -- SELECT count(*) FILTER (WHERE status = 'default') FROM loans
 SELECT COUNT(__rel.__v0) AS __m0 FROM (SELECT loans.person_id AS __unit, TRY(CASE WHEN loans.status = 'default' THEN 1 END) AS __v0 FROM (SELECT amount, rate, term_months, purpose, status, issued_on, person_id FROM loans_v1 WHERE __sandbox_rank <= 10) AS loans) AS __rel

@@ -685,3 +685,33 @@ def test_the_gate_accepts_most_generated_queries(variant: str) -> None:
     assert stats.rate() >= MIN_ACCEPTED, (
         f"{variant}: the gate accepted only {stats.rate():.0%} of {stats.total} generated "
         f"queries; refusals by rule: {dict(stats.codes.most_common())}")
+
+
+UNITS_ONLY = [
+    "SELECT count(DISTINCT person_id) FROM loans",
+    "SELECT count(DISTINCT person_id) FROM loans WHERE status = 'default'",
+    "SELECT status, count(DISTINCT person_id) FROM loans GROUP BY status",
+    "SELECT l.purpose, count(DISTINCT l.person_id) AS n FROM loans l JOIN persons p "
+    "ON l.person_id = p.person_id GROUP BY l.purpose",
+    "SELECT term_months, count(DISTINCT person_id) FILTER (WHERE amount > 1000) FROM loans "
+    "GROUP BY term_months",
+    "SELECT p.district, count(DISTINCT p.person_id) FROM persons p JOIN loans l "
+    "ON l.person_id = p.person_id WHERE l.status = 'overdue' GROUP BY p.district",
+]
+
+
+@pytest.mark.parametrize("variant", kit.VARIANTS)
+@pytest.mark.parametrize("sql", UNITS_ONLY)
+def test_distinct_unit_counts_are_not_row_bounded_and_stay_within_one_per_group(
+        variant: str, sql: str) -> None:
+    """Queries that only count distinct units keep every row (no unit goes uncounted
+    because its matching row ranked beyond the bound); the group bound alone holds their
+    sensitivity, checked on every neighbour, the adversarial unit's many rows included."""
+    q = kit.gate(variant).check(sql)
+    assert q.ctx.units_only and "__sandbox_rank" not in q.executed_sql
+    if q.analysis.grouped:
+        assert q.ctx.group_bounded
+        assert q.ctx.max_groups == kit.policy(variant).privacy.max_groups_per_unit
+    for which in _neighbour_names(variant):
+        for messy in (False, True):
+            check_neighbours(variant, messy, which, Query(sql, None, False, False))

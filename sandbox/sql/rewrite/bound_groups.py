@@ -24,7 +24,8 @@ def bound_groups(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
     # Counts and sums are bounded by the unit's total rows either way (L1 = rows x bound).
     needs = ctx.threshold is not None or any(
         m.kind in ("count_units", "histogram") for m in ctx.measurements)
-    if not a.grouped or limit >= a.rows_per_unit or not needs:
+    # without a row bound (units_only) the group bound is the only bound on groups
+    if not a.grouped or not needs or (limit >= a.rows_per_unit and not ctx.units_only):
         return tree
     ctx.group_bounded = True
     rel_sub = tree.args["from_"].this

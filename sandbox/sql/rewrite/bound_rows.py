@@ -3,7 +3,9 @@
 A private table keeps at most ``max_rows_per_unit`` rows per privacy unit: the
 engine gives every row a random rank within its unit once, at load
 (``__sandbox_rank``), so bounding is a cheap filter and needs no volatile
-window here. Only the exposed columns are projected.
+window here. Only the exposed columns are projected. A query that only counts distinct
+units (``RewriteContext.units_only``) is not row-bounded: its sensitivity does not depend
+on rows, and bounding would only drop units from the counts.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ RANK = "__sandbox_rank"
 
 
 def bound_rows(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
+    bounded = not ctx.units_only  # distinct-unit counts need no row bound (RewriteContext)
     for table in list(tree.find_all(exp.Table)):
         tp = ctx.policy.tables[table.name]
         alias = table.alias_or_name
         scan = exp.select(*[exp.column(c) for c in tp.columns]).from_(
             exp.to_table(tp.engine_table), copy=False)
-        if not tp.public:
+        if not tp.public and bounded:
             bound = exp.LTE(this=exp.column(RANK),
                             expression=exp.Literal.number(tp.max_rows_per_unit))
             scan = scan.where(bound, copy=False)

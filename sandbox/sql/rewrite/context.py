@@ -40,11 +40,28 @@ class RewriteContext:
     threshold: str | None = None  # name of the hidden count used for thresholding
 
     @property
+    def units_only(self) -> bool:
+        """Whether every aggregate counts distinct units and the keys (if any) are public.
+
+        Then no row bound is needed: a unit moves each distinct-unit count by at most 1
+        whatever its row count, and the group bound limits how many counts it moves. The
+        rows a row bound would drop are units that would go uncounted (a bias, not a
+        protection), so the scans keep every row.
+        """
+        from .measurements import ctx_public
+
+        a = self.analysis
+        return bool(a.aggs) and all(s.kind == "count_units" for s in a.aggs) and \
+            (not a.grouped or ctx_public(self))
+
+    @property
     def max_groups(self) -> int:
         """How many groups one unit can touch (L0)."""
         a = self.analysis
         if not a.grouped:
             return 1
+        if self.units_only:  # rows unbounded: the group bound alone (bound_groups)
+            return self.policy.privacy.max_groups_per_unit
         if self.group_bounded:
             return min(a.rows_per_unit, self.policy.privacy.max_groups_per_unit)
         return a.rows_per_unit
