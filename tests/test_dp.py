@@ -178,6 +178,30 @@ def test_gaussian_cost_is_opendp_zcdp_conversion(integer: bool) -> None:
     assert mech.scale < 2.0 * math.sqrt(2 * math.log(1.25 / 1e-7)) / 0.8
 
 
+@pytest.mark.parametrize("integer", [False, True])
+def test_joint_gaussian_spends_the_request_and_less_noise_than_parts_apart(
+        integer: bool) -> None:
+    sens = (1.0, 3.0, 2.0)
+    joint = dp.plan_gaussian_joint(0.3, 1e-6, sens, integer)
+    total = dp.compose([m.cost for m in joint])
+    assert total.epsilon <= 0.3 and total.epsilon == pytest.approx(0.3, rel=1e-6)
+    assert total.delta == pytest.approx(1e-6)
+    domain = opendp.vector_domain(
+        opendp.atom_domain(T="i64") if integer else opendp.atom_domain(T=float, nan=False))
+    for m, x in zip(joint, sens, strict=True):
+        gauss = opendp.m.make_gaussian(domain, opendp.l2_distance(T=float), scale=m.scale)
+        assert m.cost.rho == gauss.map(x)  # OpenDP's map is the cost
+        assert m.cost.rho == pytest.approx(joint[0].cost.rho, rel=1e-9)  # equal shares
+    apart = [dp.plan_gaussian(0.1, 1e-6 / 3, x, integer) for x in sens]
+    assert dp.compose([m.cost for m in apart]).epsilon < 0.2  # what apart under-spent
+    for a, j in zip(apart, joint, strict=True):
+        assert j.scale < 0.6 * a.scale
+    # one part is plan_gaussian's calibration
+    one = dp.plan_gaussian_joint(0.5, 1e-6, (2.0,), integer)[0]
+    assert one.scale == pytest.approx(dp.plan_gaussian(0.5, 1e-6, 2.0, integer).scale,
+                                      rel=1e-9)
+
+
 def test_mechanism_to_dict_is_json() -> None:
     mech = dp.plan_laplace(1.0, 1, integer=True)
     data = json.loads(json.dumps(mech.to_dict()))

@@ -76,6 +76,17 @@ def plan(ctx: RewriteContext, epsilon: float) -> PrivacyPlan:
     l0 = ctx.max_groups
     out = PrivacyPlan(epsilon, privacy.delta if delta_users else 0.0)
     costs: list[dp.Cost] = []
+    joint: dict[str, dp.Mechanism] = {}
+    noisy = [(m, eps) for m, eps in zip(released, shares, strict=False)
+             if m.kind != "histogram"]
+    if gaussian and noisy:
+        # one calibration for all Gaussian parts: composed in zCDP they cost exactly
+        # their shares together (planned apart, each at its share, they under-spend)
+        l2s = tuple(math.sqrt(l0) if m.kind == "count_units" else m.sensitivity
+                    for m, _ in noisy)
+        mechs = dp.plan_gaussian_joint(math.fsum(e for _, e in noisy),
+                                       delta_share * len(noisy), l2s, integer=True)
+        joint = {m.name: mech for (m, _), mech in zip(noisy, mechs, strict=True)}
     for m, eps in zip(released, shares, strict=False):
         if m.kind == "histogram":
             assert m.fraction is not None
@@ -84,11 +95,7 @@ def plan(ctx: RewriteContext, epsilon: float) -> PrivacyPlan:
             costs.extend([mech.cost] * l0)
         else:
             l1 = float(l0) if m.kind == "count_units" else m.sensitivity
-            l2 = math.sqrt(l0) if m.kind == "count_units" else m.sensitivity
-            if gaussian:
-                mech = dp.plan_gaussian(eps, delta_share, l2, integer=True)
-            else:
-                mech = dp.plan_laplace(eps, l1, integer=True)
+            mech = joint[m.name] if gaussian else dp.plan_laplace(eps, l1, integer=True)
             item = Planned(m, eps, delta_share if gaussian else 0.0, mech)
             costs.append(mech.cost)
         out.items.append(item)
