@@ -65,7 +65,10 @@ class PrivacyPlan:
 def plan(ctx: RewriteContext, epsilon: float) -> PrivacyPlan:
     privacy = ctx.policy.privacy
     gaussian = privacy.mechanism == "gaussian"
-    released = [m for m in ctx.measurements if not m.hidden]
+    # a COUNT(*) that is also the threshold's count is released by the threshold
+    shared = next((m for m in ctx.measurements if m.name == ctx.threshold and not m.hidden),
+                  None)
+    released = [m for m in ctx.measurements if not m.hidden and m is not shared]
     # private keys: the threshold takes a full share, the noisy count of groups (only
     # used to say how many groups were suppressed) a small one
     weights = [1.0] * len(released) + ([1.0, GROUP_COUNT_WEIGHT] if ctx.threshold else [])
@@ -106,6 +109,8 @@ def plan(ctx: RewriteContext, epsilon: float) -> PrivacyPlan:
         mech, value = dp.plan_threshold(shares[-2], delta_share, rows, l0, max_total=rows)
         out.threshold = Planned(m, shares[-2], delta_share, mech)
         out.threshold_value = value
+        if shared is not None:
+            out.items.append(out.threshold)
         out.group_count = dp.plan_laplace(shares[-1], float(min(l0, rows)), integer=True)
         costs.extend([mech.cost, out.group_count.cost])
     out.cost = dp.compose(costs)
@@ -123,16 +128,21 @@ def release(p: PrivacyPlan, exact: dict[str, list[Any]], groups: int) -> Noisy:
     """Add noise to every measurement; drop private groups under the noisy threshold."""
     keep = list(range(groups))
     suppressed = 0
+    shared: list[int] = []
     if p.threshold is not None and p.threshold_value is not None:
         counts = {str(i): int(v or 0) for i, v in enumerate(exact[p.threshold.measurement.name])}
         kept = dp.release_threshold(p.threshold.mechanism, p.threshold_value, counts)
         keep = sorted(int(k) for k in kept)
+        shared = [kept[str(i)] for i in keep]  # the threshold's noisy counts, kept keys
         assert p.group_count is not None
         noisy_groups = dp.release(p.group_count, [groups])[0]
         suppressed = max(int(noisy_groups) - len(keep), 0)
     values: dict[str, list[Any]] = {}
     for item in p.items:
         m = item.measurement
+        if item is p.threshold:  # a COUNT(*) released by the threshold itself
+            values[m.name] = shared
+            continue
         raw = [exact[m.name][i] for i in keep]
         if m.kind == "histogram":
             values[m.name] = [_quantile(item, h) for h in raw]

@@ -335,3 +335,34 @@ def test_private_timestamp_keys_beyond_pythons_range_do_not_fail_after_the_charg
     o = kit.run(kit.gate("laplace"), sql, kit.build_engine(
         world([*base, kit.person(person_id="target", seen_at=kit.TS_MAX)])))
     refused_for_free_or_answered(o, sql)
+
+
+@pytest.mark.parametrize("variant", kit.VARIANTS)
+def test_a_private_key_count_is_the_thresholds_own_noisy_count(variant: str) -> None:
+    """COUNT(*) by private keys is noised once: the threshold's noisy count decides which
+    keys are kept and is the released value (so every released count reaches the
+    threshold), and the query pays for one count, not two."""
+    from sandbox.sql.plan import GROUP_COUNT_WEIGHT, release
+
+    g = kit.gate(variant)
+    q = g.check("SELECT city, count(*) AS n, avg(balance) AS b FROM persons GROUP BY city",
+                1.0)
+    p = q.plan
+    assert p.threshold is not None and p.threshold in p.items
+    from sqlglot import exp
+
+    stars = [m for m in q.ctx.measurements
+             if m.kind == "count" and isinstance(m.value, exp.Literal)]
+    # one COUNT(*), the query's own, used by the threshold: no second, hidden count
+    assert [m.name for m in stars] == [p.threshold.measurement.name]
+    assert not p.threshold.measurement.hidden
+    # parts: the threshold count, the sum and the count of AVG, the group count (a quarter)
+    assert p.threshold.epsilon == pytest.approx(1.0 / (3 + GROUP_COUNT_WEIGHT))
+    assert p.cost.epsilon <= 1.0 + 1e-9
+    exact = {m.name: [50_000, 70_000, 90_000] for m in q.ctx.measurements}
+    noisy = release(p, exact, 3)
+    assert noisy.keep == [0, 1, 2]
+    values = noisy.values[p.threshold.measurement.name]
+    assert all(v >= p.threshold_value for v in values)
+    assert all(abs(v - e) < 1000 for v, e in zip(values, [50_000, 70_000, 90_000],
+                                                strict=True))

@@ -165,7 +165,12 @@ def measurements(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
     for spec in a.aggs:
         ctx.agg_measurements[id(spec)] = _measure(spec, add, rows)
     if a.grouped and not ctx_public(ctx):
-        ctx.threshold = add("count", exp.Literal.number(1), rows, hidden=True)
+        # the query's own COUNT(*) is the threshold's count when it has one: its noisy
+        # value decides which keys are kept and is released as is (noised once, not twice)
+        star = next((m for m in values.values() if m.kind == "count" and not m.hidden
+                     and isinstance(m.value, exp.Literal) and m.sensitivity == rows), None)
+        ctx.threshold = star.name if star is not None else \
+            add("count", exp.Literal.number(1), rows, hidden=True)
 
     ctx.measurements = list(values.values())
     outer = exp.select()
