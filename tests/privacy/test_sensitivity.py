@@ -700,6 +700,15 @@ UNITS_ONLY = [
 ]
 
 
+def test_a_self_join_that_only_counts_units_stays_row_bounded() -> None:
+    """Unbounded, a self-join of loans grows with the square of a heavy unit's rows: the
+    query could stall after its charge."""
+    q = kit.gate("laplace").check(
+        "SELECT count(DISTINCT p.person_id) FROM persons p JOIN loans a "
+        "ON a.person_id = p.person_id JOIN loans b ON b.person_id = p.person_id")
+    assert not q.ctx.units_only and "__sandbox_rank" in q.executed_sql
+
+
 @pytest.mark.parametrize("variant", kit.VARIANTS)
 @pytest.mark.parametrize("sql", UNITS_ONLY)
 def test_distinct_unit_counts_are_not_row_bounded_and_stay_within_one_per_group(

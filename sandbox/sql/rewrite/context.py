@@ -46,13 +46,17 @@ class RewriteContext:
         Then no row bound is needed: a unit moves each distinct-unit count by at most 1
         whatever its row count, and the group bound limits how many counts it moves. The
         rows a row bound would drop are units that would go uncounted (a bias, not a
-        protection), so the scans keep every row.
+        protection), so the scans keep every row. Only when at most one table read may
+        hold several rows per unit: a join of two such tables (a self-join) would multiply
+        a heavy unit's rows unbounded, and the query could run out of time after its charge.
         """
         from .measurements import ctx_public
 
         a = self.analysis
+        many = [t for t in a.sources.tables.values()
+                if not t.public and t.max_rows_per_unit > 1]
         return bool(a.aggs) and all(s.kind == "count_units" for s in a.aggs) and \
-            (not a.grouped or ctx_public(self))
+            len(many) <= 1 and (not a.grouped or ctx_public(self))
 
     @property
     def max_groups(self) -> int:
