@@ -1532,6 +1532,25 @@ def plan_quantile(
     )
 
 
+def _check_quantile_mechanism(mech: Any, alpha: Any, release: str, planner: str,
+                              stages: int) -> float:
+    """``alpha`` checked against a quantile mechanism made by ``planner`` (fail closed)."""
+    if not isinstance(mech, Mechanism) or mech.kind != "exponential" or mech.alpha is None \
+            or mech.stages != stages:
+        raise MechanismMismatchError(f"{release} needs a mechanism from {planner}",
+                                     f"plan the quantile with {planner}")
+    alpha = _check_alpha(alpha)
+    if alpha != mech.alpha:
+        raise MechanismMismatchError(
+            f"the mechanism was planned for alpha={mech.alpha!r}, not alpha={alpha!r}",
+            "plan one mechanism per quantile",
+        )
+    if isinstance(mech.d_in, bool) or not isinstance(mech.d_in, int):
+        raise MechanismMismatchError(
+            "the quantile mechanism has no row bound (d_in)", f"plan it with {planner}")
+    return alpha
+
+
 def release_quantile(
     mech: Mechanism,
     candidates: Sequence[float],
@@ -1552,21 +1571,7 @@ def release_quantile(
     With a single distinct candidate, that candidate is returned (it does not depend on
     the data).
     """
-    if not isinstance(mech, Mechanism) or mech.kind != "exponential" or mech.alpha is None:
-        raise MechanismMismatchError(
-            "release_quantile needs a mechanism from plan_quantile",
-            "plan quantiles with plan_quantile",
-        )
-    alpha = _check_alpha(alpha)
-    if alpha != mech.alpha:
-        raise MechanismMismatchError(
-            f"the mechanism was planned for alpha={mech.alpha!r}, not alpha={alpha!r}",
-            "plan one mechanism per quantile",
-        )
-    if isinstance(mech.d_in, bool) or not isinstance(mech.d_in, int):
-        raise MechanismMismatchError(
-            "the quantile mechanism has no row bound (d_in)", "plan it with plan_quantile"
-        )
+    alpha = _check_quantile_mechanism(mech, alpha, "release_quantile", "plan_quantile", 1)
     cands = _check_candidates(candidates)
     below, above, n = _read_counts(len(cands), counts_below, counts_above, n)
     score_sens = _score_sensitivity(alpha, mech.d_in)
@@ -1802,26 +1807,8 @@ def release_binned_quantile(
     Never raises on the histogram's values (see :func:`_read_histogram`); with
     ``lower == upper`` that bound is returned (it does not depend on the data).
     """
-    if (
-        not isinstance(mech, Mechanism)
-        or mech.kind != "exponential"
-        or mech.alpha is None
-        or mech.stages != 2
-    ):
-        raise MechanismMismatchError(
-            "release_binned_quantile needs a mechanism from plan_binned_quantile",
-            "plan binned quantiles with plan_binned_quantile",
-        )
-    alpha = _check_alpha(alpha)
-    if alpha != mech.alpha:
-        raise MechanismMismatchError(
-            f"the mechanism was planned for alpha={mech.alpha!r}, not alpha={alpha!r}",
-            "plan one mechanism per quantile",
-        )
-    if isinstance(mech.d_in, bool) or not isinstance(mech.d_in, int):
-        raise MechanismMismatchError(
-            "the quantile mechanism has no row bound (d_in)", "plan it with plan_binned_quantile"
-        )
+    alpha = _check_quantile_mechanism(mech, alpha, "release_binned_quantile",
+                                      "plan_binned_quantile", 2)
     coarse, fine = _stage_bins(bins)
     lo, hi = _check_bounds(lower, upper)
     score_sens = _score_sensitivity(alpha, mech.d_in)
