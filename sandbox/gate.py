@@ -88,6 +88,7 @@ class Release:
     rewritten_sql: str
     plan: dict[str, Any] = field(default_factory=dict)
     replayed: bool = False  # the stored answer of an earlier identical question, free
+    dummy: bool = False  # answered from dummy data (sandbox.dummy): free, never exported
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,7 +97,7 @@ class Release:
             "ci95": self.ci95, "mechanisms": self.mechanisms,
             "epsilon": self.epsilon, "delta": self.delta,
             "suppressed_groups": self.suppressed_groups, "noisy": True,
-            "replayed": self.replayed,
+            "replayed": self.replayed, "dummy": self.dummy,
         }
 
     @classmethod
