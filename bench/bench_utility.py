@@ -482,7 +482,7 @@ SHAPES = [
           "SELECT floor(age / 10) * 10 AS decade, count(*) FROM persons GROUP BY decade",
           "SELECT floor(age / 10) * 10 AS decade, count(*) FROM persons GROUP BY decade",
           ("COUNT",), Peer.age_decades,
-          note="a bin of a measure is a private key to the gate: thresholded",
+          note="bins of the declared bounds: public keys",
           peer_note="find_bin on edges from the public bounds >> count_by_categories >> "
                     "noise: the bins are public"),
     Shape("age_decades_case",

@@ -118,6 +118,23 @@ def test_grouped_counts_are_close_to_the_truth(gate, engine, demo_dir) -> None: 
         assert abs(n - truth[district]) <= 4 * half
 
 
+def test_bins_of_a_bounded_measure_are_public_keys(gate, engine, demo_dir) -> None:  # type: ignore[no-untyped-def]
+    """FLOOR(x / w) * w over declared bounds: every bin from the bounds, zeros included, no
+    threshold and no delta, as with declared keys."""
+    sql = "SELECT floor(age / 10) * 10 AS decade, count(*) AS n FROM persons GROUP BY decade"
+    q = gate.check(sql, 1.0)
+    assert q.plan.threshold is None and q.plan.cost.delta == 0
+    truth = {int(k): n for k, n in _plain(demo_dir, sql)}
+    release = gate.answer(sql, member="ana", ledger=InMemoryLedger(10, 1e-5), executor=engine,
+                          epsilon=1.0)
+    assert [r[0] for r in release.rows] == list(range(10, 100, 10))  # age bounds [18, 90]
+    for (decade, n), (_, half) in zip(release.rows, release.ci95, strict=True):
+        assert abs(n - truth.get(decade, 0)) <= 4 * half
+    # too many bins for the bounds: private keys, thresholded
+    wide = gate.check("SELECT floor(income / 10) AS b, count(*) FROM persons GROUP BY b", 1.0)
+    assert wide.plan.threshold is not None
+
+
 def test_avg_is_close_and_has_per_cell_intervals(gate, engine, demo_dir) -> None:  # type: ignore[no-untyped-def]
     sql = "SELECT gender, avg(credit_score) FROM persons GROUP BY gender"
     truth = dict(_plain(demo_dir, sql))

@@ -279,6 +279,9 @@ def key_domain(node: exp.Expression, lookup: ColumnLookup
         return (list(dict.fromkeys(col.keys)) if col.keys else None), None
     if isinstance(node, PREDICATES):
         return [False, True], None
+    binned = _bin_domain(node, lookup)
+    if binned is not None:
+        return binned
     if not isinstance(node, exp.Case | exp.If):
         return None, None
     results = [r for r in _branches(node) if not isinstance(r, exp.Null)]
@@ -294,3 +297,44 @@ def key_domain(node: exp.Expression, lookup: ColumnLookup
     if all(float(v).is_integer() and abs(v) < 2**53 for v in numbers):  # type: ignore[arg-type]
         return list(dict.fromkeys(int(v) for v in numbers)), KEY_TYPES["integer"]  # type: ignore[arg-type]
     return list(dict.fromkeys(float(v) for v in numbers)), KEY_TYPES["number"]  # type: ignore[arg-type]
+
+
+# Bins of a bounded expression with more values than this are private keys (thresholded).
+MAX_BINS = 1000
+
+
+def _bin_domain(node: exp.Expression, lookup: ColumnLookup
+                ) -> tuple[list[Any], str] | None:
+    """Bins of a bounded measure, ``FLOOR(x / width) [* width]``: every bin the declared
+    bounds allow is a public key, as OpenDP's ``find_bin`` on edges from public bounds.
+
+    Rows outside the declared bounds fall in no declared bin and are not counted; the
+    domain comes from the policy alone, never from the data.
+    """
+    scale = 1.0
+    if isinstance(node, exp.Mul):
+        for floor, factor in ((node.this, node.expression), (node.expression, node.this)):
+            f = _literal_number(factor)
+            if isinstance(floor.unnest(), exp.Floor) and f is not None:
+                node, scale = floor.unnest(), f
+                break
+        else:
+            return None
+    if not isinstance(node, exp.Floor) or node.args.get("decimals") is not None:
+        return None
+    inner, width = node.this.unnest(), 1.0
+    if isinstance(inner, exp.Div):
+        w = _literal_number(inner.expression)
+        if not w:
+            return None
+        inner, width = inner.this, w
+    b = bounds(inner, lookup)
+    if b is None:
+        return None
+    ends = sorted((math.floor(b[0] / width), math.floor(b[1] / width)))
+    if ends[1] - ends[0] + 1 > MAX_BINS:
+        return None
+    values = [i * scale for i in range(ends[0], ends[1] + 1)]
+    if all(v.is_integer() and abs(v) < 2**53 for v in values):
+        return list(dict.fromkeys(int(v) for v in values)), KEY_TYPES["integer"]
+    return list(dict.fromkeys(values)), KEY_TYPES["number"]
