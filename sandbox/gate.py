@@ -28,7 +28,7 @@ from .policy import Policy
 from .sql import allowlist, shortcuts
 from .sql.analyse import Analysis, analyse
 from .sql.parse import parse
-from .sql.plan import PrivacyPlan, ci_halfwidth, plan, quantile_accuracy, release
+from .sql.plan import PrivacyPlan, ci_halfwidth, halfwidths, plan, quantile_accuracy, release
 from .sql.postprocess import ROW, Output, build, finish
 from .sql.refusal import Refusal
 from .sql.resolve import resolve
@@ -341,24 +341,11 @@ class Gate:
                        q.executed_sql, q.plan.to_dict())
 
     @staticmethod
-    def _cis(q: CheckedQuery, o: Output, values: dict[str, list[Any]],
-             n: int) -> list[float | None]:
+    def _cis(q: CheckedQuery, o: Output, values: dict[str, list[Any]]) -> list[float | None]:
         assert o.placeholder is not None
         spec = q.analysis.aggs[o.placeholder]
         ms = q.ctx.measurements_of(spec)
-        items = [q.plan.item(m.name) for m in ms]
-        if spec.kind in ("count", "count_units", "sum"):
-            hw = ci_halfwidth(items[0])
-            return [hw] * n
-        if spec.kind == "avg":
-            hs, hc = ci_halfwidth(items[0]), ci_halfwidth(items[1])
-            assert hs is not None and hc is not None
-            out: list[float | None] = []
-            for s, c in zip(values[ms[0].name], values[ms[1].name], strict=True):
-                c = max(float(c), 1.0)
-                out.append(math.sqrt((hs / c) ** 2 + (float(s) * hc / c**2) ** 2))
-            return out
-        return [None] * n
+        return halfwidths(spec, [q.plan.item(m.name) for m in ms], [values[m.name] for m in ms])
 
 
 def _check_keys(q: CheckedQuery, exact: pa.Table) -> None:
@@ -393,7 +380,7 @@ def _noisy_table(q: CheckedQuery, schema: pa.Schema, values: dict[str, list[Any]
                                 type=pa.int64() if integer else pa.float64())
     for i, o in enumerate(q.outputs):
         if o.placeholder is not None:
-            data[f"__ci{i}"] = pa.array(Gate._cis(q, o, values, len(keep)) if keep else [],
+            data[f"__ci{i}"] = pa.array(Gate._cis(q, o, values) if keep else [],
                                         type=pa.float64())
     data[ROW] = pa.array(range(len(keep)), pa.int64())
     return pa.table(data)

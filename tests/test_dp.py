@@ -683,7 +683,9 @@ def test_gaussian_plans_and_intervals_are_fast_on_extreme_grid(integer: bool) ->
         mech = within(2.0, dp.plan_gaussian, eps_fresh, delta, sens, integer)
         assert mech.cost.epsilon <= eps_fresh
         for confidence in (0.5, 0.95, 1 - 1e-12):
-            assert within(2.0, mech.ci_halfwidth, confidence) > 0
+            half = within(2.0, mech.ci_halfwidth, confidence)
+            # integer noise of a small scale is 0 with probability over one half
+            assert half > 0 or (integer and confidence == 0.5 and half == 0)
         within(2.0, dp.rho_to_epsilon, mech.cost.rho * 3, delta)
 
 
@@ -758,14 +760,14 @@ def exact_discrete_gaussian_halfwidth(scale: float, alpha: float) -> int:
 @pytest.mark.parametrize("scale", [0.01, 0.3, 0.5, 0.8, 1.0, 1.5, 3.3, 7.0, 31.6, 100.0, 1000.0])
 @pytest.mark.parametrize("confidence", [0.5, 0.9, 0.95, 0.99, 1 - 1e-6, 1 - 1e-12])
 def test_discrete_gaussian_interval_covers_and_is_tight(scale: float, confidence: float) -> None:
-    """The closed-form half-width is never below the exact one, at most one above it, and
-    within one of OpenDP's helper (where that helper is fast enough to call)."""
+    """The half-width is the exact one (the smallest that covers), and within one of
+    OpenDP's helper (where that helper is fast enough to call)."""
     mech = dataclasses.replace(
         dp.plan_gaussian(1.0, 1e-6, 1.0, integer=True), scale=scale, cost=dp.Cost(0.0)
     )
     half = mech.ci_halfwidth(confidence)
     exact = exact_discrete_gaussian_halfwidth(scale, 1 - confidence)
-    assert exact <= half <= exact + 1
+    assert half == exact
     opendp_half = math.floor(opendp.discrete_gaussian_scale_to_accuracy(scale, 1 - confidence))
     assert abs(half - opendp_half) <= 1
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import dp
+from .analyse import AggSpec
 from .rewrite.context import Measurement, RewriteContext
 
 # Share of the query's epsilon (relative to one measurement's) spent on the noisy count
@@ -163,6 +164,42 @@ def ci_halfwidth(item: Planned) -> float | None:
     if item.measurement.kind == "histogram":
         return None
     return item.mechanism.ci_halfwidth(0.95) / item.measurement.scale
+
+
+def halfwidths(spec: AggSpec, items: list[Planned], values: list[list[Any]]
+               ) -> list[float | None]:
+    """95% half-widths of one aggregate per released group, from its noisy parts.
+
+    A count or sum has its mechanism's exact interval. An average, variance or standard
+    deviation is a function of several noisy parts: its half-width combines theirs by the
+    delta method (first-order error of the formula, the parts' half-widths added in
+    quadrature), evaluated at the noisy values, so computing it is post-processing. The
+    coverage of every kind is measured in tests/test_coverage.py. Quantiles have none (see
+    ``quantile_accuracy``).
+    """
+    n = len(values[0]) if values else 0
+    if spec.kind == "quantile":
+        return [None] * n
+    hw = [ci_halfwidth(i) or 0.0 for i in items]
+    if spec.kind in ("count", "count_units", "sum"):
+        return [hw[0]] * n
+    out: list[float | None] = []
+    for parts in zip(*values, strict=True):
+        if spec.kind == "avg":
+            s, c = float(parts[0]), max(float(parts[1]), 1.0)
+            out.append(math.hypot(hw[0] / c, s * hw[1] / c**2))
+            continue
+        c, s1, s2 = max(float(parts[0]), 1.0), float(parts[1]), float(parts[2])
+        mean = s1 / c
+        var = max(s2 / c - mean * mean, 0.0)
+        h = math.hypot(hw[2] / c, 2 * mean * hw[1] / c, (s2 / c - 2 * mean * mean) * hw[0] / c)
+        if spec.sample and c > 1:
+            var, h = var * c / (c - 1), h * c / (c - 1)
+        if spec.kind == "stddev":  # the wider side of sqrt over [var - h, var + h]
+            sd = math.sqrt(var)
+            h = max(math.sqrt(var + h) - sd, sd - math.sqrt(max(var - h, 0.0)))
+        out.append(h)
+    return out
 
 
 def quantile_accuracy(item: Planned) -> str:
