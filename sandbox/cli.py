@@ -469,14 +469,22 @@ def explain_cmd(c: Context, policy_path: Path, epsilon: float | None, sql: str) 
 @click.option("--batch", is_flag=True,
               help='Read one JSON object per line from standard input ({"sql": ..., '
                    '"epsilon": ...}) and write one JSON result per line.')
+@click.option("--dummy", is_flag=True,
+              help="Answer from the policy's dummy data: no vault data read, no budget spent.")
 @click.argument("sql", required=False)
 @pass_ctx
 def query_cmd(c: Context, policy_path: Path, member: str, workspace: str | None,
-              epsilon: float | None, fmt: str, batch: bool, sql: str | None) -> None:
+              epsilon: float | None, fmt: str, batch: bool, dummy: bool,
+              sql: str | None) -> None:
     """Answer SQL with differentially private noise, in-process over the vault (operators).
 
     Every answer and refusal is charged to the durable ledger and written to the audit log.
+    With --dummy the same gate answers from dummy data instead: free, recorded as
+    query.dummy.
     """
+    from functools import partial
+
+    from . import dummy as dummymod
     from .engine import Engine
     from .gate import Gate
     from .ledger import SqliteLedger
@@ -487,7 +495,9 @@ def query_cmd(c: Context, policy_path: Path, member: str, workspace: str | None,
     gate = Gate(pol)
     state = c.state()
     state.recover()
-    ledger = SqliteLedger.open(state, workspace or pol.id, pol.id, pol.budget)
+    ledger: Any = SqliteLedger.open(state, workspace or pol.id, pol.id, pol.budget)
+    if dummy:
+        ledger = dummymod.DummyLedger(ledger.workspace, state, ledger)
     if not batch:
         assert sql is not None
         try:
@@ -501,19 +511,24 @@ def query_cmd(c: Context, policy_path: Path, member: str, workspace: str | None,
                 click.echo(json.dumps({"error": exc.to_dict()}, ensure_ascii=False))
                 click.get_current_context().exit(EXIT_ERROR)
             raise
-    engine = Engine.from_catalog(c.catalog(), c.kms(),
-                                 [(t.dataset, t.version) for t in pol.tables.values()])
+    if dummy:
+        engine = Engine.from_arrow([(t.engine_table, t.table, t.privacy_unit)
+                                    for t in dummymod.dummy_tables(pol)])
+        answer = partial(dummymod.answer, gate)
+    else:
+        engine = Engine.from_catalog(c.catalog(), c.kms(),
+                                     [(t.dataset, t.version) for t in pol.tables.values()])
+        answer = gate.answer
     if batch:
         for line_no, line in enumerate(sys.stdin, start=1):
             if not line.strip():
                 continue
-            click.echo(json.dumps(_batch_one(gate, engine, ledger, member, line, line_no),
+            click.echo(json.dumps(_batch_one(answer, engine, ledger, member, line, line_no),
                                   ensure_ascii=False, default=str))
         return
     assert sql is not None
     try:
-        release = gate.answer(sql, member=member, ledger=ledger, executor=engine,
-                              epsilon=epsilon)
+        release = answer(sql, member=member, ledger=ledger, executor=engine, epsilon=epsilon)
     except SandboxError as exc:
         if fmt == "json":
             click.echo(json.dumps({"error": exc.to_dict()}, ensure_ascii=False))
@@ -522,7 +537,7 @@ def query_cmd(c: Context, policy_path: Path, member: str, workspace: str | None,
     _print_release(release, fmt)
 
 
-def _batch_one(gate, engine, ledger, member: str, line: str,  # type: ignore[no-untyped-def]
+def _batch_one(answer, engine, ledger, member: str, line: str,  # type: ignore[no-untyped-def]
                line_no: int) -> dict[str, Any]:
     try:
         req = json.loads(line)
@@ -536,8 +551,8 @@ def _batch_one(gate, engine, ledger, member: str, line: str,  # type: ignore[no-
                           "message": f"line {line_no} is not a JSON object with a string 'sql'",
                           "hint": 'write {"sql": "SELECT ...", "epsilon": 0.5}'}}
     try:
-        return gate.answer(req["sql"], member=member, ledger=ledger, executor=engine,
-                           epsilon=eps).to_dict()
+        return answer(req["sql"], member=member, ledger=ledger, executor=engine,
+                      epsilon=eps).to_dict()
     except SandboxError as exc:
         return {"error": exc.to_dict()}
 
@@ -562,6 +577,11 @@ def _print_release(release, fmt: str) -> None:  # type: ignore[no-untyped-def]
     spent = (f"the stored answer of the same question (epsilon {d['epsilon']:.4g} spent then, "
              "nothing now)" if d.get("replayed") else
              f"epsilon spent {d['epsilon']:.4g}, delta {d['delta']:.2g}")
+    if d.get("dummy"):
+        spent = (f"epsilon spent 0 (on real data: epsilon {d['epsilon']:.4g}, delta "
+                 f"{d['delta']:.2g})")
+        click.echo("DUMMY DATA: made-up values with the policy's schema, not real records; "
+                   "free and never exportable")
     click.echo(f"noisy values (differential privacy), ± = 95% interval; {spent}; groups "
                f"suppressed {d['suppressed_groups']}; release {d['release_id']}")
 
@@ -636,6 +656,9 @@ def demo(c: Context, size: str) -> None:
                 _audit_added(c, dv)
                 click.echo(f"ingested {n}: {dv.row_count:,} rows (encrypted)")
     click.get_current_context().invoke(dataset_list, fmt="table")
+    from .demo import NEXT_STEPS
+
+    click.echo(NEXT_STEPS)
 
 
 # Register the budget, audit, scenario and workspace commands.

@@ -189,7 +189,11 @@ def summary(r: dict[str, Any]) -> str:
     elif kind == "query.answered":
         text = f"release {r.get('release_id')} · eps {eps} · {r.get('rows')} row(s)"
     elif kind == "query.refused":
-        text = f"{r.get('rule')} · {r.get('sql')}"
+        text = f"{r.get('rule')}{' · dummy data' if r.get('dummy') else ''} · {r.get('sql')}"
+    elif kind == "query.dummy":
+        outcome = (f"release {r.get('release_id')}" if r.get("release_id") else
+                   str(r.get("error_code")))
+        text = f"dummy data, free · {outcome} · {r.get('sql')}"
     elif kind == "query.replayed":
         text = f"release {r.get('release_id')} again, free · {r.get('sql')}"
     elif kind == "query.failed":

@@ -11,6 +11,12 @@
 
     %load_ext sandbox.client            # then a %%dpsql [--epsilon E] [--workspace W] cell
 
+Dummy data, to develop for free: ``Sandbox(..., dummy=True)``, ``sb.sql(..., dummy=True)``
+or ``%%dpsql --dummy`` run the whole gate (same checks, refusals, noise and shape) on
+tables that hold nothing real, at no budget cost. Such results say DUMMY in their display
+and ``df.attrs["dummy"]``, and are never exported: write the analysis on dummy data, check
+``sb.explain`` for the cost, then run it once for real.
+
 The service is found at ``$SANDBOX_SERVICE_URL`` (the hub sets it for every server), else
 derived from ``$JUPYTERHUB_API_URL`` (``.../hub/api`` -> ``.../services/sandbox/``); the
 token is ``$JUPYTERHUB_API_TOKEN``. Only the standard library is used for HTTP; pandas is
@@ -38,13 +44,16 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "AuthError", "BudgetExhausted", "ExportError", "InvalidRequest", "LimitExceeded", "QueryFailed",
     "QueryRefused", "RequestConflict", "Sandbox", "SandboxServiceError", "ServiceUnavailable",
-    "WorkspaceError", "render",
+    "WorkspaceError", "render", "render_text",
 ]
 
 RETRIES = 3
 RETRY_STATUS = (502, 503)
 NOISE_NOTE = ("Values are differentially private: noise was added on purpose. ± is the 95% "
               "interval of that noise (rows with too few people may be suppressed).")
+DUMMY_NOTE = ("DUMMY DATA: these values come from made-up tables with the scenario's schema, "
+              "not from real records. They cost no budget and cannot be exported; run the "
+              "query without dummy=True for a real answer.")
 
 
 class SandboxServiceError(SandboxError):
@@ -114,6 +123,7 @@ FAMILIES: dict[str, type[SandboxServiceError]] = {
     "budget": BudgetExhausted, "request": RequestConflict, "limits": LimitExceeded,
     "input": InvalidRequest, "http": InvalidRequest, "engine": QueryFailed,
     "service": ServiceUnavailable, "internal": ServiceUnavailable, "export": ExportError,
+    "dummy": ServiceUnavailable,
 }
 
 
@@ -149,7 +159,7 @@ class Sandbox:
 
     def __init__(self, workspace: str | None = None, *, url: str | None = None,
                  token: str | None = None, timeout: float = 120.0,
-                 retries: int = RETRIES, backoff_s: float = 0.5) -> None:
+                 retries: int = RETRIES, backoff_s: float = 0.5, dummy: bool = False) -> None:
         root = url or service_url()
         root = root if root.endswith("/") else root + "/"
         self.base = root if root.endswith("api/v1/") else root + "api/v1/"
@@ -159,6 +169,7 @@ class Sandbox:
                             "run inside a hub notebook, or pass token= / set "
                             "JUPYTERHUB_API_TOKEN")
         self.timeout, self.retries, self.backoff_s = timeout, retries, backoff_s
+        self.dummy = bool(dummy)  # the default of sql() and query(): answer from dummy data
         names = [w["name"] for w in self.workspaces()]
         if workspace is None:
             if len(names) != 1:
@@ -177,7 +188,8 @@ class Sandbox:
         _register_display()
 
     def __repr__(self) -> str:
-        return f"Sandbox(workspace={self.workspace!r}, url={self.base!r})"
+        dummy = ", dummy=True" if self.dummy else ""
+        return f"Sandbox(workspace={self.workspace!r}, url={self.base!r}{dummy})"
 
     # -- HTTP -----------------------------------------------------------------------------
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
@@ -255,19 +267,26 @@ class Sandbox:
         return Explanation(self._call("POST", self._ws("explain"), body)[0])
 
     def query(self, sql: str, epsilon: float | None = None,
-              request_id: str | None = None) -> dict[str, Any]:
-        """The raw release (dict); retried with the same request id, so charged once."""
+              request_id: str | None = None, dummy: bool | None = None) -> dict[str, Any]:
+        """The raw release (dict); retried with the same request id, so charged once.
+        ``dummy`` (default: the client's) answers from dummy data, free."""
         body: dict[str, Any] = {"sql": sql, "request_id": request_id or uuid.uuid4().hex}
         if epsilon is not None:
             body["epsilon"] = epsilon
+        if self.dummy if dummy is None else dummy:
+            body["dummy"] = True
         result, headers = self._call("POST", self._ws("query"), body)
         result = dict(result)
         result["replayed"] = headers.get("Sandbox-Replayed") == "true"
         return result
 
-    def sql(self, sql: str, epsilon: float | None = None) -> pd.DataFrame:
-        """Noisy values as a DataFrame; ``attrs["ci95"]`` per cell, ``attrs["release"]``."""
-        return to_frame(self.query(sql, epsilon))
+    def sql(self, sql: str, epsilon: float | None = None,
+            dummy: bool | None = None) -> pd.DataFrame:
+        """Noisy values as a DataFrame; ``attrs["ci95"]`` per cell, ``attrs["release"]``.
+        With ``dummy=True`` (or a ``Sandbox(..., dummy=True)``) the answer comes from dummy
+        data: the same checks, refusals, noise and columns, no budget spent, labelled
+        ``attrs["dummy"]`` and never exportable."""
+        return to_frame(self.query(sql, epsilon, dummy=dummy))
 
     def budget(self) -> Budget:
         return Budget(self._call("GET", self._ws("budget"))[0])
@@ -280,14 +299,17 @@ class Sandbox:
         path or bytes, or a list of DataFrames and paths. Checked at once; an auditor
         decides; ``download`` fetches the signed bundle once it is released. A request
         returned for changes is sent again with ``resubmit=export_id``."""
-        from .exports import FileItem, FrameItem, item_to_dict
+        from .exports import ExportDummyError, FileItem, FrameItem, item_to_dict
 
         named = items.items() if isinstance(items, dict) else [
             (None, it) for it in (items if isinstance(items, list | tuple) else [items])]
         payload = []
         for i, (name, it) in enumerate(named, start=1):
             if hasattr(it, "columns") and hasattr(it, "itertuples"):
-                item: Any = FrameItem.from_pandas(str(name or f"table{i}"), it)
+                try:
+                    item: Any = FrameItem.from_pandas(str(name or f"table{i}"), it)
+                except ExportDummyError as exc:
+                    raise ExportError(exc.code, exc.message, exc.hint) from None
             elif isinstance(it, bytes | bytearray):
                 if not name:
                     raise InvalidRequest("input.invalid", "bytes need a file name",
@@ -347,8 +369,10 @@ def to_frame(release: dict[str, Any]) -> pd.DataFrame:
     df.attrs["ci95"] = {c: [row[i] for row in release["ci95"]] for i, c in enumerate(columns)}
     df.attrs["release"] = {k: release.get(k) for k in (
         "release_id", "policy", "epsilon", "delta", "mechanisms", "suppressed_groups",
-        "budget", "replayed")}
+        "budget", "replayed", "dummy")}
+    df.attrs["release"]["dummy"] = bool(release.get("dummy"))
     df.attrs["noisy"] = True
+    df.attrs["dummy"] = bool(release.get("dummy"))
     return df
 
 
@@ -439,17 +463,41 @@ def render(df: pd.DataFrame) -> str:
     replay = " (stored answer of an earlier identical request; not charged again)" \
         if rel.get("replayed") else ""
     budget = _budget_bar(rel["budget"]) if rel.get("budget") else ""
-    return (f"<div class='sandbox-result'><table><thead><tr>{head}</tr></thead><tbody>"
-            f"{''.join(body)}</tbody></table><div style='font-size:90%'>ε spent: "
-            f"{_fmt(rel.get('epsilon'))} (δ {_fmt(rel.get('delta'))}){replay}</div>{budget}"
+    if df.attrs.get("dummy"):
+        banner = (f"<div class='sandbox-dummy' style='background:#fde8c8;border:2px dashed "
+                  f"#c60;padding:4px 8px;font-weight:bold'>DUMMY — {html.escape(DUMMY_NOTE)}"
+                  f"</div>")
+        spent = (f"ε spent: 0 (on real data this query would spend "
+                 f"{_fmt(rel.get('epsilon'))}, δ {_fmt(rel.get('delta'))})")
+        cls = "sandbox-result sandbox-result-dummy"
+    else:
+        banner, cls = "", "sandbox-result"
+        spent = f"ε spent: {_fmt(rel.get('epsilon'))} (δ {_fmt(rel.get('delta'))}){replay}"
+    return (f"<div class='{cls}'>{banner}<table><thead><tr>{head}</tr></thead><tbody>"
+            f"{''.join(body)}</tbody></table><div style='font-size:90%'>{spent}</div>{budget}"
             f"<div style='color:#a60;font-size:90%'>⚠ {html.escape(NOISE_NOTE)}"
             f"{html.escape(extra)}</div></div>")
+
+
+def render_text(df: pd.DataFrame) -> str:
+    """Plain-text display of a result: a DUMMY banner above dummy results."""
+    text = df.to_string()
+    if df.attrs.get("dummy"):
+        return f"*** DUMMY DATA (not real, free, cannot be exported) ***\n{text}"
+    return text
 
 
 def _html_formatter(df: Any) -> str | None:
     if isinstance(getattr(df, "attrs", None), dict) and df.attrs.get("noisy"):
         return render(df)
     return df._repr_html_()  # type: ignore[no-any-return]
+
+
+def _text_formatter(df: Any, p: Any, cycle: bool) -> None:
+    if isinstance(getattr(df, "attrs", None), dict) and df.attrs.get("dummy"):
+        p.text(render_text(df))
+    else:
+        p.text(repr(df))
 
 
 def _register_display() -> None:
@@ -464,6 +512,7 @@ def _register_display() -> None:
     import pandas as pd
 
     ip.display_formatter.formatters["text/html"].for_type(pd.DataFrame, _html_formatter)
+    ip.display_formatter.formatters["text/plain"].for_type(pd.DataFrame, _text_formatter)
 
 
 # -- %%dpsql --------------------------------------------------------------------------------
@@ -471,22 +520,24 @@ _clients: dict[str | None, Sandbox] = {}
 
 
 def dpsql(line: str, cell: str) -> pd.DataFrame:
-    """%%dpsql [--epsilon E] [--workspace W]: answer the cell's SQL with noise."""
+    """%%dpsql [--epsilon E] [--workspace W] [--dummy]: answer the cell's SQL with noise
+    (with --dummy from dummy data, free)."""
     import argparse
     import shlex
 
     parser = argparse.ArgumentParser(prog="%%dpsql", add_help=False)
     parser.add_argument("--epsilon", type=float, default=None)
     parser.add_argument("--workspace", default=None)
+    parser.add_argument("--dummy", action="store_true")
     try:
         args = parser.parse_args(shlex.split(line))
     except SystemExit:
         raise InvalidRequest("input.invalid", f"bad %%dpsql options: {line!r}",
-                             "use %%dpsql [--epsilon 0.5] [--workspace NAME]") from None
+                             "use %%dpsql [--epsilon 0.5] [--workspace NAME] [--dummy]") from None
     client = _clients.get(args.workspace)
     if client is None:
         client = _clients[args.workspace] = Sandbox(args.workspace)
-    return client.sql(cell, epsilon=args.epsilon)
+    return client.sql(cell, epsilon=args.epsilon, dummy=True if args.dummy else None)
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -36,11 +36,23 @@ __all__ = [
     "AS_OF",
     "BIRTH_REGION_CODES",
     "DISTRICTS",
+    "NEXT_STEPS",
     "SIZES",
     "SPEC_TYPES",
     "generate",
     "spec_schema",
 ]
+
+NEXT_STEPS = """
+Develop for free, then spend once:
+  1. write the analysis on dummy data (made-up rows with the scenario's schema; no budget):
+     sandbox query --dummy --policy policies/credit_underwriting.yaml --member demo \\
+         "SELECT district, count(*) AS people, avg(income) AS income FROM persons GROUP BY 1"
+  2. check what it would cost and how accurate it would be (spends nothing):
+     sandbox explain --policy policies/credit_underwriting.yaml "SELECT ..."
+  3. run it once for real (charged to the member's budget):
+     sandbox query --policy policies/credit_underwriting.yaml --member demo "SELECT ..."
+In a notebook: Sandbox(workspace=..., dummy=True), sb.sql(..., dummy=True) or %%dpsql --dummy."""
 
 SIZES: dict[str, int] = {"tiny": 2_000, "small": 100_000, "large": 2_000_000}
 """Number of persons per size; loans average ~5.2 per person."""

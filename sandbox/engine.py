@@ -198,6 +198,18 @@ class Engine:
         engine.lock()
         return engine
 
+    @classmethod
+    def from_arrow(cls, tables: Iterable[tuple[str, pa.Table, str | None]],
+                   memory_limit: str = "256MB", threads: int = 1) -> Engine:
+        """A locked engine over in-memory Arrow tables ``(name, table, privacy unit)``: the
+        dummy data of a scenario (``sandbox.dummy``). It never sees a catalog or a key, so
+        its column ranges, uniqueness and answers are those of the tables given."""
+        engine = cls(memory_limit=memory_limit, threads=threads)
+        for name, table, unit in tables:
+            engine.load_arrow(name, table.schema, [table], privacy_unit=unit)
+        engine.lock()
+        return engine
+
     def load_more(self, catalog: Catalog, kms: Kms,
                   datasets: Iterable[tuple[str, int]]) -> list[str]:
         """Load dataset versions a newly provisioned workspace needs into the locked engine

@@ -12,6 +12,7 @@
         ├── ExportQuotaError            limits.export_quota     (the member's storage quota is full)
         ├── ExportRevokedError          export.revoked
         ├── ExportInputError            export.invalid          (bad items or fields)
+        │   └── ExportDummyError        export.dummy            (an item comes from dummy data)
         ├── IdentifierIndexError        export.index            (identifier index missing/damaged)
         └── BundleInvalidError          export.bundle_invalid   (verify failed)
 
@@ -72,6 +73,13 @@ class ExportRevokedError(ExportError):
 
 class ExportInputError(ExportError):
     code = "export.invalid"
+
+
+class ExportDummyError(ExportInputError):
+    """An item comes from dummy data (``sandbox.dummy``): such results describe no one and
+    are for developing queries only, so they never leave."""
+
+    code = "export.dummy"
 
 
 class IdentifierIndexError(ExportError):

@@ -21,7 +21,7 @@ from decimal import Decimal
 from functools import cached_property
 from typing import Any, ClassVar
 
-from .errors import ExportInputError
+from .errors import ExportDummyError, ExportInputError
 
 MEDIA_TYPES: dict[str, str] = {
     ".csv": "text/csv",
@@ -87,11 +87,22 @@ def _check_name(name: str) -> None:
             "use 1-100 letters, digits, '.', '_' and '-', starting with a letter or digit")
 
 
+DUMMY_PREFIX = "dummy-"  # release ids of answers from dummy data (sandbox.dummy)
+
+
+def dummy_refusal(what: str) -> ExportDummyError:
+    return ExportDummyError(
+        f"{what} comes from dummy data: dummy results describe no one and never leave",
+        "run the same query for real (without dummy=True), check it, then export that result")
+
+
 def _release_ids(ids: Sequence[str]) -> tuple[str, ...]:
     for r in ids:
         if not isinstance(r, str) or not RELEASE_ID_RE.match(r):
             raise ExportInputError(f"invalid release id {r!r}",
                                    "use the release id of a sb.sql result (df.attrs['release'])")
+        if r.startswith(DUMMY_PREFIX):
+            raise dummy_refusal(f"release {r}")
     return tuple(dict.fromkeys(ids))
 
 
@@ -124,7 +135,10 @@ class FrameItem:
         """From a DataFrame (duck-typed: pandas is not a dependency of the core); a
         ``sb.sql`` frame brings its release id in ``df.attrs['release']``."""
         ids = list(release_ids)
-        rel = (getattr(df, "attrs", None) or {}).get("release") or {}
+        attrs = getattr(df, "attrs", None) or {}
+        rel = attrs.get("release") or {}
+        if attrs.get("dummy") or rel.get("dummy"):
+            raise dummy_refusal(f"frame {name!r}")
         if not ids and rel.get("release_id"):
             ids = [rel["release_id"]]
         return cls(name, tuple(df.columns), tuple(tuple(r) for r in df.itertuples(

@@ -30,6 +30,7 @@ from tornado import web
 from tornado.ioloop import IOLoop
 
 from .. import __version__
+from .. import dummy as dummymod
 from ..catalog import Catalog
 from ..engine import Engine
 from ..errors import EngineError, SandboxError
@@ -66,7 +67,7 @@ SCOPE = "custom:sandbox:query"
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Codes whose messages are written for developers and may be passed on as they are.
 PUBLIC_PREFIXES = ("gate.", "budget.", "request.", "engine.", "input.", "auth.", "workspace.",
-                   "limits.", "http.", "export.")
+                   "limits.", "http.", "export.", "dummy.")
 NOT_PUBLIC = {"export.index"}  # an operator's problem (a missing identifier index)
 STATUS = {
     "budget.exhausted": 403, "request.duplicate": 409, "request.in_progress": 409,
@@ -81,7 +82,7 @@ STATUS = {
     "export.invalid": 400, "export.not_found": 404, "export.state": 409,
     "export.blocked": 409, "export.revoked": 410, "export.not_requester": 403,
     "export.self_approval": 403, "export.duplicate_approval": 409, "export.held": 403,
-    "limits.export_quota": 403,
+    "limits.export_quota": 403, "export.dummy": 400, "dummy.unavailable": 503,
 }
 
 
@@ -233,6 +234,8 @@ class Service:
         self._states_lock = threading.Lock()
         self._gates: dict[tuple[str, int], tuple[Policy, Gate]] = {}
         self._gates_lock = threading.RLock()
+        self._dummies: dict[tuple[str, int], Engine] = {}  # scenario version -> dummy data
+        self._dummies_lock = threading.Lock()
         self._identifiers: IdentifierIndex | None = None
         self.pool = ThreadPoolExecutor(max_workers=self.limits["workers"],
                                        thread_name_prefix="gate")
@@ -368,6 +371,20 @@ class Service:
             out.append(item)
         return out
 
+    def dummy_engine(self, ws: Workspace) -> Engine:
+        """The engine over the dummy data of the workspace's scenario version, made on first
+        use from the approved policy alone (no catalog data, no keys) and kept."""
+        key = (ws.record.scenario, ws.record.scenario_version)
+        with self._dummies_lock:
+            engine = self._dummies.get(key)
+            if engine is None:
+                tables = dummymod.dummy_tables(ws.policy)
+                engine = Engine.from_arrow([(t.engine_table, t.table, t.privacy_unit)
+                                            for t in tables])
+                self._dummies[key] = engine
+                log.info("made dummy data for scenario %s v%d", *key)
+            return engine
+
     def _check_size(self, sql: str) -> None:
         limit = self.limits["max_sql_chars"]
         if len(sql) > limit:
@@ -379,13 +396,16 @@ class Service:
         return ws.gate.explain(sql, epsilon)
 
     def query(self, ws: Workspace, member: str, sql: str, epsilon: float | None,
-              request_id: str) -> tuple[dict[str, Any], bool]:
+              request_id: str, dummy: bool = False) -> tuple[dict[str, Any], bool]:
         """(response, replayed): answer once per request id, charging the member.
 
         A retry (same id, same SQL and epsilon) gets the first answer; the id reused for a
         different question is a conflict (the ledger raises it too if the two race). A new
         request for a question already answered gets that answer free (``Gate.answer``).
+        With ``dummy`` the question is answered from dummy data instead (``query_dummy``).
         """
+        if dummy:
+            return self.query_dummy(ws, member, sql, epsilon), False
         ledger = self.ledger(ws)
         digest = request_digest(sql, epsilon)
         prior = ledger.prior(member, request_id)
@@ -413,6 +433,27 @@ class Service:
         body = release.to_dict()
         body["budget"] = ledger.balance(member).to_dict()
         return body, release.replayed
+
+    def query_dummy(self, ws: Workspace, member: str, sql: str,
+                    epsilon: float | None) -> dict[str, Any]:
+        """The gate's answer over the scenario's dummy data: the same checks, refusals,
+        noise and shape, nothing charged or kept (a retry is answered afresh, also free).
+        The answer is a ``query.dummy`` audit record, a refusal a ``query.refused`` record
+        marked dummy; ``budget`` is the member's real balance, unchanged."""
+        real = self.ledger(ws)
+        ledger = dummymod.DummyLedger(ws.name, self.state(), real)
+        try:
+            self._check_size(sql)
+        except Refusal as refusal:
+            ledger.refused(member, sql, refusal.code, refusal.message)
+            raise
+        timeout = self.limits["query_timeout_s"]
+        release = dummymod.answer(ws.gate, sql, member=member, ledger=ledger,
+                                  executor=TimedExecutor(self.dummy_engine(ws), timeout),
+                                  epsilon=epsilon, timeout_s=timeout)
+        body = release.to_dict()
+        body["budget"] = real.balance(member).to_dict()
+        return body
 
     # -- exports ---------------------------------------------------------------------------
     def export_store(self) -> ExportStore:
@@ -493,7 +534,7 @@ class Service:
 # each leaves a request.invalid record. Together with the gate's and the budget's refusals
 # they count against refusals_per_minute.
 RECORDED = ("input.invalid", "request.conflict", "limits.body_too_large",
-            "workspace.not_found")
+            "workspace.not_found", "export.dummy")
 TARPIT_S, TARPIT_MAX = 1.0, 16  # pause before a limits.rate answer; held at once per member
 MAX_NESTING = 32  # depth of JSON bodies (export items are the deepest, about 5)
 
@@ -845,7 +886,8 @@ class AuthedHandler(BaseHandler):
             if not ok:
                 names = " or ".join("null" if t is type(None) else
                                     {str: "a string", int: "a number", float: "a number",
-                                     list: "a list"}.get(t, t.__name__) for t in types)
+                                     list: "a list", bool: "true or false"}.get(
+                                         t, t.__name__) for t in types)
                 raise Problem("input.invalid", f"the field {key!r} must be {names}",
                               f"allowed fields: {', '.join(fields)}")
         eps = body.get("epsilon")
@@ -878,7 +920,8 @@ class BudgetHandler(AuthedHandler):
 
 
 EXPLAIN_FIELDS: dict[str, tuple[type, ...]] = {"sql": (str,), "epsilon": (int, float, type(None))}
-QUERY_FIELDS: dict[str, tuple[type, ...]] = {**EXPLAIN_FIELDS, "request_id": (str,)}
+QUERY_FIELDS: dict[str, tuple[type, ...]] = {**EXPLAIN_FIELDS, "request_id": (str,),
+                                             "dummy": (bool,)}
 
 
 class ExplainHandler(AuthedHandler):
@@ -899,7 +942,8 @@ class QueryHandler(AuthedHandler):
         def work(workspace: Workspace) -> tuple[dict[str, Any], bool]:
             body = self.json_body(QUERY_FIELDS, ("sql", "request_id"))
             return self.service.query(workspace, self.member, body["sql"],
-                                      body.get("epsilon"), body["request_id"])
+                                      body.get("epsilon"), body["request_id"],
+                                      dummy=body.get("dummy", False))
 
         result, replayed = await self.serve(ws, work)
         if replayed:

@@ -356,7 +356,11 @@ def query_row(r: dict[str, Any], sql: dict[str, str]) -> list[str]:
     if kind == "query.answered":
         info = f"release {code(r.get('release_id'))}, {esc(r.get('rows'))} row(s)"
     elif kind == "query.refused":
-        info = f"{code(r.get('rule'))}: {esc(r.get('message'))}"
+        info = (f"{code(r.get('rule'))}: {esc(r.get('message'))}"
+                + (" (dummy data)" if r.get("dummy") else ""))
+    elif kind == "query.dummy":
+        info = (f"dummy data, not charged: release {code(r.get('release_id'))}"
+                if r.get("release_id") else f"dummy data: {code(r.get('error_code'))}")
     elif kind == "query.failed":
         info = code(r.get("error_code"))
     elif kind == "query.replayed":

@@ -25,6 +25,8 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
                                  "workspace of others is answered the same way)."),
     "export.invalid": (400, "An export item or field is malformed, or breaks the export "
                             "limits (count, size, type)."),
+    "export.dummy": (400, "An export item comes from dummy data (a release id starting with "
+                          "'dummy-', or a frame labelled dummy); only real releases leave."),
     "export.not_requester": (403, "Only the requester may do this to the export."),
     "export.self_approval": (403, "A reviewer can never decide on their own request."),
     "export.held": (403, "The member's export requests are held for review; contact the "
@@ -53,6 +55,8 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "engine.error": (500, "Execution failed (charged); the engine's text is never sent."),
     "auth.unavailable": (502, "The hub could not be asked about the token."),
     "service.unavailable": (503, "The state database was busy or unwritable."),
+    "dummy.unavailable": (503, "Dummy data cannot be made for this scenario; ask the "
+                               "operator."),
     "workspace.provisioning": (503, "The workspace is still being set up (hub not yet in "
                                     "step)."),
     "engine.timeout": (504, "The query ran past query_timeout_s and was stopped (charged). "
@@ -127,7 +131,7 @@ def document(prefix: str, version: str) -> dict[str, Any]:
                           **_errors(*_AUTH_ERRORS)}}},
         "/workspaces/{workspace}/query": {"post": {
             "summary": "Answer with differentially private noise, charging the caller once "
-                       "per request id",
+                       "per request id; with dummy: true, from dummy data, free",
             "operationId": "query", "security": _SECURE, "parameters": _WS_PARAM,
             "requestBody": _body({"$ref": "#/components/schemas/QueryRequest"}),
             "responses": {
@@ -246,7 +250,11 @@ def document(prefix: str, version: str) -> dict[str, Any]:
         "QueryRequest": {"type": "object", "required": ["sql", "request_id"],
                          "additionalProperties": False, "properties": {
                              "sql": {"type": "string"}, "epsilon": epsilon,
-                             "request_id": request_id}},
+                             "request_id": request_id,
+                             "dummy": {"type": "boolean", "description": "true: answer "
+                                       "from the scenario's dummy data (same checks, "
+                                       "refusals, noise and shape; nothing charged, stored "
+                                       "or exportable; the request id is not kept)"}}},
         "Explain": {"type": "object", "properties": {
             "rewritten_sql": {"type": "string"}, "postprocess_sql": {"type": "string"},
             "columns": {"type": "array", "items": {"type": "string"}},
@@ -264,6 +272,9 @@ def document(prefix: str, version: str) -> dict[str, Any]:
             "replayed": {"type": "boolean", "description": "true: the stored answer of an "
                          "earlier identical request (same SQL, epsilon, policy and data), "
                          "not charged again; epsilon and delta are what it cost then"},
+            "dummy": {"type": "boolean", "description": "true: answered from dummy data "
+                      "(values drawn from the schema alone, describing no one); free, "
+                      "and refused by the export airlock"},
             "budget": _BUDGET}},
     }
     return {
