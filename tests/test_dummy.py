@@ -246,3 +246,37 @@ def test_exports_refuse_dummy_releases_and_frames(credit: Any, dummy_engine: Eng
     derived = df[["district"]].copy()  # pandas carries attrs along
     with pytest.raises(ExportDummyError):
         FrameItem.from_pandas("t", derived)
+
+
+# -- the command line ---------------------------------------------------------------------------
+def test_cli_dummy_query_reads_no_vault_file(cli_env: dict[str, str], paths: Any) -> None:
+    """`sandbox query --dummy` answers with the vault's files gone: nothing real is read."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("sandbox")
+    pol = str(Path(__file__).resolve().parents[1] / "policies" / "credit_underwriting.yaml")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(exe), *args], env=cli_env, capture_output=True, text=True,
+                              timeout=300)
+
+    demo = run("demo", "--size", "tiny")
+    assert demo.returncode == 0, demo.stderr
+    assert "sandbox query --dummy" in demo.stdout and "dummy=True" in demo.stdout
+    shutil.rmtree(paths.vault_dir)
+    sql = "SELECT district, count(*) AS n FROM persons GROUP BY district"
+    out = run("query", "--dummy", "--policy", pol, "--member", "ana", "--format", "json", sql)
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    assert body["dummy"] is True and body["release_id"].startswith("dummy-")
+    assert len(body["rows"]) == 6
+    table = run("query", "--dummy", "--policy", pol, "--member", "ana", sql)
+    assert "DUMMY DATA" in table.stdout and "epsilon spent 0 " in table.stdout
+    assert run("query", "--policy", pol, "--member", "ana", sql).returncode != 0  # real: gone
+    log = run("audit", "log", "--kind", "query.", "--format", "jsonl")
+    kinds = [json.loads(line)["kind"] for line in log.stdout.splitlines()]
+    assert kinds == ["query.dummy", "query.dummy"]  # the real one failed before any charge
