@@ -19,6 +19,10 @@ Nothing is read from the catalog's data, the engine or the ledger: the tables ar
 function of the policy (its id, content hash, tables, columns, roles, keys and bounds) and
 a seed, so the same scenario version always gives the same tables.
 
+``dummy_tables(..., marginals=...)`` is the seam for more realistic dummy data: weights per
+key or per bin of a measure that an operator published with differential privacy. No
+command publishes them yet, and the service passes none.
+
 Questions asked of dummy data run through the unchanged gate (same checks, refusals, noise
 and output shape) with ``DummyLedger``: nothing is reserved or charged, each answer is one
 ``query.dummy`` audit record and each refusal a ``query.refused`` record marked dummy.
@@ -33,7 +37,7 @@ import hashlib
 import math
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,8 +101,19 @@ def _h(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
 
 
-def dummy_tables(policy: Policy, *, seed: int = 0, units: int = UNITS) -> list[DummyTable]:
-    """The dummy engine tables of ``policy``: public facts only, deterministic per seed."""
+# (table alias, column) -> weights: one per declared key of a dimension, or one per
+# equal-width bin of a measure's bounds. Only ever differentially private releases.
+Marginals = Mapping[tuple[str, str], Sequence[float]]
+
+
+def dummy_tables(policy: Policy, *, seed: int = 0, units: int = UNITS,
+                 marginals: Marginals | None = None) -> list[DummyTable]:
+    """The dummy engine tables of ``policy``: public facts only, deterministic per seed.
+
+    ``marginals`` is the one seam for more realistic values: per private column, weights
+    that an operator published with differential privacy (charged once to the workspace),
+    so drawing from them is post-processing. Nothing else may be passed in.
+    """
     base = _h(policy.id, policy.content_hash, seed)
     domains = _join_domains(policy)
     pool = _units(policy, units)
@@ -117,7 +132,8 @@ def dummy_tables(policy: Policy, *, seed: int = 0, units: int = UNITS) -> list[D
         if t.public or t.privacy_unit is None:
             table = _public_table(t, columns, domains, rng)
         else:
-            table = _private_table(t, columns, domains, pool, rng, first_private)
+            table = _private_table(t, columns, domains, pool, rng, first_private,
+                                   marginals or {})
             first_private = False
         out.append(DummyTable(name, table, None if t.public else t.privacy_unit))
     return out
@@ -177,16 +193,39 @@ def _labels(col: ColumnPolicy, name: str) -> list[Any]:
     return [dt.datetime(y, 1, 1) for y in range(FIRST_DAY.year, LAST_DAY.year + 1)]
 
 
+def _probabilities(weights: Sequence[float] | None, k: int, what: str) -> np.ndarray | None:
+    """Normalised weights (noisy ones may be negative: clipped to 0); None for uniform."""
+    if weights is None:
+        return None
+    w = np.clip(np.asarray(weights, dtype=float), 0.0, None)
+    if len(w) != k or not np.all(np.isfinite(w)):
+        raise DummyDataError(f"the published marginal of {what} has {len(w)} weights for "
+                             f"{k} values", "publish the marginals again for this scenario")
+    return None if w.sum() <= 0 else w / w.sum()
+
+
 def _column(col: ColumnPolicy, n: int, rng: np.random.Generator,
-            domain: list[Any] | None) -> pa.Array:
-    """``n`` values of one column: keys, bounds or the type's own range, never data."""
+            domain: list[Any] | None, weights: Sequence[float] | None = None) -> pa.Array:
+    """``n`` values of one column: keys, bounds or the type's own range (weighted by a
+    published marginal when there is one), never data."""
     atype = ARROW_TYPES[col.type]
     values = domain if domain is not None else list(col.keys) if col.keys else None
     if values is not None:
-        picks = rng.integers(0, len(values), n)
+        p = _probabilities(weights, len(values), col.name)
+        picks = rng.choice(len(values), n, p=p)
         return pa.array([values[i] for i in picks], atype)
     if col.role == "measure" and col.bounds is not None:
         lo, hi = col.bounds
+        if weights is not None:  # a bin by its weight, then uniform within the bin
+            p = _probabilities(weights, len(weights), col.name)
+            k = len(weights)
+            bins = rng.choice(k, n, p=p)
+            x = np.clip(lo + (bins + rng.random(n)) * (hi - lo) / k, lo, hi)
+            if col.type in _INT_RANGE:
+                tlo, thi = _INT_RANGE[col.type]
+                x = np.clip(np.round(x), max(math.ceil(lo), tlo), min(math.floor(hi), thi))
+                return pa.array(x.astype(np.int64), atype)
+            return pa.array(np.round(x, 4), atype)
         if col.type in _INT_RANGE:
             tlo, thi = _INT_RANGE[col.type]
             ilo, ihi = max(math.ceil(lo), tlo), min(math.floor(hi), thi)
@@ -211,7 +250,7 @@ def _column(col: ColumnPolicy, n: int, rng: np.random.Generator,
 
 def _private_table(t: TablePolicy, columns: dict[str, ColumnPolicy],
                    domains: dict[tuple[str, str], list[Any]], pool: dict[str, list[Any]],
-                   rng: Rng, everyone: bool) -> pa.Table:
+                   rng: Rng, everyone: bool, marginals: Marginals) -> pa.Table:
     assert t.privacy_unit is not None
     ids = pool[columns[t.privacy_unit].type]
     r = rng(t.privacy_unit)
@@ -228,7 +267,8 @@ def _private_table(t: TablePolicy, columns: dict[str, ColumnPolicy],
         if c.name == t.privacy_unit:
             arrays.append(pa.array(unit_values, atype))
         else:
-            arrays.append(_column(c, n, rng(c.name), domains.get((t.alias, c.name))))
+            arrays.append(_column(c, n, rng(c.name), domains.get((t.alias, c.name)),
+                                  marginals.get((t.alias, c.name))))
         fields.append(pa.field(c.name, atype))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 

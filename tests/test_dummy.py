@@ -125,6 +125,25 @@ def test_deterministic_per_scenario_and_seed(credit: Any) -> None:
     assert not a[0].table.equals(c[0].table)
 
 
+def test_published_marginals_shape_the_values_within_keys_and_bounds(credit: Any) -> None:
+    from sandbox.dummy import DummyDataError
+
+    keys = credit.tables["persons"].columns["district"].keys
+    marginals = {("persons", "district"): [0.0] * (len(keys) - 1) + [5.0],
+                 ("persons", "income"): [-3.0, 1.0, 0.0, 0.0],  # noisy: clipped at 0
+                 ("loans", "rate"): [1.0, 1.0]}
+    tables = {t.engine_table: t.table for t in dummy_tables(credit, marginals=marginals)}
+    persons = tables["persons_v1"]
+    assert set(persons.column("district").to_pylist()) == {keys[-1]}
+    income = persons.column("income").to_pylist()
+    assert min(income) >= 500_000 and max(income) <= 1_000_000  # the second quarter only
+    assert all(0 <= r <= 0.25 for r in tables["loans_v1"].column("rate").to_pylist())
+    with pytest.raises(DummyDataError) as info:
+        dummy_tables(credit, marginals={("persons", "gender"): [1.0]})
+    assert info.value.code == "dummy.unavailable" and "1 weights for 2 values" in \
+        info.value.message
+
+
 def test_the_engine_ranges_are_those_of_the_dummy_data(credit: Any, dummy_engine: Engine,
                                                         engine: Engine) -> None:
     """The gate's shortcut reads column ranges: from dummy data they are dummy ranges."""
