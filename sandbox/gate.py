@@ -61,6 +61,11 @@ class CheckedQuery:
     plan: PrivacyPlan
     executed_tree: exp.Expression | None = None
 
+    @property
+    def cut_sql(self) -> str | None:
+        """The count of units a row bound cut (released noisily beside the answer)."""
+        return None if self.ctx.cut is None else self.ctx.cut.sql("duckdb")
+
     def explain(self) -> dict[str, Any]:
         """What would happen, without touching data or spending budget."""
         return {
@@ -71,6 +76,7 @@ class CheckedQuery:
             "plan": self.plan.to_dict(),
             "groups": _groups_note(self),
             "accuracy": {o.name: _accuracy(self, o) for o in self.outputs},
+            "bounding": bounding_facts(self),
         }
 
 
@@ -89,6 +95,7 @@ class Release:
     plan: dict[str, Any] = field(default_factory=dict)
     replayed: bool = False  # the stored answer of an earlier identical question, free
     dummy: bool = False  # answered from dummy data (sandbox.dummy): free, never exported
+    bounding: dict[str, Any] = field(default_factory=dict)  # bounding_facts + units cut
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,7 +104,7 @@ class Release:
             "ci95": self.ci95, "mechanisms": self.mechanisms,
             "epsilon": self.epsilon, "delta": self.delta,
             "suppressed_groups": self.suppressed_groups, "noisy": True,
-            "replayed": self.replayed, "dummy": self.dummy,
+            "replayed": self.replayed, "dummy": self.dummy, "bounding": self.bounding,
         }
 
     @classmethod
@@ -106,7 +113,8 @@ class Release:
         return cls(stored["release_id"], stored["policy"], list(stored["columns"]),
                    [list(r) for r in stored["rows"]], stored["ci95"], stored["mechanisms"],
                    stored["epsilon"], stored["delta"], stored["suppressed_groups"],
-                   q.executed_sql, q.plan.to_dict(), replayed=True)
+                   q.executed_sql, q.plan.to_dict(), replayed=True,
+                   bounding=stored.get("bounding") or bounding_facts(q))
 
 
 def _json_rows(rows: list[list[Any]]) -> list[list[Any]]:
@@ -131,6 +139,31 @@ def _groups_note(q: CheckedQuery) -> str:
         return (f"private keys: a group is released only if its noisy count reaches "
                 f"{q.plan.threshold_value}")
     return "public keys: every declared key appears, zeros included"
+
+
+def bounding_facts(q: CheckedQuery) -> dict[str, Any]:
+    """What contribution bounding does to this query, from the policy alone: the rows each
+    unit keeps per table, the groups it keeps, and whether a noisy count of the units the
+    row bound cut comes with the answer (``units_cut``, with its 95% half-width)."""
+    a, ctx = q.analysis, q.ctx
+    rows = {} if ctx.units_only else {
+        t.alias: t.max_rows_per_unit for t in a.sources.tables.values()
+        if not t.public and t.max_rows_per_unit > 1}
+    facts: dict[str, Any] = {
+        "rows_per_unit": rows,
+        "groups_per_unit": ctx.max_groups if ctx.group_bounded else None,
+        "units_cut": None, "units_cut_ci95": None,
+    }
+    if q.plan.bounding is not None:
+        facts["units_cut_ci95"] = q.plan.bounding.ci_halfwidth(0.95)
+        facts["note"] = (
+            "each unit keeps at most " + ", ".join(f"{k} rows of {t}" for t, k in rows.items())
+            + " (chosen at random); units_cut counts, with noise, the units that had a "
+            "matching row left out, so counts and sums can be low by their extra rows")
+    elif a.grouped and ctx.group_bounded:
+        facts["note"] = (f"each unit counts in at most {ctx.max_groups} groups (chosen at "
+                         "random)")
+    return facts
 
 
 def _accuracy(q: CheckedQuery, o: Output) -> str | float | None:
@@ -256,7 +289,9 @@ class Gate:
                                      request_id=request_id, request_digest=request_digest)
         try:
             exact = executor.execute(engine_sql, timeout_s=timeout_s)
-            result = self._release(q, exact, executor)
+            cut = None if q.cut_sql is None else \
+                executor.execute(q.cut_sql, timeout_s=timeout_s).column(0)[0].as_py()
+            result = self._release(q, exact, executor, cut)
         except SandboxError as exc:
             # Time limits aside, nothing should fail once the budget is charged: the rewrite
             # is total and was bound on empty tables. A failure here is a gate bug.
@@ -288,6 +323,8 @@ class Gate:
         charge (what could still fail on a value is made total by the rewrite)."""
         try:
             schema = executor.bind(engine_sql)
+            if q.cut_sql is not None:
+                executor.bind(q.cut_sql)
             executor.postprocess(q.post_sql, _noisy_table(q, schema, {}, []))
         except SandboxError:
             raise Refusal("gate.engine_check", "the rewritten query does not type-check against "
@@ -303,11 +340,12 @@ class Gate:
                                   "this lookup join could multiply rows",
                                   "ask the operator to fix the lookup table", col)
 
-    def _release(self, q: CheckedQuery, exact: pa.Table, executor: Executor) -> Release:
+    def _release(self, q: CheckedQuery, exact: pa.Table, executor: Executor,
+                 cut: int | None = None) -> Release:
         _check_keys(q, exact)
         groups = exact.num_rows
         columns = {name: exact.column(name).to_pylist() for name in exact.column_names}
-        noisy = release(q.plan, columns, groups)
+        noisy = release(q.plan, columns, groups, cut)
         table = _noisy_table(q, exact.schema, noisy.values, noisy.keep, exact)
         out = executor.postprocess(q.post_sql, table)
         n_out = len(q.outputs)
@@ -336,9 +374,11 @@ class Gate:
                       for m in q.ctx.measurements_of(spec)]
             scale_text = ", ".join(f"{s:.4g}" for s in scales)
             mechanisms[o.name] = f"{'+'.join(sorted(mechs))} (scale {scale_text})"
+        bounding = bounding_facts(q)
+        bounding["units_cut"] = noisy.units_cut
         return Release(uuid.uuid4().hex, self.policy.id, names, rows, cis, mechanisms,
                        q.plan.cost.epsilon, q.plan.cost.delta, noisy.suppressed,
-                       q.executed_sql, q.plan.to_dict())
+                       q.executed_sql, q.plan.to_dict(), bounding=bounding)
 
     @staticmethod
     def _cis(q: CheckedQuery, o: Output, values: dict[str, list[Any]]) -> list[float | None]:

@@ -87,8 +87,11 @@ def test_analyst_query_is_answered(gate, engine, sql: str) -> None:  # type: ign
     spy = SpyExecutor(engine)
     ledger = InMemoryLedger(100.0, 1e-4)
     release = gate.answer(sql, member="ana", ledger=ledger, executor=spy)
-    assert len(spy.executed) == 1
-    assert "_v1" in spy.executed[0] and sql not in spy.executed[0]  # engine tables only
+    # the answer, and the count of units a row bound cut when one applies
+    q = gate.check(sql)
+    assert spy.executed[1:] == ([q.cut_sql] if q.cut_sql else [])
+    assert (q.cut_sql is not None) == (release.bounding["units_cut"] is not None)
+    assert all("_v1" in e and sql not in e for e in spy.executed)  # engine tables only
     # Private keys (no declared domain) are released only above a noisy threshold, which
     # on the tiny data may suppress every group.
     assert release.rows or gate.check(sql).plan.threshold is not None
@@ -133,6 +136,30 @@ def test_bins_of_a_bounded_measure_are_public_keys(gate, engine, demo_dir) -> No
     # too many bins for the bounds: private keys, thresholded
     wide = gate.check("SELECT floor(income / 10) AS b, count(*) FROM persons GROUP BY b", 1.0)
     assert wide.plan.threshold is not None
+
+
+def test_the_answer_says_how_many_units_the_row_bound_cut(gate, engine, tables) -> None:  # type: ignore[no-untyped-def]
+    """Loans are cut at 10 per person: the release carries a noisy count of the persons
+    who had a matching loan left out, planned and charged with the rest."""
+    sql = "SELECT status, count(*) FROM loans WHERE amount > 50000 GROUP BY status"
+    q = gate.check(sql, 1.0)
+    assert q.plan.bounding is not None and q.plan.bounding.cost.epsilon < 0.05
+    assert q.plan.cost.epsilon == pytest.approx(1.0)  # its share is part of the charge
+    loans = tables["loans"]
+    truth = engine.execute(f"SELECT count(DISTINCT person_id) FROM {loans} WHERE "
+                           f"__sandbox_rank > 10 AND amount > 50000").column(0)[0].as_py()
+    assert engine.execute(q.cut_sql).column(0)[0].as_py() == truth > 0
+    release = gate.answer(sql, member="ana", ledger=InMemoryLedger(10, 1e-5), executor=engine,
+                          epsilon=1.0)
+    b = release.bounding
+    assert b["rows_per_unit"] == {"loans": 10} and "left out" in b["note"]
+    assert abs(b["units_cut"] - truth) <= 4 * b["units_cut_ci95"]
+    assert gate.explain(sql, 1.0)["bounding"]["units_cut_ci95"] == b["units_cut_ci95"]
+    # one row per person, or distinct persons only: nothing is cut, nothing is reported
+    for plain in ("SELECT count(*) FROM persons",
+                  "SELECT count(DISTINCT person_id) FROM loans WHERE status = 'default'"):
+        assert gate.check(plain).plan.bounding is None
+        assert gate.check(plain).explain()["bounding"]["units_cut"] is None
 
 
 def test_avg_is_close_and_has_per_cell_intervals(gate, engine, demo_dir) -> None:  # type: ignore[no-untyped-def]

@@ -19,6 +19,9 @@ from .rewrite.context import Measurement, RewriteContext
 # Share of the query's epsilon (relative to one measurement's) spent on the noisy count
 # of groups that says how many private groups were suppressed.
 GROUP_COUNT_WEIGHT = 0.25
+# Share (relative to one measurement's) spent on the noisy count of units whose matching
+# rows a row bound left out: it says how much counts and sums may be low.
+BOUNDING_WEIGHT = 0.05
 
 
 @dataclass
@@ -46,6 +49,8 @@ class PrivacyPlan:
     # How many groups existed is itself private (one unit can add groups): it is released
     # noisily, so that the count of suppressed groups leaks nothing.
     group_count: dp.Mechanism | None = None
+    # The noisy count of units a row bound cut (RewriteContext.cut), when one applies.
+    bounding: dp.Mechanism | None = None
     cost: dp.Cost = field(default_factory=lambda: dp.Cost(0.0))
 
     def item(self, name: str) -> Planned:
@@ -60,6 +65,7 @@ class PrivacyPlan:
                 **self.threshold.to_dict(), "threshold": self.threshold_value,
                 "group_count": None if self.group_count is None else
                 self.group_count.to_dict()},
+            "bounding": None if self.bounding is None else self.bounding.to_dict(),
         }
 
 
@@ -72,8 +78,11 @@ def plan(ctx: RewriteContext, epsilon: float) -> PrivacyPlan:
     released = [m for m in ctx.measurements if not m.hidden and m is not shared]
     # private keys: the threshold takes a full share, the noisy count of groups (only
     # used to say how many groups were suppressed) a small one
-    weights = [1.0] * len(released) + ([1.0, GROUP_COUNT_WEIGHT] if ctx.threshold else [])
+    weights = [1.0] * len(released) + ([1.0, GROUP_COUNT_WEIGHT] if ctx.threshold else []) + \
+        ([BOUNDING_WEIGHT] if ctx.cut is not None else [])
     shares = dp.split_epsilon(epsilon, weights)
+    if ctx.cut is not None:
+        bounding_eps = shares.pop()
     delta_users = (len([m for m in released if m.kind != "histogram"]) if gaussian else 0) + \
         (1 if ctx.threshold else 0)
     delta_share = privacy.delta / delta_users if delta_users else 0.0
@@ -114,6 +123,9 @@ def plan(ctx: RewriteContext, epsilon: float) -> PrivacyPlan:
             out.items.append(out.threshold)
         out.group_count = dp.plan_laplace(shares[-1], float(min(l0, rows)), integer=True)
         costs.extend([mech.cost, out.group_count.cost])
+    if ctx.cut is not None:  # a unit is in the count or not: sensitivity 1
+        out.bounding = dp.plan_laplace(bounding_eps, 1.0, integer=True)
+        costs.append(out.bounding.cost)
     out.cost = dp.compose(costs)
     return out
 
@@ -123,10 +135,14 @@ class Noisy:
     values: dict[str, list[Any]]  # measurement name -> released value per kept group
     keep: list[int]  # indices of the groups kept (all, unless thresholded)
     suppressed: int
+    units_cut: int | None = None  # noisy; None when no row bound applies
 
 
-def release(p: PrivacyPlan, exact: dict[str, list[Any]], groups: int) -> Noisy:
-    """Add noise to every measurement; drop private groups under the noisy threshold."""
+def release(p: PrivacyPlan, exact: dict[str, list[Any]], groups: int,
+            cut: int | None = None) -> Noisy:
+    """Add noise to every measurement; drop private groups under the noisy threshold.
+
+    ``cut`` is the exact count of units a row bound cut (when the plan has ``bounding``)."""
     keep = list(range(groups))
     suppressed = 0
     shared: list[int] = []
@@ -150,7 +166,10 @@ def release(p: PrivacyPlan, exact: dict[str, list[Any]], groups: int) -> Noisy:
             continue
         noisy = dp.release(item.mechanism, [int(v or 0) for v in raw])
         values[m.name] = noisy if m.scale == 1 else [v / m.scale for v in noisy]
-    return Noisy(values, keep, suppressed)
+    units_cut = None
+    if p.bounding is not None:
+        units_cut = int(dp.release(p.bounding, [int(cut or 0)])[0])
+    return Noisy(values, keep, suppressed, units_cut)
 
 
 def _quantile(item: Planned, histogram: Any) -> float:

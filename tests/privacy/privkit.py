@@ -482,18 +482,27 @@ def engine(variant: str, messy: bool, which: str | None) -> Engine:
 
 
 class Recorder:
-    """Wraps a real Engine; keeps the exact table ``execute`` returned."""
+    """Wraps a real Engine; keeps the exact tables ``execute`` returned: the answer's, then
+    the count of units a row bound cut (``CheckedQuery.cut_sql``) if there is one."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.exact: pa.Table | None = None
+        self.results: list[pa.Table] = []
         self.executed: list[str] = []
+
+    @property
+    def exact(self) -> pa.Table | None:
+        return self.results[0] if self.results else None
+
+    @property
+    def cut(self) -> int | None:
+        return self.results[1].column(0)[0].as_py() if len(self.results) > 1 else None
 
     def execute(self, sql: str, params: list[object] | None = None,
                 timeout_s: float | None = None) -> pa.Table:
         self.executed.append(sql)
-        self.exact = self.engine.execute(sql, params, timeout_s)
-        return self.exact
+        self.results.append(self.engine.execute(sql, params, timeout_s))
+        return self.results[-1]
 
     def postprocess(self, sql: str, table: pa.Table) -> pa.Table:
         return self.engine.postprocess(sql, table)
@@ -512,6 +521,7 @@ class Recorder:
 class Outcome:
     release: Release | None
     exact: pa.Table | None
+    cut: int | None
     error: BaseException | None
     spent: float
     executed: bool
@@ -549,5 +559,5 @@ def run(g: Gate, sql: str, eng: Engine, epsilon: float | None = None,
     except Exception as exc:  # every outcome is inspected by the caller
         error = exc
     seconds = time.monotonic() - t0
-    return Outcome(result, rec.exact, error, ledger.balance("m").epsilon_spent,
+    return Outcome(result, rec.exact, rec.cut, error, ledger.balance("m").epsilon_spent,
                    bool(rec.executed), seconds)

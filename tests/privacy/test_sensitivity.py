@@ -20,7 +20,7 @@ engine returned (``__k<i>`` keys, ``__m<i>`` measurements). The properties:
    count_units: ≤ 1 per group, ≤ ``ctx.max_groups`` groups; histogram (quantiles): per
    group ≤ ``analysis.rows_per_unit`` entries (L1), ≤ ``max_groups`` groups; the hidden
    threshold count: ≤ ``rows_per_unit`` per group and over all groups, ≤ ``max_groups``
-   groups.
+   groups; the count of units a row bound cut (``units_cut``): ≤ 1.
 3. Public keys: identical key lists in the same order, no duplicates. Private keys: no
    duplicates, at most ``max_groups`` keys differ, and the exact result comes in
    canonical key order (sorted, NULLs last).
@@ -538,6 +538,10 @@ def check_neighbours(variant: str, messy: bool, which: str, query: Query,
         return
     assert q is not None and small.exact is not None and big.exact is not None
     _check_exact(q, small.exact, big.exact, where, variant)
+    if (small.cut is None) != (q.cut_sql is None) or \
+            abs((big.cut or 0) - (small.cut or 0)) > 1:
+        raise SensitivityExceeded(f"{where}: the count of units cut by the row bound moved "
+                                  f"from {small.cut} to {big.cut} (at most 1)")
     _check_release(q, query, base, other, where)
 
 

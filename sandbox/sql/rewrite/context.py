@@ -38,6 +38,9 @@ class RewriteContext:
     agg_measurements: dict[int, list[str]] = field(default_factory=dict)  # id(AggSpec) -> names
     group_bounded: bool = False
     threshold: str | None = None  # name of the hidden count used for thresholding
+    # How many units had a matching row left out by a row bound above 1 (measurements);
+    # None when no such bound applies.
+    cut: exp.Select | None = None
 
     @property
     def units_only(self) -> bool:

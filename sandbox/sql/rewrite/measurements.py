@@ -20,6 +20,7 @@ from sqlglot import exp
 from ..analyse import AggSpec, conjuncts
 from ..intervals import kind
 from ..refusal import Refusal
+from .bound_rows import RANK
 from .context import FIXED_POINT_DIGITS, QUANTILE_BINS, Measurement, RewriteContext
 
 REL = "__rel"
@@ -149,6 +150,7 @@ def measurements(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
         conditions += [total(c.copy()) for c in conjuncts(tree.args["where"].this)]
     if conditions:
         rel = rel.where(*conditions, copy=False)
+    ctx.cut = cut_units(rel)
 
     values: dict[str, Measurement] = {}
 
@@ -256,3 +258,35 @@ def _measure(spec: AggSpec, add, rows: int) -> list[str]:  # type: ignore[no-unt
         return [add("histogram", _when(cond, binned), rows, 1.0, (lo, hi), QUANTILE_BINS,
                     fraction=spec.fraction)]
     raise AssertionError(spec.kind)  # pragma: no cover
+
+
+CUT = "__cut"
+
+
+def cut_units(rel: exp.Select) -> exp.Select | None:
+    """How many units have a row that matches the query but was left out by a row bound
+    (``bound_rows``) above 1: the same rows and conditions, the bounds lifted and tested.
+
+    Released with noise beside the answer, it tells the analyst how much the bound can
+    have lowered counts and sums. One unit moves it by at most 1 (ranks are per unit). A
+    bound of 1 on a table of one row per unit cuts nothing and is not reported.
+    """
+    rel = rel.copy()
+    over: list[exp.Expression] = []
+    for scan in list(rel.find_all(exp.Select)):
+        rank = scan.meta.get("sandbox_rank") if scan._meta else None
+        if rank is None or rank[1] <= 1:
+            continue
+        alias = scan.parent.alias  # the scan's subquery, named as the table in the query
+        scan.set("where", None)
+        scan.select(RANK, copy=False)
+        scan.meta.pop("sandbox_rank")
+        over.append(exp.GT(this=exp.column(RANK, table=alias),
+                           expression=exp.Literal.number(rank[1])))
+    if not over:
+        return None
+    rel = rel.select(exp.alias_(exp.or_(*over), "__over"), copy=False)
+    count = exp.Filter(this=exp.Count(this=exp.Distinct(expressions=[_col("__unit")])),
+                       expression=exp.Where(this=_col("__over")))
+    return exp.select(exp.alias_(count, CUT)).from_(
+        exp.Subquery(this=rel, alias=exp.TableAlias(this=exp.to_identifier(REL))), copy=False)
