@@ -62,7 +62,7 @@ def test_server_runs_as_the_user_with_lab_and_templates(hub: Hub, dev: str,
     assert "population-livelihood.ipynb" not in names
     walk = hub.api(dev, "GET", f"/user/{dev}/api/contents/credit-underwriting.ipynb").json()
     code = "".join("".join(c["source"]) for c in walk["content"]["cells"])
-    assert 'Sandbox(workspace="credit-underwriting")' in code
+    assert 'Sandbox(workspace="credit-underwriting"' in code
     home = Path(pwd.getpwnam(dev).pw_dir)
     assert (home / "getting-started.ipynb").stat().st_uid == pwd.getpwnam(dev).pw_uid
     # JupyterLab is the default UI
