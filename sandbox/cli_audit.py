@@ -65,7 +65,9 @@ def _balance_table_row(r: dict[str, Any]) -> dict[str, Any]:
             "eps_remaining": f"{r['epsilon_remaining']:.4g}",
             "delta_total": f"{r['delta_total']:.3g}", "delta_spent": f"{r['delta_spent']:.3g}",
             "delta_remaining": f"{r['delta_remaining']:.3g}",
-            "refreshes_on": r["refreshes_on"] or "never"}
+            "refreshes_on": r["refreshes_on"] or "never",
+            "accounting": "zcdp (basic {:.4g})".format(r["epsilon_basic"])
+            if r.get("accounting") == "zcdp" else "basic"}
 
 
 @budget.command("show")
@@ -82,7 +84,7 @@ def budget_show(c: Context, workspace: str | None, member: str | None, fmt: str)
         return
     _print_table([_balance_table_row(r) for r in rows],
                  ["workspace", "member", "eps_total", "eps_spent", "eps_remaining",
-                  "delta_total", "delta_spent", "delta_remaining", "refreshes_on"])
+                  "delta_total", "delta_spent", "delta_remaining", "refreshes_on", "accounting"])
 
 
 def _change_budget(c: Context, workspace: str, member: str, epsilon: float | None,

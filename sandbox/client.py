@@ -431,6 +431,18 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _accounting_note(b: dict[str, Any]) -> str:
+    """Which of the two valid accountings of the member's spending is charged, and why."""
+    if not b.get("epsilon_spent"):
+        return ""
+    basic, z = b.get("epsilon_basic"), b.get("epsilon_zcdp")
+    text = (f"Spent ε {float(b['epsilon_spent']):.4g}: the smaller of adding up your queries' "
+            f"epsilons ({float(basic or 0):.4g}) and zero-concentrated DP at the budget's "
+            f"delta ({'not applicable' if z is None else f'{float(z):.4g}'}). Many small "
+            "queries cost less in zCDP; a few large ones by adding.")
+    return f"<div style='color:#666;font-size:85%'>{html.escape(text)}</div>"
+
+
 def _budget_bar(b: dict[str, Any]) -> str:
     total = float(b.get("epsilon_total") or 0)
     left = float(b.get("epsilon_remaining") or 0)
@@ -438,9 +450,9 @@ def _budget_bar(b: dict[str, Any]) -> str:
     color = "#2a7" if pct > 30 else "#e90" if pct > 10 else "#c33"
     refresh = f", refreshes on {b['refreshes_on']}" if b.get("refreshes_on") else ""
     return (f"<div style='margin:4px 0'>Budget remaining: ε {left:.4g} of {total:.4g}"
-            f"{html.escape(refresh)}<div style='width:240px;height:10px;background:#eee;"
-            f"border-radius:3px'><div class='sandbox-budget' style='width:{pct:.0f}%;"
-            f"height:10px;background:{color};border-radius:3px'></div></div></div>")
+            f"{html.escape(refresh)}{_accounting_note(b)}<div style='width:240px;"
+            f"height:10px;background:#eee;border-radius:3px'><div class='sandbox-budget' "
+            f"style='width:{pct:.0f}%;height:10px;background:{color};border-radius:3px'></div></div></div>")
 
 
 def render(df: pd.DataFrame) -> str:

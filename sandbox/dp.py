@@ -282,6 +282,11 @@ class Cost:
     ``zcdp_delta`` say how much of ``epsilon``/``delta`` those parts account for, so that
     :func:`compose` can re-account all Gaussian parts together. For a cost built by hand
     with ``rho > 0`` they default to the whole ``epsilon``/``delta`` (a Gaussian cost).
+
+    ``pure_epsilon`` is the share of ``epsilon`` from pure ε-DP parts (Laplace, noisy max)
+    and ``pure_rho`` their zCDP cost, the sum of ε_i²/2 over those parts (ε-DP implies
+    ε²/2-zCDP): :func:`compose` may account them in zCDP too when that is tighter. A pure
+    cost built by hand (``delta`` and ``rho`` 0) is one pure part by default.
     """
 
     epsilon: float
@@ -289,6 +294,8 @@ class Cost:
     rho: float = 0.0
     zcdp_epsilon: float | None = field(default=None, repr=False)
     zcdp_delta: float | None = field(default=None, repr=False)
+    pure_epsilon: float | None = field(default=None, repr=False)
+    pure_rho: float | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         eps = _real("epsilon", self.epsilon)
@@ -330,12 +337,29 @@ class Cost:
                     "a value outside",
                     "they are the share of the total taken by Gaussian parts",
                 )
+        if self.pure_epsilon is None and self.pure_rho is None:
+            one = delta == 0 and rho == 0
+            p_eps, p_rho = (eps, eps * eps / 2) if one else (0.0, 0.0)
+        else:
+            p_eps, p_rho = _real("pure_epsilon", _f(self.pure_epsilon)), \
+                _real("pure_rho", _f(self.pure_rho))
+            if not (0 <= p_eps <= (eps - z_eps) * (1 + _REL_TOL) + _REL_TOL) or \
+                    not (0 <= p_rho <= p_eps * p_eps / 2 * (1 + _REL_TOL) + _REL_TOL):
+                raise _invalid(
+                    "pure_epsilon and pure_rho",
+                    "0 <= pure_epsilon <= epsilon - zcdp_epsilon, 0 <= pure_rho <= "
+                    "pure_epsilon^2 / 2",
+                    "values outside",
+                    "they describe the pure-DP parts of the cost",
+                )
         for name, value in (
             ("epsilon", eps),
             ("delta", delta),
             ("rho", rho),
             ("zcdp_epsilon", z_eps),
             ("zcdp_delta", z_delta),
+            ("pure_epsilon", p_eps),
+            ("pure_rho", p_rho),
         ):
             object.__setattr__(self, name, value)
 
@@ -349,6 +373,8 @@ class Cost:
             rho=self.rho + other.rho,
             zcdp_epsilon=_f(self.zcdp_epsilon) + _f(other.zcdp_epsilon),
             zcdp_delta=_f(self.zcdp_delta) + _f(other.zcdp_delta),
+            pure_epsilon=_f(self.pure_epsilon) + _f(other.pure_epsilon),
+            pure_rho=_f(self.pure_rho) + _f(other.pure_rho),
         )
 
     def to_dict(self) -> dict[str, float]:
@@ -358,6 +384,8 @@ class Cost:
             "rho": self.rho,
             "zcdp_epsilon": _f(self.zcdp_epsilon),
             "zcdp_delta": _f(self.zcdp_delta),
+            "pure_epsilon": _f(self.pure_epsilon),
+            "pure_rho": _f(self.pure_rho),
         }
 
 
@@ -409,7 +437,7 @@ def _rho_to_epsilon(rho: float, delta: float) -> float:
     return float(profile.epsilon(delta))
 
 
-def compose(costs: Iterable[Cost]) -> Cost:
+def compose(costs: Iterable[Cost], delta_budget: float | None = None) -> Cost:
     """Compose costs; the one accounting rule of the product.
 
     * Pure and approximate-DP parts (Laplace, thresholds, exponential): basic
@@ -420,7 +448,45 @@ def compose(costs: Iterable[Cost]) -> Cost:
 
     The total is pure part + Gaussian part. ``compose`` of a flat list is the rule;
     composing already-composed costs is valid but may give a slightly different bound.
+
+    With ``delta_budget`` (a ledger composing a member's history), the pure-DP parts may
+    be accounted in zCDP as well: their rhos (ε_i²/2) join the Gaussian ones and the total
+    is converted at whatever delta the approximate-DP parts leave of the budget. That is
+    charged when its epsilon is smaller (:func:`zcdp_accounting`); both are valid bounds
+    for the whole history, and the smaller of two valid bounds is one.
     """
+    basic = _compose(costs)
+    if delta_budget is None:
+        return basic
+    return min((basic, zcdp_accounting(basic, delta_budget)), key=lambda c: c.epsilon)
+
+
+def zcdp_accounting(total: Cost, delta_budget: float) -> Cost:
+    """``total`` (from :func:`compose`) with its pure-DP parts accounted in zCDP, converted
+    at the delta the approximate-DP parts leave of ``delta_budget``; ``total`` itself when
+    there is no pure part or no delta left, or OpenDP cannot convert."""
+    approx_eps = total.epsilon - _f(total.zcdp_epsilon) - _f(total.pure_epsilon)
+    approx_delta = total.delta - _f(total.zcdp_delta)
+    conv_delta = min(delta_budget - approx_delta, 1.0)
+    rho = total.rho + _f(total.pure_rho)
+    if rho <= 0 or conv_delta <= 0 or rho > _MAX_RHO:
+        return total
+    try:
+        g_eps = rho_to_epsilon(rho, conv_delta)
+    except DPError:
+        return total
+    return Cost(
+        epsilon=max(approx_eps, 0.0) + g_eps,
+        delta=max(approx_delta, 0.0) + conv_delta,
+        rho=rho,
+        zcdp_epsilon=g_eps,
+        zcdp_delta=conv_delta,
+        pure_epsilon=0.0,
+        pure_rho=0.0,
+    )
+
+
+def _compose(costs: Iterable[Cost]) -> Cost:
     items = list(costs)
     for i, cost in enumerate(items):
         if not isinstance(cost, Cost):
@@ -430,10 +496,15 @@ def compose(costs: Iterable[Cost]) -> Cost:
     if not items:
         return Cost(0.0)
     rho = math.fsum(c.rho for c in items)
+    p_eps = math.fsum(_f(c.pure_epsilon) for c in items)
+    p_rho = math.fsum(_f(c.pure_rho) for c in items)
     if rho == 0:
+        eps = math.fsum(c.epsilon for c in items)
         return Cost(
-            epsilon=math.fsum(c.epsilon for c in items),
+            epsilon=eps,
             delta=math.fsum(c.delta for c in items),
+            pure_epsilon=min(p_eps, eps),
+            pure_rho=min(p_rho, min(p_eps, eps) ** 2 / 2),
         )
     pure_eps = math.fsum(c.epsilon - _f(c.zcdp_epsilon) for c in items)
     pure_delta = math.fsum(c.delta - _f(c.zcdp_delta) for c in items)
@@ -450,6 +521,8 @@ def compose(costs: Iterable[Cost]) -> Cost:
         rho=rho,
         zcdp_epsilon=g_eps,
         zcdp_delta=g_delta,
+        pure_epsilon=min(p_eps, max(pure_eps, 0.0)),
+        pure_rho=min(p_rho, min(p_eps, max(pure_eps, 0.0)) ** 2 / 2),
     )
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .audit import cap_text
-from .dp import Cost, compose
+from .dp import Cost, compose, zcdp_accounting
 from .errors import SandboxError
 from .policy import BudgetPolicy
 
@@ -95,6 +95,11 @@ class Balance:
     epsilon_spent: float = 0.0
     delta_spent: float = 0.0
     refreshes_on: str | None = None  # first day of the next period (monthly budgets)
+    # "basic" (epsilons add) or "zcdp" (pure parts accounted in zCDP: dp.compose), and
+    # what basic composition alone would say, so members can see what the choice saved
+    accounting: str = "basic"
+    epsilon_basic: float = 0.0
+    epsilon_zcdp: float | None = None  # the zCDP accounting's figure (None: not possible)
 
     @property
     def epsilon_remaining(self) -> float:
@@ -108,7 +113,19 @@ class Balance:
         return {"epsilon_total": self.epsilon_total, "epsilon_spent": self.epsilon_spent,
                 "epsilon_remaining": self.epsilon_remaining, "delta_total": self.delta_total,
                 "delta_spent": self.delta_spent, "delta_remaining": self.delta_remaining,
-                "refreshes_on": self.refreshes_on}
+                "refreshes_on": self.refreshes_on, "accounting": self.accounting,
+                "epsilon_basic": self.epsilon_basic, "epsilon_zcdp": self.epsilon_zcdp}
+
+
+def balance_of(epsilon: float, delta: float, charges: list[Cost],
+               refreshes_on: str | None = None) -> Balance:
+    """The balance of a member's charges: the smaller of basic and zCDP accounting."""
+    basic = compose(charges)
+    z = zcdp_accounting(basic, delta)
+    spent = z if z.epsilon < basic.epsilon else basic
+    return Balance(epsilon, delta, spent.epsilon, spent.delta, refreshes_on,
+                   "zcdp" if spent is z else "basic", basic.epsilon,
+                   None if z is basic else z.epsilon)
 
 
 class Ledger(Protocol):
@@ -161,8 +178,14 @@ def refundable(rest: list[Cost], charges: list[Cost], total_eps: float,
     the composed epsilon of all charges, so later charges may have been admitted only
     because of it. Refunding it then would leave the member over budget; it stands instead.
     """
-    before = compose(charges)
-    return fits(compose(rest), max(total_eps, before.epsilon), max(total_delta, before.delta))
+    before = compose(charges, total_delta)
+    return fits(compose(rest, total_delta), max(total_eps, before.epsilon),
+                max(total_delta, before.delta))
+
+
+# A charge's cost as stored; pure_epsilon and pure_rho are NULL in charges made before
+# pure parts were accounted in zCDP (then Cost derives them: all pure if delta and rho are 0)
+_COST_COLUMNS = "epsilon, delta, rho, zcdp_epsilon, zcdp_delta, pure_epsilon, pure_rho"
 
 
 class InMemoryLedger:
@@ -177,17 +200,15 @@ class InMemoryLedger:
 
     def balance(self, member: str) -> Balance:
         with self._lock:
-            spent = compose(self._charges.get(member, []))
-            return Balance(*self._limits, spent.epsilon, spent.delta)
+            return balance_of(*self._limits, self._charges.get(member, []))
 
     def reserve(self, member: str, cost: Cost, *, sql: str = "", rewritten: str = "",
                 request_id: str | None = None,
                 request_digest: str | None = None) -> Reservation:
         with self._lock:
             charges = self._charges.setdefault(member, [])
-            if not fits(compose([*charges, cost]), *self._limits):
-                spent = compose(charges)
-                raise exceeded(cost, Balance(*self._limits, spent.epsilon, spent.delta))
+            if not fits(compose([*charges, cost], self._limits[1]), *self._limits):
+                raise exceeded(cost, balance_of(*self._limits, charges))
             charges.append(cost)
             r = Reservation(uuid.uuid4().hex, member, cost.epsilon, cost.delta)
             self._open[r.id] = (r, cost)
@@ -274,17 +295,16 @@ class SqliteLedger:
 
     def _spent(self, con, member: str, period: str) -> list[Cost]:  # type: ignore[no-untyped-def]
         rows = con.execute(
-            "SELECT epsilon, delta, rho, zcdp_epsilon, zcdp_delta FROM charges WHERE "
+            f"SELECT {_COST_COLUMNS} FROM charges WHERE "
             "workspace = ? AND member = ? AND period = ? AND state != 'cancelled'",
             (self.workspace, member, period)).fetchall()
-        return [Cost(e, d, r, ze, zd) for e, d, r, ze, zd in rows]
+        return [Cost(*r) for r in rows]
 
     def _balance(self, con, member: str) -> tuple[Balance, str, list[Cost]]:  # type: ignore[no-untyped-def]
         eps, delta, refresh = self._limits(con, member)
         period, nxt = period_of(refresh, self.clock())
         charges = self._spent(con, member, period)
-        spent = compose(charges)
-        return Balance(eps, delta, spent.epsilon, spent.delta, nxt), period, charges
+        return balance_of(eps, delta, charges, nxt), period, charges
 
     def balance(self, member: str) -> Balance:
         return self._balance(self.state.con, member)[0]
@@ -313,7 +333,8 @@ class SqliteLedger:
         with self.state.transaction() as con:
             self._check_new_request(con, member, request_id, request_digest)
             b, period, charges = self._balance(con, member)
-            if not fits(compose([*charges, cost]), b.epsilon_total, b.delta_total):
+            if not fits(compose([*charges, cost], b.delta_total), b.epsilon_total,
+                        b.delta_total):
                 refusal = exceeded(cost, b)
                 self.state.append(con, "query.refused", workspace=self.workspace, member=member,
                                   sql=asked.text, sql_sha256=asked.sha256,
@@ -327,10 +348,12 @@ class SqliteLedger:
                                         rewritten_sql=cap_text(rewritten).text,
                                         epsilon=cost.epsilon,
                                         delta=cost.delta, rho=cost.rho)
-                con.execute("INSERT INTO charges VALUES (?,?,?,?,?,?,?,?,?,?,?,?,NULL)",
+                con.execute("INSERT INTO charges (id, workspace, member, period, epsilon, "
+                            "delta, rho, zcdp_epsilon, zcdp_delta, pure_epsilon, pure_rho, "
+                            "state, created, opened_seq) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                             (cid, self.workspace, member, period, cost.epsilon, cost.delta,
-                             cost.rho, cost.zcdp_epsilon, cost.zcdp_delta, "reserved",
-                             time.time(), seq))
+                             cost.rho, cost.zcdp_epsilon, cost.zcdp_delta, cost.pure_epsilon,
+                             cost.pure_rho, "reserved", time.time(), seq))
                 if request_id is not None:
                     con.execute("INSERT INTO requests (workspace, member, request_id, charge_id, "
                                 "request_digest) VALUES (?,?,?,?,?)",
@@ -436,11 +459,11 @@ class SqliteLedger:
     def _refundable(self, con, reservation: Reservation, period: str) -> bool:  # type: ignore[no-untyped-def]
         eps, delta, _ = self._limits(con, reservation.member)
         rows = con.execute(
-            "SELECT id, epsilon, delta, rho, zcdp_epsilon, zcdp_delta FROM charges WHERE "
+            f"SELECT id, {_COST_COLUMNS} FROM charges WHERE "
             "workspace = ? AND member = ? AND period = ? AND state != 'cancelled'",
             (self.workspace, reservation.member, period)).fetchall()
-        charges = [Cost(e, d, r, ze, zd) for _, e, d, r, ze, zd in rows]
-        rest = [Cost(e, d, r, ze, zd) for cid, e, d, r, ze, zd in rows if cid != reservation.id]
+        charges = [Cost(*r[1:]) for r in rows]
+        rest = [Cost(*r[1:]) for r in rows if r[0] != reservation.id]
         return refundable(rest, charges, eps, delta)
 
     def refused(self, member: str, sql: str, rule: str, message: str) -> None:

@@ -82,8 +82,14 @@ _WORKSPACE_COLUMNS = (
 _REQUEST_COLUMNS = (("request_digest", "TEXT"),)
 
 
+# Added to ``charges`` when pure-DP parts began to be accounted in zCDP (dp.compose); NULL
+# in older charges, whose pure parts sandbox.dp.Cost derives.
+_CHARGE_COLUMNS = (("pure_epsilon", "REAL"), ("pure_rho", "REAL"))
+
+
 def _migrate(con: sqlite3.Connection) -> None:
-    for table, columns in (("workspaces", _WORKSPACE_COLUMNS), ("requests", _REQUEST_COLUMNS)):
+    for table, columns in (("workspaces", _WORKSPACE_COLUMNS), ("requests", _REQUEST_COLUMNS),
+                           ("charges", _CHARGE_COLUMNS)):
         have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
         for name, decl in columns:
             if name not in have:

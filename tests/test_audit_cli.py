@@ -136,9 +136,10 @@ def _kinds(records: list[dict]) -> list[str]:
 def test_budget_show_grant_set(sandbox: Home) -> None:
     table = sandbox.ok("budget", "show").splitlines()
     assert table[0].split() == ["WORKSPACE", "MEMBER", "EPS_TOTAL", "EPS_SPENT", "EPS_REMAINING",
-                                "DELTA_TOTAL", "DELTA_SPENT", "DELTA_REMAINING", "REFRESHES_ON"]
-    assert re.match(rf"^{WS}\s+alice\s+10\s+1\s+9\s+1e-05\s+0\s+1e-05\s+\d{{4}}-\d\d-01$",
-                    table[1]), table
+                                "DELTA_TOTAL", "DELTA_SPENT", "DELTA_REMAINING", "REFRESHES_ON",
+                                "ACCOUNTING"]
+    assert re.match(rf"^{WS}\s+alice\s+10\s+1\s+9\s+1e-05\s+0\s+1e-05\s+\d{{4}}-\d\d-01"
+                    r"\s+basic$", table[1]), table
     assert re.match(rf"^{WS}\s+bob\s+10\s+0\.5\s+9\.5\s", table[2]), table
 
     out = sandbox.ok("budget", "grant", "--workspace", WS, "--member", "alice", "--epsilon", "5",

@@ -69,7 +69,13 @@ def test_schema_explain_sql_budget(env: Svc) -> None:
     assert sb.budget()["epsilon_spent"] == pytest.approx(before + 0.4)
     page = render(df)
     assert "±" in page and "noise" in page and "sandbox-budget" in page
-    assert "sandbox-budget" in sb.budget()._repr_html_()
+    budget = sb.budget()
+    assert "sandbox-budget" in budget._repr_html_()
+    # which accounting was charged, with both figures (dp.compose with the budget's delta)
+    assert budget["accounting"] in ("basic", "zcdp")
+    assert budget["epsilon_spent"] <= budget["epsilon_basic"] + 1e-12
+    assert f"epsilons ({budget['epsilon_basic']:.4g}) and zero-concentrated DP" in \
+        budget._repr_html_()
 
 
 def test_errors_map_to_exception_families(env: Svc, hub: Hub,  # noqa: F811

@@ -317,6 +317,42 @@ def test_compose_is_associative_on_eps_delta(a: dp.Cost, b: dp.Cost, c: dp.Cost)
     assert ab_c.delta == pytest.approx(a_bc.delta, rel=1e-12, abs=1e-18)
 
 
+def test_a_history_of_pure_charges_is_also_accounted_in_zcdp() -> None:
+    """ε-DP implies ε²/2-zCDP: many small Laplace charges convert, at the budget's delta,
+    to less than their sum; a few large ones stay with basic composition."""
+    many = [dp.Cost(0.1)] * 100
+    assert dp.compose(many).epsilon == pytest.approx(10.0)
+    z = dp.compose(many, 1e-5)
+    assert z.epsilon == pytest.approx(dp.rho_to_epsilon(100 * 0.1**2 / 2, 1e-5))
+    assert z.epsilon < 6 and z.delta == pytest.approx(1e-5)
+    few = [dp.Cost(1.0)] * 3
+    assert dp.compose(few, 1e-5) == dp.compose(few)  # basic is tighter: charged as it was
+    # a threshold's delta comes off the conversion's; its epsilon stays basic
+    mixed = dp.compose([*many, dp.Cost(0.2, 1e-6)], 1e-5)
+    assert mixed.epsilon == pytest.approx(0.2 + dp.rho_to_epsilon(0.5, 9e-6))
+    # a query of k Laplace parts at ε/k is k(ε/k)²/2 in zCDP, not ε²/2
+    parts = dp.compose([dp.Cost(0.05)] * 4)
+    assert parts.pure_epsilon == pytest.approx(0.2) and parts.pure_rho == pytest.approx(0.005)
+    # charges stored before these fields existed: pure when delta and rho are 0
+    assert dp.Cost(0.3, 0.0, 0.0, None, None, None, None).pure_rho == pytest.approx(0.045)
+    assert dp.Cost(0.3, 1e-6).pure_rho == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(eps=st.lists(st.floats(min_value=1e-3, max_value=2.0), min_size=1, max_size=40),
+       extra=st.floats(min_value=1e-3, max_value=2.0),
+       delta=st.floats(min_value=1e-9, max_value=1e-3))
+def test_zcdp_accounting_is_never_worse_and_monotone(eps: list[float], extra: float,
+                                                     delta: float) -> None:
+    costs = [dp.Cost(e) for e in eps]
+    basic, best = dp.compose(costs), dp.compose(costs, delta)
+    assert best.epsilon <= basic.epsilon
+    assert dp.compose([*costs, dp.Cost(extra)], delta).epsilon >= best.epsilon * (1 - 1e-9)
+    if best.epsilon < basic.epsilon:  # the zCDP route: exactly OpenDP's conversion of rhos
+        rho = math.fsum(e * e / 2 for e in eps)
+        assert best.epsilon == pytest.approx(dp.rho_to_epsilon(rho, delta), rel=1e-9)
+
+
 # --------------------------------------------------------------------------- thresholds
 
 

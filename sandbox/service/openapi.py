@@ -223,7 +223,9 @@ def document(prefix: str, version: str) -> dict[str, Any]:
             k: {"type": "number"} for k in ("epsilon_total", "epsilon_spent",
                                              "epsilon_remaining", "delta_total",
                                              "delta_spent", "delta_remaining")} | {
-            "refreshes_on": {"type": ["string", "null"]}}},
+            "refreshes_on": {"type": ["string", "null"]},
+            "accounting": {"enum": ["basic", "zcdp"]}, "epsilon_basic": {"type": "number"},
+            "epsilon_zcdp": {"type": ["number", "null"]}}},
         "WorkspaceSummary": {"type": "object", "properties": {
             "name": {"type": "string"}, "policy": {"type": "string"},
             "title": {"type": "string"}, "purpose": {"type": "string"}, "budget": _BUDGET}},
