@@ -584,6 +584,12 @@ def _print_release(release, fmt: str) -> None:  # type: ignore[no-untyped-def]
                    "free and never exportable")
     click.echo(f"noisy values (differential privacy), ± = 95% interval; {spent}; groups "
                f"suppressed {d['suppressed_groups']}; release {d['release_id']}")
+    bounding = d.get("bounding") or {}
+    if bounding.get("units_cut") is not None:
+        rows = ", ".join(f"{k} rows of {t}" for t, k in bounding["rows_per_unit"].items())
+        click.echo(f"bounding: each unit keeps at most {rows}; about "
+                   f"{max(bounding['units_cut'], 0):,} (± {bounding['units_cut_ci95']:,.0f}) "
+                   "units had matching rows left out, so counts and sums can be low")
 
 
 def _fmt_number(value: Any, digits: int) -> str:

@@ -369,7 +369,7 @@ def to_frame(release: dict[str, Any]) -> pd.DataFrame:
     df.attrs["ci95"] = {c: [row[i] for row in release["ci95"]] for i, c in enumerate(columns)}
     df.attrs["release"] = {k: release.get(k) for k in (
         "release_id", "policy", "epsilon", "delta", "mechanisms", "suppressed_groups",
-        "budget", "replayed", "dummy")}
+        "budget", "replayed", "dummy", "bounding")}
     df.attrs["release"]["dummy"] = bool(release.get("dummy"))
     df.attrs["noisy"] = True
     df.attrs["dummy"] = bool(release.get("dummy"))
@@ -472,6 +472,12 @@ def render(df: pd.DataFrame) -> str:
         body.append("<tr>" + "".join(cells) + "</tr>")
     suppressed = rel.get("suppressed_groups") or 0
     extra = f" {suppressed} group(s) were suppressed." if suppressed else ""
+    cut = (rel.get("bounding") or {}).get("units_cut")
+    if cut is not None:
+        rows = ", ".join(f"{k} rows of {t}" for t, k in rel["bounding"]["rows_per_unit"].items())
+        extra += (f" Each unit keeps at most {rows}: about {max(cut, 0):,} units (± "
+                  f"{rel['bounding']['units_cut_ci95']:,.0f}) had matching rows left out, so "
+                  "counts and sums can be low.")
     replay = " (stored answer of an earlier identical request; not charged again)" \
         if rel.get("replayed") else ""
     budget = _budget_bar(rel["budget"]) if rel.get("budget") else ""

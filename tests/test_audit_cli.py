@@ -130,6 +130,20 @@ def _kinds(records: list[dict]) -> list[str]:
     return [r["kind"] for r in records]
 
 
+def test_query_output_says_what_the_row_bound_cut(sandbox: Home) -> None:
+    out = sandbox.ok("query", "--policy", POLICY, "--member", "alice", "--epsilon", "1",
+                     "SELECT status, count(*) FROM loans GROUP BY status")
+    line = next(ln for ln in out.splitlines() if ln.startswith("bounding:"))
+    assert re.fullmatch(r"bounding: each unit keeps at most 10 rows of loans; about [\d,]+ "
+                        r"\(± \d+\) units had matching rows left out, so counts and sums "
+                        r"can be low", line), line
+    data = json.loads(sandbox.ok("query", "--policy", POLICY, "--member", "alice", "--format",
+                                 "json", "SELECT count(*) FROM persons"))
+    assert data["bounding"]["units_cut"] is None  # one row per person: nothing to cut
+    assert "bounding:" not in sandbox.ok("query", "--policy", POLICY, "--member", "alice",
+                                         "SELECT count(*) AS n FROM persons")
+
+
 # -- budgets ------------------------------------------------------------------------------
 
 

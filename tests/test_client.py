@@ -69,6 +69,8 @@ def test_schema_explain_sql_budget(env: Svc) -> None:
     assert sb.budget()["epsilon_spent"] == pytest.approx(before + 0.4)
     page = render(df)
     assert "±" in page and "noise" in page and "sandbox-budget" in page
+    assert rel["bounding"]["rows_per_unit"] == {"loans": 10}  # what the row bound cut
+    assert "had matching rows left out" in page
     budget = sb.budget()
     assert "sandbox-budget" in budget._repr_html_()
     # which accounting was charged, with both figures (dp.compose with the budget's delta)
