@@ -521,6 +521,7 @@ class Stats:
     """Accumulates one value column of one shape over the releases."""
 
     rel: list[float] = field(default_factory=list)
+    rel_noise: list[float] = field(default_factory=list)  # against the gate's noise-free value
     groups: int = 0
     dropped: int = 0
     ci_cells: int = 0
@@ -547,14 +548,19 @@ class Stats:
                 if bounded is not None and key in bounded and bounded[key][col] is not None:
                     self.noise_cells += 1
                     self.noise_covered += abs(value - bounded[key][col]) <= ci
+            free = None if bounded is None or key not in bounded else bounded[key][col]
+            if free and math.isfinite(free):
+                self.rel_noise.append(abs(value - free) / abs(free))
 
-    def row(self, keyed: bool) -> list[str]:
+    def row(self, keyed: bool, noise: bool = False) -> list[str]:
         def pct(a: int, b: int) -> str:
             return f"{100 * a / b:.1f}%" if b else "-"
-        rel = f"{100 * statistics.median(self.rel):.3g}%" if self.rel else "-"
+
+        def med(values: list[float]) -> str:
+            return f"{100 * statistics.median(values):.3g}%" if values else "-"
         dropped = pct(self.dropped, self.groups) if keyed else "-"
-        return [rel, dropped, pct(self.covered, self.ci_cells),
-                pct(self.noise_covered, self.noise_cells)]
+        return [med(self.rel), *([med(self.rel_noise)] if noise else []), dropped,
+                pct(self.covered, self.ci_cells), pct(self.noise_covered, self.noise_cells)]
 
 
 def gate_cells(rows: list[list[Any]], cis: list[list[float | None]], keyed: bool) -> Cells:
@@ -679,9 +685,9 @@ def main() -> None:
               f"and side; engine loaded in {load.seconds:.1f} s")
 
         ledger = InMemoryLedger(1e12, 0.99)
-        header = ["query", "gate rel err", "gate dropped", "gate cov true", "gate cov noise",
-                  "OpenDP rel err", "OpenDP dropped", "OpenDP cov true", "ms gate",
-                  "ms OpenDP"]
+        header = ["query", "gate rel err", "gate noise err", "gate dropped", "gate cov true",
+                  "gate cov noise", "OpenDP rel err", "OpenDP dropped", "OpenDP cov true",
+                  "ms gate", "ms OpenDP"]
         rows: list[list[str]] = []
         notes: list[str] = []
         for shape in shapes:
@@ -709,7 +715,7 @@ def main() -> None:
                     g_stats[c].add(true, got, c, bounded)
                     p_stats[c].add(true, {norm_key(k): v for k, v in mine.items()}, c)
             for c, label in enumerate(shape.columns):
-                g, p = g_stats[c].row(shape.keyed), p_stats[c].row(shape.keyed)
+                g, p = g_stats[c].row(shape.keyed, noise=True), p_stats[c].row(shape.keyed)
                 rows.append([f"{shape.name} {label}", *g, *p[:3],
                              f"{statistics.median(g_ms):.1f}", f"{statistics.median(p_ms):.1f}"])
             note = (f"{shape.name}: {shape.gate_sql}\n"
@@ -723,7 +729,9 @@ def main() -> None:
         print(table(header, rows))
         print()
         print("rel err: median |noisy - true| / |true| over released cells (dropped groups "
-              "are not in it); dropped: true groups not released; cov: 95% intervals holding "
+              "are not in it); noise err: the same against the gate's own value without "
+              "noise (bounding included); dropped: true groups not released; cov: 95% "
+              "intervals holding "
               "the true value, or the gate's value without noise; '-': no interval "
               "(quantiles, STDDEV) or no groups")
         print()

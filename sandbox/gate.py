@@ -60,11 +60,7 @@ class CheckedQuery:
     outputs: list[Output]
     plan: PrivacyPlan
     executed_tree: exp.Expression | None = None
-
-    @property
-    def cut_sql(self) -> str | None:
-        """The count of units a row bound cut (released noisily beside the answer)."""
-        return None if self.ctx.cut is None else self.ctx.cut.sql("duckdb")
+    cut_sql: str | None = None  # the count of units a row bound cut (RewriteContext.cut)
 
     def explain(self) -> dict[str, Any]:
         """What would happen, without touching data or spending budget."""
@@ -247,7 +243,8 @@ class Gate:
             if o.placeholder is not None:
                 post_final = post_final.select(exp.column(f"__ci{i}"), copy=False)
         return CheckedQuery(sql, eps, analysis, ctx, executed.sql("duckdb"),
-                            post_final.sql("duckdb"), outputs, privacy, executed)
+                            post_final.sql("duckdb"), outputs, privacy, executed,
+                            None if ctx.cut is None else ctx.cut.sql("duckdb"))
 
     def rewritten(self, sql: str, until: str) -> str:
         """The SQL after the rewrite passes up to ``until`` (for golden tests and review)."""

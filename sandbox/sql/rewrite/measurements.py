@@ -272,21 +272,24 @@ def cut_units(rel: exp.Select) -> exp.Select | None:
     bound of 1 on a table of one row per unit cuts nothing and is not reported.
     """
     rel = rel.copy()
-    over: list[exp.Expression] = []
-    for scan in list(rel.find_all(exp.Select)):
-        rank = scan.meta.get("sandbox_rank") if scan._meta else None
-        if rank is None or rank[1] <= 1:
-            continue
-        alias = scan.parent.alias  # the scan's subquery, named as the table in the query
-        scan.set("where", None)
-        scan.select(RANK, copy=False)
-        scan.meta.pop("sandbox_rank")
-        over.append(exp.GT(this=exp.column(RANK, table=alias),
-                           expression=exp.Literal.number(rank[1])))
-    if not over:
+    scans = [s for s in rel.find_all(exp.Select)
+             if s._meta and s.meta.get("sandbox_rank", (None, 1))[1] > 1]
+    if not scans:
         return None
-    rel = rel.select(exp.alias_(exp.or_(*over), "__over"), copy=False)
-    count = exp.Filter(this=exp.Count(this=exp.Distinct(expressions=[_col("__unit")])),
-                       expression=exp.Where(this=_col("__over")))
+    count: exp.Expression = exp.Count(this=exp.Distinct(expressions=[_col("__unit")]))
+    if len(scans) == 1:  # only the cut rows: the engine skips the others at the scan
+        scans[0].set("where", exp.Where(this=exp.GT(this=exp.column(RANK),
+                                                    expression=exp.Literal.number(
+                                                        scans[0].meta.pop("sandbox_rank")[1]))))
+    else:  # a row is cut when any of its tables' rows is
+        over = []
+        for scan in scans:
+            k = scan.meta.pop("sandbox_rank")[1]
+            scan.set("where", None)
+            scan.select(RANK, copy=False)
+            over.append(exp.GT(this=exp.column(RANK, table=scan.parent.alias),
+                               expression=exp.Literal.number(k)))
+        rel = rel.select(exp.alias_(exp.or_(*over), "__over"), copy=False)
+        count = exp.Filter(this=count, expression=exp.Where(this=_col("__over")))
     return exp.select(exp.alias_(count, CUT)).from_(
         exp.Subquery(this=rel, alias=exp.TableAlias(this=exp.to_identifier(REL))), copy=False)
