@@ -27,6 +27,7 @@ from .ledger import Ledger, replay_key
 from .policy import Policy
 from .sql import allowlist, shortcuts
 from .sql.analyse import Analysis, analyse
+from .sql.normalise import normalise
 from .sql.parse import parse
 from .sql.plan import PrivacyPlan, ci_halfwidth, halfwidths, plan, quantile_accuracy, release
 from .sql.postprocess import ROW, Output, build, finish
@@ -92,6 +93,9 @@ class Release:
     replayed: bool = False  # the stored answer of an earlier identical question, free
     dummy: bool = False  # answered from dummy data (sandbox.dummy): free, never exported
     bounding: dict[str, Any] = field(default_factory=dict)  # bounding_facts + units cut
+    # 95% half-width of suppressed_groups (a noisy group count); None: nothing could be
+    # suppressed (public keys or no grouping), so the count is exact
+    suppressed_groups_ci95: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,7 +103,8 @@ class Release:
             "rows": _json_rows(self.rows),
             "ci95": self.ci95, "mechanisms": self.mechanisms,
             "epsilon": self.epsilon, "delta": self.delta,
-            "suppressed_groups": self.suppressed_groups, "noisy": True,
+            "suppressed_groups": self.suppressed_groups,
+            "suppressed_groups_ci95": self.suppressed_groups_ci95, "noisy": True,
             "replayed": self.replayed, "dummy": self.dummy, "bounding": self.bounding,
         }
 
@@ -110,7 +115,16 @@ class Release:
                    [list(r) for r in stored["rows"]], stored["ci95"], stored["mechanisms"],
                    stored["epsilon"], stored["delta"], stored["suppressed_groups"],
                    q.executed_sql, q.plan.to_dict(), replayed=True,
-                   bounding=stored.get("bounding") or bounding_facts(q))
+                   bounding=stored.get("bounding") or bounding_facts(q),
+                   suppressed_groups_ci95=stored.get("suppressed_groups_ci95",
+                                                     cls.suppressed_ci95(q)))
+
+    @staticmethod
+    def suppressed_ci95(q: CheckedQuery) -> float | None:
+        """95% half-width of the suppressed-group count: it comes from the plan's noisy
+        count of all groups; None when keys are public (nothing is suppressed, exactly)."""
+        mech = q.plan.group_count
+        return None if mech is None else mech.ci_halfwidth(0.95)
 
 
 def _json_rows(rows: list[list[Any]]) -> list[list[Any]]:
@@ -224,6 +238,7 @@ class Gate:
         """parse -> allowlist -> resolve -> analyse; also the output column names."""
         tree = parse(sql)
         names = output_names(tree)
+        tree = normalise(tree, self.policy)
         allowlist.check(tree, set(self.policy.tables))
         flat, sources = resolve(tree, self.policy)
         if len(flat.expressions) != len(names):  # pragma: no cover - qualify keeps the list
@@ -375,7 +390,8 @@ class Gate:
         bounding["units_cut"] = noisy.units_cut
         return Release(uuid.uuid4().hex, self.policy.id, names, rows, cis, mechanisms,
                        q.plan.cost.epsilon, q.plan.cost.delta, noisy.suppressed,
-                       q.executed_sql, q.plan.to_dict(), bounding=bounding)
+                       q.executed_sql, q.plan.to_dict(), bounding=bounding,
+                       suppressed_groups_ci95=Release.suppressed_ci95(q))
 
     @staticmethod
     def _cis(q: CheckedQuery, o: Output, values: dict[str, list[Any]]) -> list[float | None]:

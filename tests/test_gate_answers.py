@@ -54,6 +54,17 @@ ANALYST_QUERIES: list[str] = [
     "GROUP BY d.name_zh",
     "SELECT p.district, sum(l.amount) / count(DISTINCT p.person_id) AS per_person FROM " + J
     + " GROUP BY p.district",
+    # equivalent spellings (sandbox/sql/normalise.py)
+    "SELECT p.district, count(*) FROM loans l JOIN persons p USING (person_id) "
+    "GROUP BY p.district",
+    "SELECT district, count(DISTINCT person_id) AS people FROM loans JOIN persons "
+    "USING (person_id) GROUP BY district",
+    "WITH by_region AS (SELECT district, COUNT(*) AS n FROM persons GROUP BY district) "
+    "SELECT district, n FROM by_region ORDER BY n DESC",
+    "SELECT district AS d, n * 2 AS twice FROM (SELECT district, COUNT(*) AS n FROM persons "
+    "GROUP BY district) t WHERE n > 300 ORDER BY twice LIMIT 3",
+    "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY income) AS med, "
+    "percentile_disc(0.9) WITHIN GROUP (ORDER BY credit_score DESC) AS p10 FROM persons",
     "WITH adults AS (SELECT district, income FROM persons WHERE age >= 25) "
     "SELECT district, avg(income) FROM adults GROUP BY district",
     "WITH big AS (SELECT person_id, amount, status FROM loans WHERE amount > 100000) "

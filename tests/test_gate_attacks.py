@@ -222,7 +222,7 @@ ATTACKS: list[tuple[str, str]] = [
     ("SELECT quantile_cont(income, 1.5) FROM persons", "gate.quantile_fraction"),
     ("SELECT quantile_cont(income, [0.1, 0.9]) FROM persons", "gate.quantile_fraction"),
     ("SELECT quantile_cont(income, 0) FROM persons", "gate.quantile_fraction"),
-    ("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY income) FROM persons",
+    ("SELECT percentile_cont(age / 100) WITHIN GROUP (ORDER BY income DESC) FROM persons",
      "gate.construct_not_allowed"),
     # -- joins ------------------------------------------------------------------------------------
     ("SELECT count(*) FROM persons, loans", "gate.join"),
@@ -232,7 +232,8 @@ ATTACKS: list[tuple[str, str]] = [
      "gate.join"),
     ("SELECT count(*) FROM persons p JOIN loans l ON p.person_id > l.person_id", "gate.join"),
     ("SELECT count(*) FROM persons p JOIN loans l ON true", "gate.join"),
-    ("SELECT count(*) FROM persons p JOIN loans l USING (person_id)", "gate.join"),
+    ("SELECT count(*) FROM persons a JOIN persons b USING (district)", "gate.join"),
+    ("SELECT count(*) FROM loans l JOIN persons p USING (nonexistent)", "gate.join"),
     ("SELECT count(*) FROM persons p NATURAL JOIN loans l", "gate.join"),
     ("SELECT count(*) FROM persons p FULL JOIN loans l ON p.person_id = l.person_id",
      "gate.join"),
@@ -268,6 +269,13 @@ ATTACKS: list[tuple[str, str]] = [
     ("WITH s AS (SELECT max(income) m FROM persons) SELECT count(*) FROM s",
      "gate.aggregate_not_allowed"),
     ("WITH s AS (SELECT count(*) c FROM persons) SELECT sum(c) FROM s", "gate.subquery"),
+    # an aggregating source is folded only when the outer query renames, filters, orders
+    ("SELECT n FROM (SELECT count(*) AS n FROM persons GROUP BY district) t WHERE income > 0",
+     "gate.row_level_output"),
+    ("SELECT t.n FROM (SELECT district, count(*) AS n FROM persons GROUP BY district) t "
+     "JOIN persons p ON p.district = t.district", "gate.subquery"),
+    ("WITH s AS (SELECT district, count(*) AS n FROM persons GROUP BY district) "
+     "SELECT a.n FROM s a JOIN s b ON a.district = b.district", "gate.subquery"),
     # -- functions that can fail on a value ---------------------------------------------------
     ("SELECT count(*) FROM persons WHERE CAST(district AS INTEGER) = 1", "gate.strict_cast"),
     ("SELECT count(*) FROM persons WHERE district::INTEGER = 1", "gate.strict_cast"),
