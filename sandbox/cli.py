@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import getpass
 import json
+import math
 import os
 import sys
 import time
 import traceback
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -66,12 +68,7 @@ class SandboxGroup(click.Group):
         try:
             return super().invoke(ctx)
         except SandboxError as exc:
-            click.secho(f"error [{exc.code}]: {exc.message}", fg="red", err=True)
-            if isinstance(exc, SpecError) and len(exc.problems) > 1:
-                for p in exc.problems:
-                    click.echo(f"  - {p}", err=True)
-            if exc.hint:
-                click.echo(f"hint: {exc.hint}", err=True)
+            _echo_error(exc)
             ctx.exit(EXIT_ERROR)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
@@ -110,17 +107,70 @@ def main(ctx: click.Context, home: Path | None, keystore: Path | None) -> None:
         ctx.exit(EXIT_ERROR)
 
 
+def _echo_error(exc: SandboxError, sql: str | None = None) -> None:
+    """An error as ``error [code]: message``, problems, and ``hint:`` last. A refusal that
+    the gate located also names its line and column and, given the SQL, shows that line
+    with a caret under the refused part."""
+    where = getattr(exc, "position", None)
+    at = f" (line {where[0]}, column {where[1]})" if where else ""
+    click.secho(f"error [{exc.code}]: {exc.message}{at}", fg="red", err=True)
+    if isinstance(exc, SpecError) and len(exc.problems) > 1:
+        for p in exc.problems:
+            click.echo(f"  - {p}", err=True)
+    if where and sql is not None:
+        for line in _caret(sql, *where):
+            click.echo(f"  {line}", err=True)
+    if exc.hint:
+        click.echo(f"hint: {exc.hint}", err=True)
+
+
+CARET_WINDOW = 100  # characters of the refused line shown around the caret
+
+
+def _caret(sql: str, line: int, column: int) -> list[str]:
+    """The SQL line ``line`` (1-based) and a caret under character ``column``, in display
+    columns (CJK takes two) so the caret lands under the right character; long lines are
+    cut around it. Control characters are shown as spaces, never sent to the terminal."""
+    lines = sql.split("\n")
+    if not 1 <= line <= len(lines):
+        return []
+    text = "".join(ch if ch.isprintable() else " " for ch in lines[line - 1].rstrip("\r"))
+    col = min(max(column, 1), len(text) + 1) - 1
+    start = max(0, min(col - CARET_WINDOW // 2, len(text) - CARET_WINDOW))
+    shown = text[start:start + CARET_WINDOW]
+    before = "…" if start else ""
+    after = "…" if start + CARET_WINDOW < len(text) else ""
+    return [before + shown + after, " " * (_width(before) + _width(text[start:col])) + "^"]
+
+
+def _width(text: str) -> int:
+    """Terminal columns of ``text``: East Asian wide and full-width characters (CJK) take
+    two, combining marks none; counting characters would misalign Chinese columns."""
+    return sum(0 if unicodedata.combining(ch) else
+               2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * max(width - _width(text), 0)
+
+
+def _cell(value: Any) -> str:
+    """A table cell: control characters (from data or user input) become spaces."""
+    return "".join(ch if ch.isprintable() else " " for ch in str(value))
+
+
 def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str],
                  upper: bool = True) -> None:
+    """Aligned columns, measured in display width so CJK text lines up."""
     if not rows:
         click.echo("(none)")
         return
-    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
-    click.echo("  ".join((c.upper() if upper else c).ljust(w)
-                         for c, w in zip(columns, widths, strict=True)))
-    for r in rows:
-        click.echo("  ".join(str(r.get(c, "")).ljust(w)
-                             for c, w in zip(columns, widths, strict=True)).rstrip())
+    cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]
+    heads = [_cell(c.upper() if upper else c) for c in columns]
+    widths = [max(_width(h), *(_width(row[i]) for row in cells))
+              for i, h in enumerate(heads)]
+    for row in [heads, *cells]:
+        click.echo("  ".join(_pad(t, w) for t, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _emit(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str) -> None:
@@ -448,14 +498,62 @@ epsilon_option = click.option("--epsilon", type=float, default=None,
 @main.command("explain")
 @policy_option
 @epsilon_option
-@click.argument("sql")
+@click.option("-f", "--file", "sql_file", default=None,
+              type=click.Path(dir_okay=False, allow_dash=True),
+              help="Read the query from FILE ('-': standard input) instead of the argument.")
+@click.argument("sql", required=False)
 @pass_ctx
-def explain_cmd(c: Context, policy_path: Path, epsilon: float | None, sql: str) -> None:
+def explain_cmd(c: Context, policy_path: Path, epsilon: float | None, sql_file: str | None,
+                sql: str | None) -> None:
     """Show how the gate would answer SQL: rewrite, plan, cost, accuracy. Spends nothing."""
     from .gate import Gate
+    from .sql.refusal import Refusal
 
-    result = Gate(_load_policy(c, policy_path)).explain(sql, epsilon)
+    if sql_file is not None and sql is not None:
+        raise InputError("give the SQL either as an argument or with --file, not both",
+                         "sandbox explain --policy P.yaml -f query.sql")
+    if sql_file is None and sql is None:
+        raise InputError("no SQL to explain", 'sandbox explain --policy P.yaml "SELECT ..." '
+                         "(or -f query.sql)")
+    text = _read_sql_file(sql_file) if sql_file is not None else sql
+    assert text is not None
+    try:
+        result = Gate(_load_policy(c, policy_path)).explain(text, epsilon)
+    except Refusal as exc:
+        _echo_error(exc, text)
+        raise click.exceptions.Exit(EXIT_ERROR) from None
     click.echo(json.dumps(result, ensure_ascii=False, indent=2, default=str))
+
+
+SQL_FILE_MAX = 1_000_000  # bytes; the gate itself refuses queries over 20,000 characters
+
+
+def _read_sql_file(name: str) -> str:
+    """One query from a file or, for '-', standard input (UTF-8, a BOM is allowed)."""
+    try:
+        if name == "-":
+            data = sys.stdin.buffer.read(SQL_FILE_MAX + 1)
+        else:
+            with open(name, "rb") as fh:
+                data = fh.read(SQL_FILE_MAX + 1)
+    except FileNotFoundError:
+        raise InputError(f"query file {name} not found",
+                         "give the path of a file holding one SELECT query") from None
+    except OSError as exc:
+        raise InputError(f"cannot read query file {name}: {exc.strerror or exc}",
+                         "give the path of a readable file holding one SELECT query") from None
+    where = "standard input" if name == "-" else f"query file {name}"
+    if len(data) > SQL_FILE_MAX:
+        raise InputError(f"{where} is larger than {SQL_FILE_MAX:,} bytes",
+                         "a file holds one query; for many queries use --batch")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{where} is not UTF-8 text (byte {exc.start + 1})",
+                         "save the query as UTF-8") from None
+    if not text.strip():
+        raise InputError(f"{where} is empty", "write one SELECT query in it")
+    return text
 
 
 @main.command("query")
@@ -465,22 +563,32 @@ def explain_cmd(c: Context, policy_path: Path, epsilon: float | None, sql: str) 
               help="Workspace whose ledger is charged (default: the policy's id).")
 @epsilon_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
-              show_default=True)
+              show_default=True,
+              help="table: values ± 95% intervals and what the release is; json: the release "
+                   "as the service answers it; csv: one row per group with <column>_ci95 "
+                   "columns and the release's release_id, epsilon, delta, suppressed_groups "
+                   "and suppressed_groups_ci95 on every row.")
+@click.option("-f", "--file", "sql_file", default=None,
+              type=click.Path(dir_okay=False, allow_dash=True),
+              help="Read one query from FILE ('-': standard input) instead of the argument.")
 @click.option("--batch", is_flag=True,
-              help='Read one JSON object per line from standard input ({"sql": ..., '
-                   '"epsilon": ...}) and write one JSON result per line.')
+              help="Read queries from standard input, one per line: plain SQL, or JSON "
+                   '{"id": ..., "sql": ..., "epsilon": ...} (id and epsilon optional). '
+                   "Write one JSON line per query, each with input_line (and id when "
+                   "given). Blank lines and lines starting with -- are skipped.")
 @click.option("--dummy", is_flag=True,
               help="Answer from the policy's dummy data: no vault data read, no budget spent.")
 @click.argument("sql", required=False)
 @pass_ctx
 def query_cmd(c: Context, policy_path: Path, member: str, workspace: str | None,
-              epsilon: float | None, fmt: str, batch: bool, dummy: bool,
-              sql: str | None) -> None:
+              epsilon: float | None, fmt: str, sql_file: str | None, batch: bool,
+              dummy: bool, sql: str | None) -> None:
     """Answer SQL with differentially private noise, in-process over the vault (operators).
 
-    Every answer and refusal is charged to the durable ledger and written to the audit log.
-    With --dummy the same gate answers from dummy data instead: free, recorded as
-    query.dummy.
+    The query is the SQL argument, a file (-f FILE, or -f - for standard input), or, with
+    --batch, one query per line of standard input. Every answer and refusal is charged to
+    the durable ledger and written to the audit log. With --dummy the same gate answers
+    from dummy data instead: free, recorded as query.dummy.
     """
     from functools import partial
 
@@ -488,9 +596,25 @@ def query_cmd(c: Context, policy_path: Path, member: str, workspace: str | None,
     from .engine import Engine
     from .gate import Gate
     from .ledger import SqliteLedger
+    from .sql.refusal import Refusal
 
-    if batch == (sql is not None):
-        raise SandboxError("give either SQL or --batch", "see `sandbox query --help`")
+    if batch and (sql is not None or sql_file is not None):
+        raise InputError("--batch reads its queries from standard input; give no SQL "
+                         "argument or --file with it",
+                         "sandbox query --batch --policy P.yaml --member M < queries.jsonl")
+    if batch and fmt == "csv":
+        raise InputError("--batch writes one JSON line per query; --format csv does not "
+                         "apply", "drop --format, or run each query on its own with "
+                         "--format csv")
+    if sql is not None and sql_file is not None:
+        raise InputError("give the SQL either as an argument or with --file, not both",
+                         "sandbox query ... -f query.sql, or sandbox query ... \"SELECT ...\"")
+    if not batch and sql is None and sql_file is None:
+        raise InputError("no SQL to answer", 'give it as an argument ("SELECT ..."), in a '
+                         "file (-f query.sql, or -f - for standard input), or many with "
+                         "--batch")
+    if sql_file is not None:
+        sql = _read_sql_file(sql_file)
     pol = _load_policy(c, policy_path)
     gate = Gate(pol)
     state = c.state()
@@ -498,19 +622,22 @@ def query_cmd(c: Context, policy_path: Path, member: str, workspace: str | None,
     ledger: Any = SqliteLedger.open(state, workspace or pol.id, pol.id, pol.budget)
     if dummy:
         ledger = dummymod.DummyLedger(ledger.workspace, state, ledger)
+
+    def fail(exc: SandboxError) -> NoReturn:
+        if fmt == "json":
+            click.echo(json.dumps({"error": exc.to_dict()}, ensure_ascii=False))
+        else:
+            _echo_error(exc, sql)
+        raise click.exceptions.Exit(EXIT_ERROR)
+
     if not batch:
         assert sql is not None
         try:
             gate.check(sql, epsilon)  # refuse before loading any data
         except SandboxError as exc:
-            from .sql.refusal import Refusal
-
             if isinstance(exc, Refusal):
                 ledger.refused(member, sql, exc.code, exc.message)
-            if fmt == "json":
-                click.echo(json.dumps({"error": exc.to_dict()}, ensure_ascii=False))
-                click.get_current_context().exit(EXIT_ERROR)
-            raise
+            fail(exc)
     if dummy:
         engine = Engine.from_arrow([(t.engine_table, t.table, t.privacy_unit)
                                     for t in dummymod.dummy_tables(pol)])
@@ -520,41 +647,93 @@ def query_cmd(c: Context, policy_path: Path, member: str, workspace: str | None,
                                      [(t.dataset, t.version) for t in pol.tables.values()])
         answer = gate.answer
     if batch:
-        for line_no, line in enumerate(sys.stdin, start=1):
-            if not line.strip():
-                continue
-            click.echo(json.dumps(_batch_one(answer, engine, ledger, member, line, line_no),
-                                  ensure_ascii=False, default=str))
+        for line_no, raw in enumerate(sys.stdin.buffer, start=1):
+            out = _batch_one(answer, engine, ledger, member, raw, line_no, epsilon)
+            if out is not None:
+                click.echo(json.dumps(out, ensure_ascii=False, default=str))
         return
     assert sql is not None
     try:
         release = answer(sql, member=member, ledger=ledger, executor=engine, epsilon=epsilon)
     except SandboxError as exc:
-        if fmt == "json":
-            click.echo(json.dumps({"error": exc.to_dict()}, ensure_ascii=False))
-            click.get_current_context().exit(EXIT_ERROR)
-        raise
+        fail(exc)
     _print_release(release, fmt)
 
 
-def _batch_one(answer, engine, ledger, member: str, line: str,  # type: ignore[no-untyped-def]
-               line_no: int) -> dict[str, Any]:
+BATCH_FIELDS = ("id", "sql", "epsilon")
+BATCH_ID_MAX = 200
+
+
+def _batch_request(raw: bytes, line_no: int) -> dict[str, Any] | None:
+    """One batch line as {"sql", "epsilon"?, "id"?}; None for a blank or comment line.
+    Raises InputError naming the line when it is neither SQL nor a valid JSON request."""
     try:
-        req = json.loads(line)
-        if not isinstance(req, dict) or not isinstance(req.get("sql"), str):
-            raise ValueError
-        eps = req.get("epsilon")
-        if eps is not None and (isinstance(eps, bool) or not isinstance(eps, int | float)):
-            raise ValueError
+        text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8").strip()
+    except UnicodeDecodeError:
+        raise InputError(f"line {line_no} is not UTF-8 text", "save the input as UTF-8") \
+            from None
+    if not text or text.startswith("--"):
+        return None
+    if not text.startswith("{"):
+        return {"sql": text}
+    shape = 'write plain SQL, or {"id": "q1", "sql": "SELECT ...", "epsilon": 0.5}'
+    try:
+        req = json.loads(text)
     except ValueError:
-        return {"error": {"code": "input.invalid", "line": line_no,
-                          "message": f"line {line_no} is not a JSON object with a string 'sql'",
-                          "hint": 'write {"sql": "SELECT ...", "epsilon": 0.5}'}}
+        raise InputError(f"line {line_no} starts with '{{' but is not valid JSON", shape) \
+            from None
+    if not isinstance(req, dict):  # pragma: no cover - '{' starts an object or nothing
+        raise InputError(f"line {line_no} is not a JSON object", shape)
+    unknown = sorted(set(req) - set(BATCH_FIELDS))
+    if unknown:
+        raise InputError(f"line {line_no} has unknown field(s) {', '.join(map(repr, unknown))}",
+                         f"the fields are {', '.join(BATCH_FIELDS)}; {shape}")
+    if not isinstance(req.get("sql"), str):
+        raise InputError(f"line {line_no} has no string 'sql'", shape)
+    eps = req.get("epsilon")
+    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, int | float)):
+        raise InputError(f"line {line_no}: 'epsilon' must be a number", shape)
+    rid = req.get("id")
+    if rid is not None and (isinstance(rid, bool) or not isinstance(rid, str | int) or
+                            (isinstance(rid, str) and not 1 <= len(rid) <= BATCH_ID_MAX)):
+        raise InputError(f"line {line_no}: 'id' must be a string of 1 to {BATCH_ID_MAX} "
+                         "characters or an integer", shape)
+    return req
+
+
+def _batch_one(answer, engine, ledger, member: str,  # type: ignore[no-untyped-def]
+               raw: bytes, line_no: int, epsilon: float | None) -> dict[str, Any] | None:
+    """The JSON line answering one batch line: ``input_line``, the caller's ``id`` when
+    given, then the release or ``error``; None for a blank or comment line. A line's own
+    epsilon wins over --epsilon, which wins over the policy's default."""
+    head: dict[str, Any] = {"input_line": line_no}
     try:
-        return answer(req["sql"], member=member, ledger=ledger, executor=engine,
-                      epsilon=eps).to_dict()
+        req = _batch_request(raw, line_no)
+    except InputError as exc:
+        return {**head, "error": exc.to_dict()}
+    if req is None:
+        return None
+    if req.get("id") is not None:
+        head["id"] = req["id"]
+    eps = req["epsilon"] if req.get("epsilon") is not None else epsilon
+    try:
+        return {**head, **answer(req["sql"], member=member, ledger=ledger, executor=engine,
+                                 epsilon=eps).to_dict()}
     except SandboxError as exc:
-        return {"error": exc.to_dict()}
+        return {**head, "error": exc.to_dict()}
+
+
+def _key_columns(d: dict[str, Any]) -> set[str]:
+    """The release's grouping keys: exact values, released without a mechanism or an
+    interval (every noisy or derived column names its mechanism)."""
+    mechanisms = d.get("mechanisms") or {}
+    return {c for i, c in enumerate(d["columns"])
+            if c not in mechanisms and all(ci[i] is None for ci in d["ci95"])}
+
+
+def _suppressed_text(d: dict[str, Any]) -> str:
+    ci = d.get("suppressed_groups_ci95")
+    return f"{d['suppressed_groups']:,}" + ("" if ci is None else f" ± {ci:,.0f}")
 
 
 def _print_release(release, fmt: str) -> None:  # type: ignore[no-untyped-def]
@@ -563,16 +742,13 @@ def _print_release(release, fmt: str) -> None:  # type: ignore[no-untyped-def]
         click.echo(json.dumps(d, ensure_ascii=False, default=str))
         return
     if fmt == "csv":
-        import csv
-
-        w = csv.writer(sys.stdout)
-        w.writerow(d["columns"] + [f"{c}_ci95" for c in d["columns"]])
-        for row, ci in zip(d["rows"], d["ci95"], strict=True):
-            w.writerow(row + ci)
+        _write_csv(d)
         return
+    keys = _key_columns(d)
     rows = []
     for row, ci in zip(d["rows"], d["ci95"], strict=True):
-        rows.append({c: _fmt_cell(v, h) for c, v, h in zip(d["columns"], row, ci, strict=True)})
+        rows.append({c: _fmt_key(v) if c in keys else _fmt_cell(v, h)
+                     for c, v, h in zip(d["columns"], row, ci, strict=True)})
     _print_table(rows, d["columns"], upper=False)
     spent = (f"the stored answer of the same question (epsilon {d['epsilon']:.4g} spent then, "
              "nothing now)" if d.get("replayed") else
@@ -583,7 +759,7 @@ def _print_release(release, fmt: str) -> None:  # type: ignore[no-untyped-def]
         click.echo("DUMMY DATA: made-up values with the policy's schema, not real records; "
                    "free and never exportable")
     click.echo(f"noisy values (differential privacy), ± = 95% interval; {spent}; groups "
-               f"suppressed {d['suppressed_groups']}; release {d['release_id']}")
+               f"suppressed {_suppressed_text(d)}; release {d['release_id']}")
     bounding = d.get("bounding") or {}
     if bounding.get("units_cut") is not None:
         rows = ", ".join(f"{k} rows of {t}" for t, k in bounding["rows_per_unit"].items())
@@ -592,7 +768,47 @@ def _print_release(release, fmt: str) -> None:  # type: ignore[no-untyped-def]
                    "units had matching rows left out, so counts and sums can be low")
 
 
+CSV_META = ("release_id", "epsilon", "delta", "suppressed_groups", "suppressed_groups_ci95")
+
+
+def _write_csv(d: dict[str, Any]) -> None:
+    """One row per group: the values, a ``<column>_ci95`` per column, then what the
+    release is on every row (so a spreadsheet or ``pandas.read_csv`` keeps it with the
+    numbers, and a filtered or pasted part still says where it came from). A meta name
+    taken by a result column gets the prefix ``sandbox_``. The same facts go to standard
+    error, for the zero-row answer whose CSV is only its header."""
+    import csv
+
+    names = d["columns"] + [f"{c}_ci95" for c in d["columns"]]
+    meta = []
+    for m in CSV_META:
+        while m in names:
+            m = f"sandbox_{m}"
+        meta.append(m)
+    meta_values = [d[m] for m in CSV_META]
+    w = csv.writer(sys.stdout, lineterminator="\n")
+    w.writerow(names + meta)
+    for row, ci in zip(d["rows"], d["ci95"], strict=True):
+        w.writerow(row + ci + meta_values)
+    click.echo(f"release {d['release_id']}: epsilon {d['epsilon']:.4g}, delta "
+               f"{d['delta']:.2g}, groups suppressed {_suppressed_text(d)}"
+               + (" (DUMMY DATA)" if d.get("dummy") else ""), err=True)
+
+
+def _fmt_key(value: Any) -> str:
+    """A grouping key as written: no thousands separators (years, months, codes) and every
+    digit of a non-integral number (a key is exact, not an estimate)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "NULL" if value is None else str(value)
+    if isinstance(value, int):
+        return str(value)
+    if math.isfinite(value) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.15g}"
+
+
 def _fmt_number(value: Any, digits: int) -> str:
+    """A noisy number for reading: thousands separators, a few significant digits."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
     if isinstance(value, int) or abs(value) >= 100:

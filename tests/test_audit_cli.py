@@ -99,7 +99,7 @@ def _error(result: Result, code: str) -> str:
     hints = [line for line in lines if line.startswith("hint: ")]
     assert len(hints) == 1 and len(hints[0]) > len("hint: ") + 5, lines
     assert lines[-1] == hints[0]
-    assert all(line.startswith("  - ") for line in lines[1:-1]), lines
+    assert all(line.startswith("  ") for line in lines[1:-1]), lines  # problems, or SQL + caret
     return result.err
 
 

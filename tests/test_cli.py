@@ -64,8 +64,9 @@ def _error(result: Result, code: str) -> str:
     hints = [line for line in lines if line.startswith("hint: ")]
     assert len(hints) == 1 and len(hints[0]) > len("hint: ") + 5, lines
     assert lines[-1] == hints[0]
-    # Anything between the error and the hint is a list of problems.
-    assert all(line.startswith("  - ") for line in lines[1:-1]), lines
+    # Between the error and the hint: a list of problems ("  - ..."), or the refused SQL
+    # line and a caret under the refused part (indented).
+    assert all(line.startswith("  ") for line in lines[1:-1]), lines
     return lines[0]
 
 

@@ -7,6 +7,7 @@ whatever new feature the engine grows.
 from __future__ import annotations
 
 from sqlglot import exp
+from sqlglot.errors import ErrorLevel
 
 from .parse import HINT_QUERY
 from .refusal import Refusal
@@ -38,6 +39,114 @@ TRUNC_UNITS = {"YEAR", "QUARTER", "MONTH", "WEEK", "DAY", "HOUR"}
 
 MINMAX_HINT = ("single values are never released; use QUANTILE_CONT(x, 0.95) or "
                "MEDIAN(x) for a noisy order statistic")
+
+# Refused constructs as a user writes them, with a rewrite that is answered. Messages name
+# SQL, never the parser's node classes (DPIPE, WITHINGROUP, NULLSAFEEQ, ...).
+_LIKE = "match with LIKE instead, e.g. WHERE district LIKE 'S%'"
+_BITWISE = ("bitwise operators (&, |, xor, ~, <<, >>)",
+            "use arithmetic and CASE, e.g. CASE WHEN age >= 60 THEN 1 ELSE 0 END")
+_STRINGS = ("special string literals (E'...', x'...', b'...', N'...', U&'...')",
+            "write a plain string constant, e.g. WHERE district = 'Siming'")
+_PARAMS = ("query parameters (?, $1, :name)",
+           "write the value into the query, e.g. WHERE district = 'Siming'")
+CONSTRUCTS: dict[type[exp.Expression], tuple[str, str]] = {
+    exp.DPipe: ("string concatenation ||",
+                "group by each part instead, e.g. SELECT gender, district, count(*) FROM "
+                "persons GROUP BY gender, district"),
+    exp.WithinGroup: ("this WITHIN GROUP aggregate",
+                      "use QUANTILE_CONT(x, 0.5) or MEDIAN(x), e.g. SELECT "
+                      "quantile_cont(income, 0.5) FROM persons"),
+    exp.Interval: ("INTERVAL", "write the date out as a constant, e.g. WHERE registered_on > "
+                               "DATE '2019-12-31'"),
+    exp.PositionalColumn: ("positional columns (#1)",
+                           "name the column, e.g. SELECT district, count(*) FROM persons "
+                           "GROUP BY district"),
+    exp.Placeholder: _PARAMS, exp.Parameter: _PARAMS, exp.SessionParameter: _PARAMS,
+    exp.NullSafeNEQ: ("IS DISTINCT FROM", "compare with <> and IS NULL, e.g. WHERE district "
+                                          "<> 'Siming' OR district IS NULL"),
+    exp.NullSafeEQ: ("IS NOT DISTINCT FROM (<=>)",
+                     "compare with = and IS NULL, e.g. WHERE district = 'Siming'"),
+    exp.Bracket: ("subscripts (x[1], x['key'])",
+                  "compare the column itself, e.g. WHERE district = 'Siming'"),
+    exp.Array: ("list literals ([...])",
+                "use an IN list, e.g. WHERE district IN ('Siming', 'Huli')"),
+    exp.Values: ("VALUES", "query a scenario table, e.g. SELECT count(*) FROM persons"),
+    exp.SimilarTo: ("SIMILAR TO", _LIKE), exp.Glob: ("GLOB", _LIKE),
+    exp.Escape: ("LIKE ... ESCAPE", "use LIKE without ESCAPE, e.g. WHERE district LIKE 'S%'"),
+    exp.Dot: ("field access on a value (x.field)",
+              "use the scenario's columns, e.g. SELECT avg(p.income) FROM persons p"),
+    exp.IntDiv: ("integer division //", "use floor(a / b), e.g. floor(age / 10)"),
+    exp.BitwiseAnd: _BITWISE, exp.BitwiseOr: _BITWISE, exp.BitwiseXor: _BITWISE,
+    exp.BitwiseNot: _BITWISE, exp.BitwiseLeftShift: _BITWISE,
+    exp.BitwiseRightShift: _BITWISE,
+    exp.Tuple: ("row values ((a, b))",
+                "compare one column at a time, e.g. WHERE age = 30 AND income > 50000"),
+    exp.Any: ("ANY (...)", "use an IN list, e.g. WHERE age IN (30, 40)"),
+    exp.All: ("ALL (...)", "compare with a constant, e.g. WHERE age > 40"),
+    exp.ByteString: _STRINGS, exp.HexString: _STRINGS, exp.BitString: _STRINGS,
+    exp.National: _STRINGS, exp.RawString: _STRINGS, exp.UnicodeString: _STRINGS,
+    exp.Introducer: _STRINGS,
+    exp.AtTimeZone: ("AT TIME ZONE", "compare the dates directly, e.g. WHERE registered_on "
+                                     ">= DATE '2020-01-01'"),
+    exp.Lambda: ("lambdas (x -> ...)", "write the expression over the column directly"),
+    exp.Kwarg: ("named arguments (name := value)", "pass arguments by position"),
+    exp.PropertyEQ: ("named arguments (name := value)", "pass arguments by position"),
+    exp.Slice: ("slices ([a:b])", "compare the column itself, e.g. WHERE district = 'Siming'"),
+    exp.Overlaps: ("OVERLAPS", "compare the dates with BETWEEN, e.g. WHERE issued_on BETWEEN "
+                               "DATE '2024-01-01' AND DATE '2024-12-31'"),
+    exp.Operator: ("OPERATOR(...)", "use the plain operators =, <>, <, >, +, -, *, /"),
+    exp.Distance: ("distance operators (<->)", "use abs(a - b)"),
+    exp.Lateral: ("LATERAL", "join a scenario table with JOIN ... ON a declared key"),
+    exp.Unnest: ("UNNEST", "query a scenario table, e.g. SELECT count(*) FROM persons"),
+    exp.TableSample: ("TABLESAMPLE", "query the whole table: the answer is noisy already"),
+    exp.Pseudocolumn: ("pseudo-columns (ROWNUM, ...)", "aggregate with COUNT(*) instead"),
+    exp.Prior: ("CONNECT BY ... PRIOR", "use plain SELECT ... FROM ... WHERE ... GROUP BY"),
+    exp.Connect: ("CONNECT BY", "use plain SELECT ... FROM ... WHERE ... GROUP BY"),
+    exp.Semicolon: ("an empty statement", "send one SELECT query"),
+    exp.Rollup: ("GROUP BY ROLLUP", "list the grouping expressions explicitly"),
+    exp.Cube: ("GROUP BY CUBE", "list the grouping expressions explicitly"),
+    exp.GroupingSets: ("GROUP BY GROUPING SETS", "list the grouping expressions explicitly"),
+}
+# Functions that come from operators or special syntax, named as the user wrote them.
+FUNCTION_WORDS: dict[type[exp.Expression], tuple[str, str]] = {
+    exp.Pow: ("^ (power)", "multiply out small powers, e.g. age * age"),
+    exp.RegexpLike: ("~ (regular expressions)", _LIKE),
+    exp.StartsWith: ("^@ (starts_with)", _LIKE),
+    exp.Collate: ("COLLATE", "compare lower-cased text, e.g. WHERE lower(district) = "
+                             "'siming'"),
+    exp.JSONExtract: ("JSON access (->, ->>)", "use the scenario's columns"),
+    exp.JSONExtractScalar: ("JSON access (->, ->>)", "use the scenario's columns"),
+    exp.ArrayContains: ("list containment (@>)",
+                        "use an IN list, e.g. WHERE district IN ('Siming', 'Huli')"),
+    exp.Xor: ("XOR", "write (a AND NOT b) OR (b AND NOT a)"),
+    exp.Struct: ("structs (struct_pack, {...})", "use the scenario's columns"),
+    exp.ToMap: ("maps (MAP {...})", "use CASE, e.g. CASE district WHEN 'Siming' THEN 1 "
+                                    "ELSE 0 END"),
+    exp.Map: ("maps (MAP {...})", "use CASE, e.g. CASE district WHEN 'Siming' THEN 1 ELSE 0 "
+                                  "END"),
+    exp.VarMap: ("maps (MAP {...})", "use CASE, e.g. CASE district WHEN 'Siming' THEN 1 "
+                                     "ELSE 0 END"),
+    exp.Columns: ("COLUMNS(...)", "name each column, e.g. SELECT avg(income), avg(age) FROM "
+                                  "persons"),
+}
+SELECT_CLAUSES: dict[str, str] = {
+    "into": "SELECT ... INTO", "locks": "FOR UPDATE / FOR SHARE",
+    "sample": "USING SAMPLE / TABLESAMPLE", "laterals": "LATERAL VIEW", "pivots": "PIVOT",
+    "windows": "WINDOW", "connect": "CONNECT BY", "prewhere": "PREWHERE",
+    "cluster": "CLUSTER BY", "distribute": "DISTRIBUTE BY", "sort": "SORT BY",
+    "settings": "SETTINGS", "format": "FORMAT", "kind": "SELECT AS STRUCT / VALUE",
+    "operation_modifiers": "SELECT modifiers", "exclude": "EXCLUDE", "match":
+    "MATCH_RECOGNIZE", "options": "OPTION (...)", "for_": "FOR ...", "hint": "optimizer hints",
+}
+TABLE_MODIFIERS: dict[str, str] = {
+    "joins": "nested joins", "pivots": "PIVOT / UNPIVOT", "laterals": "LATERAL",
+    "version": "time travel (AT / FOR SYSTEM_TIME)", "sample": "TABLESAMPLE",
+    "changes": "CHANGES", "when": "WHEN", "partition": "PARTITION", "hints": "table hints",
+    "system_time": "FOR SYSTEM_TIME", "format": "FORMAT", "pattern": "PATTERN",
+    "ordinality": "WITH ORDINALITY", "only": "ONLY", "rows_from": "ROWS FROM",
+    "indexed": "INDEXED BY",
+}
+GENERIC_HINT = "use plain columns, arithmetic, CASE and the allowed functions (docs/gate.md)"
 
 
 def check(tree: exp.Select, table_names: set[str]) -> None:
@@ -112,12 +221,11 @@ def _check_select(node: exp.Select, root: exp.Select) -> None:
     if node.args.get("distinct"):
         raise Refusal("gate.distinct_rows", "SELECT DISTINCT returns rows",
                       "use GROUP BY with COUNT(*) to count each combination", node)
-    for arg in ("into", "locks", "sample", "laterals", "pivots", "windows", "connect",
-                "prewhere", "cluster", "distribute", "sort", "settings", "format", "kind",
-                "operation_modifiers", "exclude", "match", "options", "for_", "hint"):
+    for arg, words in SELECT_CLAUSES.items():
         if node.args.get(arg):
-            raise Refusal("gate.construct_not_allowed", f"SELECT ... {arg.upper()} is not "
-                          "answered", "use plain SELECT ... FROM ... WHERE ... GROUP BY", node)
+            raise Refusal("gate.construct_not_allowed", f"the gate does not answer {words}",
+                          "use plain SELECT ... FROM ... WHERE ... GROUP BY ..., e.g. SELECT "
+                          "district, count(*) FROM persons GROUP BY district", node)
     if node is not root:
         for arg, what in (("order", "ORDER BY"), ("limit", "LIMIT"), ("offset", "OFFSET"),
                           ("having", "HAVING"), ("group", "GROUP BY")):
@@ -143,12 +251,11 @@ def _check_table(node: exp.Table, tables: set[str], ctes: set[str]) -> None:
     if node.args.get("db") or node.args.get("catalog"):
         raise Refusal("gate.unknown_table", f"'{node.sql('duckdb')}' is not a table of this "
                       "scenario", f"use one of: {', '.join(sorted(tables))}", node)
-    for arg in ("joins", "pivots", "laterals", "version", "sample", "changes", "when",
-                "partition", "hints", "system_time", "format", "pattern", "ordinality", "only",
-                "rows_from", "indexed"):
+    for arg, words in TABLE_MODIFIERS.items():
         if node.args.get(arg):
-            raise Refusal("gate.construct_not_allowed", "this table modifier is not answered",
-                          "reference the table by name only", node)
+            raise Refusal("gate.construct_not_allowed",
+                          f"the gate does not answer {words} on a table",
+                          f"reference the table by name only, e.g. FROM {node.name}", node)
     if node.name not in tables and node.name not in ctes:
         raise Refusal("gate.unknown_table", f"'{node.name}' is not a table of this scenario",
                       f"use one of: {', '.join(sorted(tables))}", node)
@@ -186,8 +293,9 @@ def _agg_hint(node: exp.Expression) -> str:
 
 def _not_allowed(node: exp.Expression) -> Refusal:
     if isinstance(node, exp.Rollup | exp.Cube | exp.GroupingSets):
-        return Refusal("gate.group_by", f"GROUP BY {node.key.upper()} is not answered",
-                       "list the grouping expressions explicitly", node)
+        return Refusal("gate.group_by", f"the gate does not answer {CONSTRUCTS[type(node)][0]}",
+                       "list the grouping expressions explicitly, e.g. GROUP BY gender, "
+                       "district", node)
     if isinstance(node, exp.IgnoreNulls | exp.RespectNulls) and isinstance(node.this,
                                                                           exp.AggFunc):
         return Refusal("gate.aggregate_not_allowed",
@@ -210,12 +318,33 @@ def _not_allowed(node: exp.Expression) -> Refusal:
                            "use COUNT, SUM, AVG, VAR/STDDEV, MEDIAN or QUANTILE_CONT", node)
         return Refusal("gate.function_not_allowed", f"the function {name} is not answered",
                        "see docs/gate.md for the functions the gate understands", node)
+    if type(node) in FUNCTION_WORDS:
+        words, hint = FUNCTION_WORDS[type(node)]
+        return Refusal("gate.function_not_allowed", f"the gate does not answer {words}", hint,
+                       node)
     if isinstance(node, exp.Func):
         return Refusal("gate.function_not_allowed",
                        f"the function {node.sql_name().lower()} is not answered",
                        "see docs/gate.md for the functions the gate understands", node)
     if isinstance(node, exp.DDL | exp.DML | exp.Command):
         return Refusal("gate.not_a_query", "only queries are answered", HINT_QUERY, node)
-    return Refusal("gate.construct_not_allowed",
-                   f"the construct {node.key.upper()} is not answered",
-                   "use plain columns, arithmetic, CASE and the allowed functions", node)
+    if type(node) in CONSTRUCTS:
+        words, hint = CONSTRUCTS[type(node)]
+        return Refusal("gate.construct_not_allowed", f"the gate does not answer {words}", hint,
+                       node)
+    return Refusal("gate.construct_not_allowed", f"the gate does not answer {_excerpt(node)}",
+                   GENERIC_HINT, node)
+
+
+EXCERPT_MAX = 40
+
+
+def _excerpt(node: exp.Expression) -> str:
+    """The refused part as SQL text (short), or a generic phrase: never a node class."""
+    try:
+        text = " ".join(node.sql("duckdb", unsupported_level=ErrorLevel.IGNORE).split())
+    except Exception:  # any generator failure: say it generically
+        text = ""
+    if not text or len(text) > EXCERPT_MAX:
+        return "this part of the query" if not text else f"'{text[:EXCERPT_MAX - 1]}…'"
+    return f"'{text}'"

@@ -50,16 +50,35 @@ RULES: dict[str, str] = {
 }
 
 
+# Clause-level nodes: a refused part without a located token of its own is not pointed at
+# through these (the caret would land on an unrelated part of the query).
+_CLAUSES: tuple[type[exp.Expression], ...] = (
+    exp.Query, exp.Subquery, exp.From, exp.Join, exp.Where, exp.Group, exp.Having,
+    exp.Order, exp.With, exp.CTE, exp.Limit, exp.Offset, exp.Qualify)
+
+
 def position(node: exp.Expression | None) -> tuple[int, int] | None:
-    """(line, column) of the first token of ``node`` that sqlglot located."""
-    if node is None:
-        return None
-    for n in node.walk():
-        meta = getattr(n, "_meta", None) or {}
-        if "line" in meta:
-            start = meta.get("col", 1) - (meta.get("end", 0) - meta.get("start", 0))
-            return meta["line"], max(start, 1)
+    """(line, column) where ``node`` starts: its earliest token that sqlglot located (a
+    node's own token is not always the first, e.g. ``a || b`` is located at ``b``); for a
+    node with no located token (``?``, ``#1``, ``INTERVAL 1 DAY``), the start of the
+    nearest enclosing expression that has one."""
+    while node is not None:
+        found = [_start(n) for n in node.walk()]
+        located = [p for p in found if p is not None]
+        if located:
+            return min(located)
+        node = node.parent
+        if isinstance(node, _CLAUSES):
+            return None
     return None
+
+
+def _start(node: exp.Expression) -> tuple[int, int] | None:
+    meta = getattr(node, "_meta", None) or {}
+    if "line" not in meta:
+        return None
+    start = meta.get("col", 1) - (meta.get("end", 0) - meta.get("start", 0))
+    return meta["line"], max(start, 1)
 
 
 class Refusal(SandboxError):
@@ -68,12 +87,15 @@ class Refusal(SandboxError):
     code = "gate.refused"
 
     def __init__(self, rule: str, message: str, hint: str | None = None,
-                 node: exp.Expression | None = None) -> None:
+                 node: exp.Expression | None = None, *,
+                 at: tuple[int, int] | None = None) -> None:
+        """``node`` locates the refusal in the SQL; ``at`` gives (line, column) directly
+        (e.g. where the parser stopped) when there is no node."""
         if rule not in RULES:  # pragma: no cover - a programming error
             raise ValueError(f"unknown rule {rule}")
         super().__init__(message, hint)
         self.code = rule
-        self.position = position(node)
+        self.position = position(node) if node is not None else at
 
     def to_dict(self) -> dict[str, object]:
         d: dict[str, object] = dict(super().to_dict())
