@@ -36,11 +36,13 @@ from sandbox.policy import (
     ALIAS_RE,
     BUDGET_KEYS,
     COLUMN_KEYS,
+    DATE_STEPS,
     ID_RE,
     MAX_KEYS,
     MAX_ROWS_PER_UNIT_LIMIT,
     MECHANISMS,
     PRIVACY_KEYS,
+    RANGE_KEYS,
     REFRESH,
     REVIEW_KEYS,
     ROLES,
@@ -269,7 +271,10 @@ def test_schema_key_sets_match_the_loader(schema) -> None:  # type: ignore[no-un
     assert schema["properties"]["id"]["pattern"] == ID_RE.pattern
     assert schema["properties"]["tables"]["propertyNames"]["pattern"] == ALIAS_RE.pattern
     assert defs["table"]["properties"]["dataset"]["pattern"] == spec_module.NAME_RE.pattern
-    assert defs["dimension"]["properties"]["keys"]["maxItems"] == MAX_KEYS
+    key_list, key_range = defs["dimension"]["properties"]["keys"]["oneOf"]
+    assert key_list["maxItems"] == MAX_KEYS
+    assert set(key_range["properties"]) == RANGE_KEYS
+    assert key_range["properties"]["step"]["oneOf"][0]["enum"] == list(DATE_STEPS)
     assert defs["table"]["properties"]["max_rows_per_unit"]["maximum"] == \
         MAX_ROWS_PER_UNIT_LIMIT
 

@@ -7,6 +7,8 @@ source: counts must fall within a few 95% half-widths of the truth.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import duckdb
 import pytest
 
@@ -171,6 +173,29 @@ def test_the_answer_says_how_many_units_the_row_bound_cut(gate, engine, tables) 
                   "SELECT count(DISTINCT person_id) FROM loans WHERE status = 'default'"):
         assert gate.check(plain).plan.bounding is None
         assert gate.check(plain).explain()["bounding"]["units_cut"] is None
+
+
+def test_date_parts_and_truncations_are_public_keys(gate, engine, demo_dir) -> None:  # type: ignore[no-untyped-def]
+    """Calendar parts always; years and truncations from the declared range of issued_on
+    ({from: 2015-01-01, to: 2026-12-31, step: day}): complete, zeros included, no threshold."""
+    for sql, first, n in (
+            ("SELECT month(issued_on) AS k, count(*) FROM loans GROUP BY k", 1, 12),
+            ("SELECT extract(year FROM issued_on) AS k, count(*) FROM loans GROUP BY k",
+             2015, 12),
+            ("SELECT date_trunc('month', issued_on) AS k, count(*) FROM loans GROUP BY k",
+             dt.datetime(2015, 1, 1), 144)):
+        q = gate.check(sql, 1.0)
+        assert q.plan.threshold is None and q.plan.cost.delta == 0, sql
+        release = gate.answer(sql, member="ana", ledger=InMemoryLedger(10, 1e-5),
+                              executor=engine, epsilon=1.0)
+        assert len(release.rows) == n and release.rows[0][0] == first, sql
+    truth = dict(_plain(demo_dir, "SELECT year(issued_on), count(*) FROM loans GROUP BY 1"))
+    release = gate.answer("SELECT year(issued_on) AS y, count(*) AS n FROM loans GROUP BY y",
+                          member="ana", ledger=InMemoryLedger(10, 1e-5), executor=engine,
+                          epsilon=1.0)
+    assert sum(truth.values()) > 0
+    for (year, n), (_, half) in zip(release.rows, release.ci95, strict=True):
+        assert n <= truth.get(year, 0) + 4 * half  # at most 10 loans per person are kept
 
 
 def test_avg_is_close_and_has_per_cell_intervals(gate, engine, demo_dir) -> None:  # type: ignore[no-untyped-def]

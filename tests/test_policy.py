@@ -96,6 +96,37 @@ def test_each_problem_names_file_line_and_fix(tmp_path, resolve, old, new, line,
     assert any(p.startswith(f"{path}:{line}:") and words in p for p in problems), problems
 
 
+RANGE = "      registered_on: {role: dimension, keys: %s}\n"
+
+
+@pytest.mark.parametrize(("keys", "words"), [
+    ("{from: 2020-01-01, to: 2020-03-31, step: fortnight}", "a step of day, week"),
+    ("{from: 2020-01-01, step: month}", "a key range is {from: <first>, to: <last>"),
+    ("{from: 2020-01-01, to: 2020-03-31, every: month}", "unknown: every"),
+    ("{from: 2020-04-01, to: 2020-03-31, step: day}", "must hold 1 to 10,000 values"),
+    ("{from: 1900-01-01, to: 2020-03-31, step: day}", "must hold 1 to 10,000 values"),
+    ("{from: 2020-01-31, to: 2020-12-31, step: month}", "must start on day 1 to 28"),
+    ("{from: 2020, to: 2024}", "YYYY-MM-DD dates"),
+])
+def test_a_bad_key_range_is_named(tmp_path, resolve, keys: str, words: str) -> None:  # type: ignore[no-untyped-def]
+    text = BASE.replace("      income:", RANGE % keys + "      income:")
+    with pytest.raises(PolicyError) as info:
+        load_policy(write(tmp_path, text), resolve)
+    assert any(":12:" in p and "registered_on" in p and words in p
+               for p in info.value.problems), info.value.problems
+
+
+def test_a_key_range_lists_every_key(tmp_path, resolve) -> None:  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    text = BASE.replace("      income:", RANGE % "{from: 2020-01-15, to: 2021-01-15, step: "
+                        "quarter}" + "      income:")
+    keys = load_policy(write(tmp_path, text), resolve).tables["persons"].columns[
+        "registered_on"].keys
+    assert keys == tuple(dt.date(y, m, 15) for y, m in ((2020, 1), (2020, 4), (2020, 7),
+                                                        (2020, 10), (2021, 1)))
+
+
 def test_every_problem_is_reported_at_once(tmp_path, resolve) -> None:  # type: ignore[no-untyped-def]
     text = BASE.replace("bounds: [0, 1000000]", "bounds: [5, 1]").replace(
         "refresh: none", "refresh: yearly").replace("dataset: districts", "dataset: nowhere")

@@ -9,6 +9,7 @@ every group appear, zeros included, without thresholding.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Callable
 from typing import Any
@@ -279,7 +280,7 @@ def key_domain(node: exp.Expression, lookup: ColumnLookup
         return (list(dict.fromkeys(col.keys)) if col.keys else None), None
     if isinstance(node, PREDICATES):
         return [False, True], None
-    binned = _bin_domain(node, lookup)
+    binned = _bin_domain(node, lookup) or _date_part_domain(node, lookup)
     if binned is not None:
         return binned
     if not isinstance(node, exp.Case | exp.If):
@@ -338,3 +339,59 @@ def _bin_domain(node: exp.Expression, lookup: ColumnLookup
     if all(v.is_integer() and abs(v) < 2**53 for v in values):
         return list(dict.fromkeys(int(v) for v in values)), KEY_TYPES["integer"]
     return list(dict.fromkeys(values)), KEY_TYPES["number"]
+
+
+# Date parts whose values are fixed by the calendar, whatever the data: public keys always.
+CALENDAR_PARTS = {"MONTH": range(1, 13), "QUARTER": range(1, 5), "DOW": range(0, 7),
+                  "DAYOFWEEK": range(0, 7), "ISODOW": range(1, 8), "DAY": range(1, 32),
+                  "DOY": range(1, 367), "DAYOFYEAR": range(1, 367), "HOUR": range(0, 24)}
+PART_OF_NODE = {exp.Month: "MONTH", exp.Quarter: "QUARTER", exp.DayOfWeek: "DAYOFWEEK"}
+
+
+def _date_part_domain(node: exp.Expression, lookup: ColumnLookup
+                      ) -> tuple[list[Any], str] | None:
+    """Date parts and truncations as public keys: a calendar part (month, quarter, day of
+    week, ...) always; the year or a truncation (``date_trunc('month', d)``) when the date
+    column has declared keys (a list or a ``{from, to, step}`` range), by applying it to
+    every declared date. Dates outside the declared keys fall in no declared group."""
+    part, arg = None, None
+    if type(node) in PART_OF_NODE:
+        part, arg = PART_OF_NODE[type(node)], node.this
+    elif isinstance(node, exp.Year):
+        part, arg = "YEAR", node.this
+    elif isinstance(node, exp.Extract) and isinstance(node.this, exp.Var | exp.Literal):
+        part, arg = node.this.name.upper(), node.expression
+    elif isinstance(node, exp.TimestampTrunc | exp.DateTrunc):
+        unit = node.args.get("unit")
+        if isinstance(unit, exp.Var | exp.Literal):
+            part, arg = "TRUNC_" + unit.name.upper(), node.this
+    if part is None or arg is None:
+        return None
+    if part in CALENDAR_PARTS:
+        return list(CALENDAR_PARTS[part]), KEY_TYPES["integer"]
+    arg = arg.unnest()
+    keys = lookup(arg).keys if isinstance(arg, exp.Column) and lookup(arg).type == "date" \
+        else None
+    if not keys:
+        return None
+    if part == "YEAR":
+        return sorted({d.year for d in keys}), KEY_TYPES["integer"]
+    trunc = _TRUNCATE.get(part)
+    if trunc is None:
+        return None
+    return sorted({trunc(d) for d in keys}), "TIMESTAMP"
+
+
+def _week_start(d: dt.date) -> dt.datetime:
+    monday = d - dt.timedelta(days=d.weekday())  # ISO weeks, as the engine's date_trunc
+    return dt.datetime(monday.year, monday.month, monday.day)
+
+
+_TRUNCATE: dict[str, Callable[[dt.date], dt.datetime]] = {
+    "TRUNC_YEAR": lambda d: dt.datetime(d.year, 1, 1),
+    "TRUNC_QUARTER": lambda d: dt.datetime(d.year, 3 * ((d.month - 1) // 3) + 1, 1),
+    "TRUNC_MONTH": lambda d: dt.datetime(d.year, d.month, 1),
+    "TRUNC_WEEK": _week_start,
+    "TRUNC_DAY": lambda d: dt.datetime(d.year, d.month, d.day),
+    "TRUNC_HOUR": lambda d: dt.datetime(d.year, d.month, d.day),
+}
