@@ -9,7 +9,6 @@ import os
 import sys
 import time
 import traceback
-import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import click
 
 from . import __version__
 from .catalog import Catalog
+from .display import caret, pad, printable, width
 from .errors import (
     InputError,
     SandboxError,
@@ -113,50 +113,15 @@ def _echo_error(exc: SandboxError, sql: str | None = None) -> None:
     with a caret under the refused part."""
     where = getattr(exc, "position", None)
     at = f" (line {where[0]}, column {where[1]})" if where else ""
-    click.secho(f"error [{exc.code}]: {exc.message}{at}", fg="red", err=True)
+    click.secho(f"error [{exc.code}]: {printable(exc.message)}{at}", fg="red", err=True)
     if isinstance(exc, SpecError) and len(exc.problems) > 1:
         for p in exc.problems:
             click.echo(f"  - {p}", err=True)
     if where and sql is not None:
-        for line in _caret(sql, *where):
+        for line in caret(sql, *where):
             click.echo(f"  {line}", err=True)
     if exc.hint:
-        click.echo(f"hint: {exc.hint}", err=True)
-
-
-CARET_WINDOW = 100  # characters of the refused line shown around the caret
-
-
-def _caret(sql: str, line: int, column: int) -> list[str]:
-    """The SQL line ``line`` (1-based) and a caret under character ``column``, in display
-    columns (CJK takes two) so the caret lands under the right character; long lines are
-    cut around it. Control characters are shown as spaces, never sent to the terminal."""
-    lines = sql.split("\n")
-    if not 1 <= line <= len(lines):
-        return []
-    text = "".join(ch if ch.isprintable() else " " for ch in lines[line - 1].rstrip("\r"))
-    col = min(max(column, 1), len(text) + 1) - 1
-    start = max(0, min(col - CARET_WINDOW // 2, len(text) - CARET_WINDOW))
-    shown = text[start:start + CARET_WINDOW]
-    before = "…" if start else ""
-    after = "…" if start + CARET_WINDOW < len(text) else ""
-    return [before + shown + after, " " * (_width(before) + _width(text[start:col])) + "^"]
-
-
-def _width(text: str) -> int:
-    """Terminal columns of ``text``: East Asian wide and full-width characters (CJK) take
-    two, combining marks none; counting characters would misalign Chinese columns."""
-    return sum(0 if unicodedata.combining(ch) else
-               2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
-
-
-def _pad(text: str, width: int) -> str:
-    return text + " " * max(width - _width(text), 0)
-
-
-def _cell(value: Any) -> str:
-    """A table cell: control characters (from data or user input) become spaces."""
-    return "".join(ch if ch.isprintable() else " " for ch in str(value))
+        click.echo(f"hint: {printable(exc.hint)}", err=True)
 
 
 def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str],
@@ -165,12 +130,11 @@ def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str],
     if not rows:
         click.echo("(none)")
         return
-    cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]
-    heads = [_cell(c.upper() if upper else c) for c in columns]
-    widths = [max(_width(h), *(_width(row[i]) for row in cells))
-              for i, h in enumerate(heads)]
+    cells = [[printable(str(r.get(c, ""))) for c in columns] for r in rows]
+    heads = [printable(c.upper() if upper else c) for c in columns]
+    widths = [max(width(h), *(width(row[i]) for row in cells)) for i, h in enumerate(heads)]
     for row in [heads, *cells]:
-        click.echo("  ".join(_pad(t, w) for t, w in zip(row, widths, strict=True)).rstrip())
+        click.echo("  ".join(pad(t, w) for t, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _emit(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str) -> None:

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import html
 import json
+import math
+import numbers
 import os
 import time
 import urllib.error
@@ -36,6 +38,7 @@ import urllib.request
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from .display import caret
 from .errors import SandboxError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -66,16 +69,31 @@ class SandboxServiceError(SandboxError):
                  column: int | None = None) -> None:
         super().__init__(message, hint)
         self.code, self.status, self.line, self.column = code, status, line, column
+        self.sql: str | None = None  # the refused query, set by the client that sent it
+
+    def _where(self) -> str:
+        return f" (line {self.line}, column {self.column})" if self.line else ""
+
+    def _caret(self) -> list[str]:
+        """The refused SQL line and a caret under the refused part, when both are known."""
+        if self.sql is None or not isinstance(self.line, int) or \
+                not isinstance(self.column, int):
+            return []
+        return caret(self.sql, self.line, self.column)
 
     def __str__(self) -> str:
-        where = f" (line {self.line}, column {self.column})" if self.line else ""
-        text = f"[{self.code}] {self.message}{where}"
+        text = f"[{self.code}] {self.message}{self._where()}"
+        text += "".join(f"\n  {line}" for line in self._caret())
         return f"{text}\nhint: {self.hint}" if self.hint else text
 
-    def _repr_html_(self) -> str:  # pragma: no cover - notebook display
+    def _repr_html_(self) -> str:
         hint = f"<br><b>hint:</b> {html.escape(self.hint)}" if self.hint else ""
+        shown = self._caret()
+        pre = (f"<pre style='margin:4px 0'>{html.escape(chr(10).join(shown))}</pre>"
+               if shown else "")
         return (f"<div style='border-left:4px solid #c00;padding:4px 8px'><b>"
-                f"{html.escape(self.code)}</b>: {html.escape(self.message)}{hint}</div>")
+                f"{html.escape(self.code)}</b>: {html.escape(self.message)}"
+                f"{html.escape(self._where())}{pre}{hint}</div>")
 
 
 class AuthError(SandboxServiceError):
@@ -264,7 +282,16 @@ class Sandbox:
         body: dict[str, Any] = {"sql": sql}
         if epsilon is not None:
             body["epsilon"] = epsilon
-        return Explanation(self._call("POST", self._ws("explain"), body)[0])
+        return Explanation(self._asking(sql, "explain", body)[0])
+
+    def _asking(self, sql: str, what: str, body: dict[str, Any]) -> tuple[Any, dict[str, str]]:
+        """POST a query; a refusal keeps the SQL, so it can show a caret under the part
+        the gate refused."""
+        try:
+            return self._call("POST", self._ws(what), body)
+        except QueryRefused as exc:
+            exc.sql = sql
+            raise
 
     def query(self, sql: str, epsilon: float | None = None,
               request_id: str | None = None, dummy: bool | None = None) -> dict[str, Any]:
@@ -275,7 +302,7 @@ class Sandbox:
             body["epsilon"] = epsilon
         if self.dummy if dummy is None else dummy:
             body["dummy"] = True
-        result, headers = self._call("POST", self._ws("query"), body)
+        result, headers = self._asking(sql, "query", body)
         result = dict(result)
         result["replayed"] = headers.get("Sandbox-Replayed") == "true"
         return result
@@ -369,7 +396,7 @@ def to_frame(release: dict[str, Any]) -> pd.DataFrame:
     df.attrs["ci95"] = {c: [row[i] for row in release["ci95"]] for i, c in enumerate(columns)}
     df.attrs["release"] = {k: release.get(k) for k in (
         "release_id", "policy", "epsilon", "delta", "mechanisms", "suppressed_groups",
-        "budget", "replayed", "dummy", "bounding")}
+        "suppressed_groups_ci95", "budget", "replayed", "dummy", "bounding")}
     df.attrs["release"]["dummy"] = bool(release.get("dummy"))
     df.attrs["noisy"] = True
     df.attrs["dummy"] = bool(release.get("dummy"))
@@ -455,23 +482,53 @@ def _budget_bar(b: dict[str, Any]) -> str:
             f"style='width:{pct:.0f}%;height:10px;background:{color};border-radius:3px'></div></div></div>")
 
 
+def _fmt_key(v: Any) -> str:
+    """A grouping key as written: a year is 2024, not 2,024; every digit of a fraction."""
+    if v is None or isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return "" if v is None else str(v)
+    if isinstance(v, numbers.Integral):
+        return str(int(v))
+    f = float(v)
+    if math.isfinite(f) and f.is_integer() and abs(f) < 1e15:
+        return str(int(f))
+    return f"{f:.15g}"
+
+
+def _keys(df: pd.DataFrame) -> set[Any]:
+    """Grouping keys: exact columns with no mechanism and no interval in any row."""
+    ci = df.attrs.get("ci95", {})
+    mechanisms = (df.attrs.get("release") or {}).get("mechanisms") or {}
+    return {c for c in df.columns
+            if c not in mechanisms and all(h is None for h in ci.get(c) or [])}
+
+
+def _suppressed_note(rel: dict[str, Any]) -> str:
+    """How many groups fell below the threshold (a noisy count, with its interval)."""
+    n = rel.get("suppressed_groups") or 0
+    h = rel.get("suppressed_groups_ci95")
+    if h is None:
+        return f" {n} group(s) were suppressed." if n else ""
+    return (f" About {n:,} group(s) were suppressed (± {h:,.0f}, a noisy count of the groups "
+            "below the threshold).")
+
+
 def render(df: pd.DataFrame) -> str:
     """HTML of a noisy result: values ± 95% interval, epsilon spent, budget, the noise note."""
     ci = df.attrs.get("ci95", {})
     rel = df.attrs.get("release", {})
+    keys = _keys(df)
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
     body = []
     for i, row in enumerate(df.itertuples(index=False)):
         cells = []
         for c, v in zip(df.columns, row, strict=True):
             hw = (ci.get(c) or [None] * len(df))[i] if c in ci else None
-            text = html.escape(_fmt(v))
+            text = html.escape(_fmt_key(v) if c in keys else _fmt(v))
             if hw is not None:
                 text += f" <span style='color:#888'>± {html.escape(_fmt(hw))}</span>"
             cells.append(f"<td>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    suppressed = rel.get("suppressed_groups") or 0
-    extra = f" {suppressed} group(s) were suppressed." if suppressed else ""
+    extra = _suppressed_note(rel)
     cut = (rel.get("bounding") or {}).get("units_cut")
     if cut is not None:
         rows = ", ".join(f"{k} rows of {t}" for t, k in rel["bounding"]["rows_per_unit"].items())

@@ -6,6 +6,8 @@ whatever new feature the engine grows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlglot import exp
 from sqlglot.errors import ErrorLevel
 
@@ -40,95 +42,160 @@ TRUNC_UNITS = {"YEAR", "QUARTER", "MONTH", "WEEK", "DAY", "HOUR"}
 MINMAX_HINT = ("single values are never released; use QUANTILE_CONT(x, 0.95) or "
                "MEDIAN(x) for a noisy order statistic")
 
-# Refused constructs as a user writes them, with a rewrite that is answered. Messages name
-# SQL, never the parser's node classes (DPIPE, WITHINGROUP, NULLSAFEEQ, ...).
-_LIKE = "match with LIKE instead, e.g. WHERE district LIKE 'S%'"
-_BITWISE = ("bitwise operators (&, |, xor, ~, <<, >>)",
-            "use arithmetic and CASE, e.g. CASE WHEN age >= 60 THEN 1 ELSE 0 END")
-_STRINGS = ("special string literals (E'...', x'...', b'...', N'...', U&'...')",
-            "write a plain string constant, e.g. WHERE district = 'Siming'")
-_PARAMS = ("query parameters (?, $1, :name)",
-           "write the value into the query, e.g. WHERE district = 'Siming'")
-CONSTRUCTS: dict[type[exp.Expression], tuple[str, str]] = {
-    exp.DPipe: ("string concatenation ||",
-                "group by each part instead, e.g. SELECT gender, district, count(*) FROM "
-                "persons GROUP BY gender, district"),
+# Refused constructs as a user writes them, with a rewrite that is answered (built from the
+# refused part's own columns where it can be). Messages name SQL, never the parser's node
+# classes (DPIPE, WITHINGROUP, NULLSAFEEQ, ...).
+Hint = str | Callable[[exp.Expression], str]
+
+
+def _text(node: exp.Expression | None) -> str:
+    return "x" if node is None else node.sql("duckdb")
+
+
+def _columns(node: exp.Expression) -> list[str]:
+    seen: list[str] = []
+    for c in node.find_all(exp.Column):
+        if c.sql("duckdb") not in seen:
+            seen.append(c.sql("duckdb"))
+    return seen or ["a", "b"]
+
+
+def _concat_hint(node: exp.Expression) -> str:
+    cols = ", ".join(_columns(node))
+    return (f"select and group by the parts separately, e.g. SELECT {cols}, count(*) FROM ... "
+            f"GROUP BY {cols}")
+
+
+def _distinct_hint(node: exp.Expression) -> str:
+    a, b = _text(node.this), _text(node.expression)
+    if isinstance(node.expression, exp.Null):
+        return f"write {a} IS NOT NULL" if isinstance(node, exp.NullSafeNEQ) else \
+            f"write {a} IS NULL"
+    if isinstance(node, exp.NullSafeNEQ):
+        return f"compare with <> and IS NULL, e.g. {a} <> {b} OR {a} IS NULL"
+    return f"compare with =, e.g. {a} = {b} (add OR {a} IS NULL to keep NULLs)"
+
+
+def _like_hint(node: exp.Expression) -> str:
+    col = _text(node.this)
+    pattern = node.expression
+    if isinstance(node, exp.StartsWith) and isinstance(pattern, exp.Literal) and \
+            pattern.is_string:
+        return f"use LIKE, e.g. {col} LIKE '{pattern.name.replace(chr(39), chr(39) * 2)}%'"
+    return f"match with LIKE instead (% any text, _ one character), e.g. {col} LIKE 'S%'"
+
+
+def _intdiv_hint(node: exp.Expression) -> str:
+    return f"use floor(a / b), e.g. floor({_text(node.this)} / {_text(node.expression)})"
+
+
+def _pow_hint(node: exp.Expression) -> str:
+    base, power = _text(node.this), node.expression
+    if isinstance(power, exp.Literal) and power.name in ("2", "3"):
+        return f"multiply it out, e.g. {' * '.join([base] * int(power.name))}"
+    return f"multiply it out, e.g. {base} * {base}"
+
+
+def _any_hint(node: exp.Expression) -> str:
+    left = node.parent.this if isinstance(node.parent, exp.Binary) else None
+    return f"use an IN list, e.g. {_text(left)} IN (30, 40)"
+
+
+def _collate_hint(node: exp.Expression) -> str:
+    return f"compare lower-cased text, e.g. lower({_text(node.this)}) = 'siming'"
+
+
+def _columns_of(what: str) -> Callable[[exp.Expression], str]:
+    def hint(node: exp.Expression) -> str:
+        cols = _columns(node)
+        return f"{what}, e.g. {cols[0]}" if cols != ["a", "b"] else what
+    return hint
+
+
+_BITWISE: tuple[str, Hint] = (
+    "bitwise operators (&, |, xor, ~, <<, >>)",
+    "use arithmetic and CASE, e.g. CASE WHEN age >= 60 THEN 1 ELSE 0 END")
+_STRINGS: tuple[str, Hint] = (
+    "special string literals (E'...', x'...', b'...', N'...', U&'...')",
+    "write a plain string constant in single quotes, e.g. 'Siming'")
+_PARAMS: tuple[str, Hint] = (
+    "query parameters (?, $1, :name)",
+    "write the value into the query, e.g. WHERE district = 'Siming'")
+_MAPS: tuple[str, Hint] = (
+    "maps (MAP {...})", "use CASE, e.g. CASE district WHEN 'Siming' THEN 1 ELSE 0 END")
+_GROUPING = "list the grouping expressions explicitly, e.g. GROUP BY gender, district"
+CONSTRUCTS: dict[type[exp.Expression], tuple[str, Hint]] = {
+    exp.DPipe: ("string concatenation ||", _concat_hint),
     exp.WithinGroup: ("this WITHIN GROUP aggregate",
-                      "use QUANTILE_CONT(x, 0.5) or MEDIAN(x), e.g. SELECT "
-                      "quantile_cont(income, 0.5) FROM persons"),
-    exp.Interval: ("INTERVAL", "write the date out as a constant, e.g. WHERE registered_on > "
+                      "use QUANTILE_CONT(x, 0.5) or MEDIAN(x), e.g. quantile_cont(income, "
+                      "0.5)"),
+    exp.Interval: ("INTERVAL", "write the date out as a constant, e.g. registered_on > "
                                "DATE '2019-12-31'"),
-    exp.PositionalColumn: ("positional columns (#1)",
-                           "name the column, e.g. SELECT district, count(*) FROM persons "
-                           "GROUP BY district"),
+    exp.PositionalColumn: ("positional columns (#1)", "name the column instead of #1"),
     exp.Placeholder: _PARAMS, exp.Parameter: _PARAMS, exp.SessionParameter: _PARAMS,
-    exp.NullSafeNEQ: ("IS DISTINCT FROM", "compare with <> and IS NULL, e.g. WHERE district "
-                                          "<> 'Siming' OR district IS NULL"),
-    exp.NullSafeEQ: ("IS NOT DISTINCT FROM (<=>)",
-                     "compare with = and IS NULL, e.g. WHERE district = 'Siming'"),
+    exp.NullSafeNEQ: ("IS DISTINCT FROM", _distinct_hint),
+    exp.NullSafeEQ: ("IS NOT DISTINCT FROM (<=>)", _distinct_hint),
     exp.Bracket: ("subscripts (x[1], x['key'])",
-                  "compare the column itself, e.g. WHERE district = 'Siming'"),
-    exp.Array: ("list literals ([...])",
-                "use an IN list, e.g. WHERE district IN ('Siming', 'Huli')"),
-    exp.Values: ("VALUES", "query a scenario table, e.g. SELECT count(*) FROM persons"),
-    exp.SimilarTo: ("SIMILAR TO", _LIKE), exp.Glob: ("GLOB", _LIKE),
-    exp.Escape: ("LIKE ... ESCAPE", "use LIKE without ESCAPE, e.g. WHERE district LIKE 'S%'"),
+                  _columns_of("compare the column itself")),
+    exp.Array: ("list literals ([...])", "use an IN list, e.g. district IN ('Siming', 'Huli')"),
+    exp.Values: ("VALUES", "query one of the scenario's tables"),
+    exp.SimilarTo: ("SIMILAR TO", _like_hint), exp.Glob: ("GLOB", _like_hint),
+    exp.Escape: ("LIKE ... ESCAPE", "use LIKE without ESCAPE (% any text, _ one character)"),
     exp.Dot: ("field access on a value (x.field)",
-              "use the scenario's columns, e.g. SELECT avg(p.income) FROM persons p"),
-    exp.IntDiv: ("integer division //", "use floor(a / b), e.g. floor(age / 10)"),
+              "use the scenario's columns, qualified by a table alias: p.income"),
+    exp.IntDiv: ("integer division //", _intdiv_hint),
     exp.BitwiseAnd: _BITWISE, exp.BitwiseOr: _BITWISE, exp.BitwiseXor: _BITWISE,
     exp.BitwiseNot: _BITWISE, exp.BitwiseLeftShift: _BITWISE,
     exp.BitwiseRightShift: _BITWISE,
     exp.Tuple: ("row values ((a, b))",
-                "compare one column at a time, e.g. WHERE age = 30 AND income > 50000"),
-    exp.Any: ("ANY (...)", "use an IN list, e.g. WHERE age IN (30, 40)"),
-    exp.All: ("ALL (...)", "compare with a constant, e.g. WHERE age > 40"),
+                "compare one column at a time, e.g. age = 30 AND income > 50000"),
+    exp.Any: ("ANY (...)", _any_hint),
+    exp.All: ("ALL (...)", "compare with one constant, e.g. age > 40"),
     exp.ByteString: _STRINGS, exp.HexString: _STRINGS, exp.BitString: _STRINGS,
     exp.National: _STRINGS, exp.RawString: _STRINGS, exp.UnicodeString: _STRINGS,
     exp.Introducer: _STRINGS,
-    exp.AtTimeZone: ("AT TIME ZONE", "compare the dates directly, e.g. WHERE registered_on "
-                                     ">= DATE '2020-01-01'"),
+    exp.AtTimeZone: ("AT TIME ZONE", lambda node: f"compare the date directly, e.g. "
+                                                  f"{_columns(node)[0]} >= DATE '2020-01-01'"),
     exp.Lambda: ("lambdas (x -> ...)", "write the expression over the column directly"),
-    exp.Kwarg: ("named arguments (name := value)", "pass arguments by position"),
-    exp.PropertyEQ: ("named arguments (name := value)", "pass arguments by position"),
-    exp.Slice: ("slices ([a:b])", "compare the column itself, e.g. WHERE district = 'Siming'"),
-    exp.Overlaps: ("OVERLAPS", "compare the dates with BETWEEN, e.g. WHERE issued_on BETWEEN "
+    exp.Kwarg: ("named arguments (name := value)", "pass the arguments by position"),
+    exp.PropertyEQ: ("named arguments (name := value)", "pass the arguments by position"),
+    exp.Slice: ("slices ([a:b])", _columns_of("compare the column itself")),
+    exp.Overlaps: ("OVERLAPS", "compare the dates with BETWEEN, e.g. issued_on BETWEEN "
                                "DATE '2024-01-01' AND DATE '2024-12-31'"),
     exp.Operator: ("OPERATOR(...)", "use the plain operators =, <>, <, >, +, -, *, /"),
-    exp.Distance: ("distance operators (<->)", "use abs(a - b)"),
+    exp.Distance: ("distance operators (<->)", "use abs(a - b), e.g. abs(age - 40) < 5"),
     exp.Lateral: ("LATERAL", "join a scenario table with JOIN ... ON a declared key"),
-    exp.Unnest: ("UNNEST", "query a scenario table, e.g. SELECT count(*) FROM persons"),
+    exp.Unnest: ("UNNEST", "query one of the scenario's tables"),
     exp.TableSample: ("TABLESAMPLE", "query the whole table: the answer is noisy already"),
     exp.Pseudocolumn: ("pseudo-columns (ROWNUM, ...)", "aggregate with COUNT(*) instead"),
     exp.Prior: ("CONNECT BY ... PRIOR", "use plain SELECT ... FROM ... WHERE ... GROUP BY"),
     exp.Connect: ("CONNECT BY", "use plain SELECT ... FROM ... WHERE ... GROUP BY"),
     exp.Semicolon: ("an empty statement", "send one SELECT query"),
-    exp.Rollup: ("GROUP BY ROLLUP", "list the grouping expressions explicitly"),
-    exp.Cube: ("GROUP BY CUBE", "list the grouping expressions explicitly"),
-    exp.GroupingSets: ("GROUP BY GROUPING SETS", "list the grouping expressions explicitly"),
+    exp.Rollup: ("GROUP BY ROLLUP", _GROUPING),
+    exp.Cube: ("GROUP BY CUBE", _GROUPING),
+    exp.GroupingSets: ("GROUP BY GROUPING SETS", _GROUPING),
 }
 # Functions that come from operators or special syntax, named as the user wrote them.
-FUNCTION_WORDS: dict[type[exp.Expression], tuple[str, str]] = {
-    exp.Pow: ("^ (power)", "multiply out small powers, e.g. age * age"),
-    exp.RegexpLike: ("~ (regular expressions)", _LIKE),
-    exp.StartsWith: ("^@ (starts_with)", _LIKE),
-    exp.Collate: ("COLLATE", "compare lower-cased text, e.g. WHERE lower(district) = "
-                             "'siming'"),
+FUNCTION_WORDS: dict[type[exp.Expression], tuple[str, Hint]] = {
+    exp.Pow: ("^ (power)", _pow_hint),
+    exp.RegexpLike: ("~ (regular expressions)", _like_hint),
+    exp.StartsWith: ("^@ (starts_with)", _like_hint),
+    exp.Collate: ("COLLATE", _collate_hint),
     exp.JSONExtract: ("JSON access (->, ->>)", "use the scenario's columns"),
     exp.JSONExtractScalar: ("JSON access (->, ->>)", "use the scenario's columns"),
     exp.ArrayContains: ("list containment (@>)",
-                        "use an IN list, e.g. WHERE district IN ('Siming', 'Huli')"),
+                        "use an IN list, e.g. district IN ('Siming', 'Huli')"),
     exp.Xor: ("XOR", "write (a AND NOT b) OR (b AND NOT a)"),
     exp.Struct: ("structs (struct_pack, {...})", "use the scenario's columns"),
-    exp.ToMap: ("maps (MAP {...})", "use CASE, e.g. CASE district WHEN 'Siming' THEN 1 "
-                                    "ELSE 0 END"),
-    exp.Map: ("maps (MAP {...})", "use CASE, e.g. CASE district WHEN 'Siming' THEN 1 ELSE 0 "
-                                  "END"),
-    exp.VarMap: ("maps (MAP {...})", "use CASE, e.g. CASE district WHEN 'Siming' THEN 1 "
-                                     "ELSE 0 END"),
-    exp.Columns: ("COLUMNS(...)", "name each column, e.g. SELECT avg(income), avg(age) FROM "
-                                  "persons"),
+    exp.ToMap: _MAPS, exp.Map: _MAPS, exp.VarMap: _MAPS,
+    exp.Columns: ("COLUMNS(...)", "name each column, e.g. avg(income), avg(age)"),
 }
+
+
+def _hint(hint: Hint, node: exp.Expression) -> str:
+    return hint if isinstance(hint, str) else hint(node)
+
+
 SELECT_CLAUSES: dict[str, str] = {
     "into": "SELECT ... INTO", "locks": "FOR UPDATE / FOR SHARE",
     "sample": "USING SAMPLE / TABLESAMPLE", "laterals": "LATERAL VIEW", "pivots": "PIVOT",
@@ -224,8 +291,7 @@ def _check_select(node: exp.Select, root: exp.Select) -> None:
     for arg, words in SELECT_CLAUSES.items():
         if node.args.get(arg):
             raise Refusal("gate.construct_not_allowed", f"the gate does not answer {words}",
-                          "use plain SELECT ... FROM ... WHERE ... GROUP BY ..., e.g. SELECT "
-                          "district, count(*) FROM persons GROUP BY district", node)
+                          "use plain SELECT ... FROM ... WHERE ... GROUP BY ...", node)
     if node is not root:
         for arg, what in (("order", "ORDER BY"), ("limit", "LIMIT"), ("offset", "OFFSET"),
                           ("having", "HAVING"), ("group", "GROUP BY")):
@@ -255,7 +321,7 @@ def _check_table(node: exp.Table, tables: set[str], ctes: set[str]) -> None:
         if node.args.get(arg):
             raise Refusal("gate.construct_not_allowed",
                           f"the gate does not answer {words} on a table",
-                          f"reference the table by name only, e.g. FROM {node.name}", node)
+                          f"reference the table by name only: FROM {node.name}", node)
     if node.name not in tables and node.name not in ctes:
         raise Refusal("gate.unknown_table", f"'{node.name}' is not a table of this scenario",
                       f"use one of: {', '.join(sorted(tables))}", node)
@@ -294,8 +360,7 @@ def _agg_hint(node: exp.Expression) -> str:
 def _not_allowed(node: exp.Expression) -> Refusal:
     if isinstance(node, exp.Rollup | exp.Cube | exp.GroupingSets):
         return Refusal("gate.group_by", f"the gate does not answer {CONSTRUCTS[type(node)][0]}",
-                       "list the grouping expressions explicitly, e.g. GROUP BY gender, "
-                       "district", node)
+                       _GROUPING, node)
     if isinstance(node, exp.IgnoreNulls | exp.RespectNulls) and isinstance(node.this,
                                                                           exp.AggFunc):
         return Refusal("gate.aggregate_not_allowed",
@@ -320,8 +385,8 @@ def _not_allowed(node: exp.Expression) -> Refusal:
                        "see docs/gate.md for the functions the gate understands", node)
     if type(node) in FUNCTION_WORDS:
         words, hint = FUNCTION_WORDS[type(node)]
-        return Refusal("gate.function_not_allowed", f"the gate does not answer {words}", hint,
-                       node)
+        return Refusal("gate.function_not_allowed", f"the gate does not answer {words}",
+                       _hint(hint, node), node)
     if isinstance(node, exp.Func):
         return Refusal("gate.function_not_allowed",
                        f"the function {node.sql_name().lower()} is not answered",
@@ -330,8 +395,8 @@ def _not_allowed(node: exp.Expression) -> Refusal:
         return Refusal("gate.not_a_query", "only queries are answered", HINT_QUERY, node)
     if type(node) in CONSTRUCTS:
         words, hint = CONSTRUCTS[type(node)]
-        return Refusal("gate.construct_not_allowed", f"the gate does not answer {words}", hint,
-                       node)
+        return Refusal("gate.construct_not_allowed", f"the gate does not answer {words}",
+                       _hint(hint, node), node)
     return Refusal("gate.construct_not_allowed", f"the gate does not answer {_excerpt(node)}",
                    GENERIC_HINT, node)
 
