@@ -105,7 +105,7 @@ _COMMON_LOANS = """
       term_months: {role: dimension, keys: [6, 12, 24, 36, 60, 120, 240, 360]}
       purpose: {role: dimension, keys: [consumer, business, mortgage, auto, education]}
       status: {role: dimension, keys: [current, repaid, overdue, default]}
-      issued_on: dimension"""
+      issued_on: {role: dimension, keys: {from: 2017-01-01, to: 2020-12-31, step: month}}"""
 _DISTRICTS = """
   districts:
     dataset: districts
