@@ -66,9 +66,9 @@ class Home:
     def db(self) -> pathlib.Path:
         return self.home / "state.sqlite"
 
-    def __call__(self, *args: str, **env: str) -> Result:
+    def __call__(self, *args: str, input: str | None = None, **env: str) -> Result:
         proc = subprocess.run([str(SANDBOX), *args], env=self.env | env, capture_output=True,
-                              text=True, timeout=120)
+                              text=True, timeout=120, input=input)
         assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
@@ -142,6 +142,142 @@ def test_query_output_says_what_the_row_bound_cut(sandbox: Home) -> None:
     assert data["bounding"]["units_cut"] is None  # one row per person: nothing to cut
     assert "bounding:" not in sandbox.ok("query", "--policy", POLICY, "--member", "alice",
                                          "SELECT count(*) AS n FROM persons")
+
+
+# -- answers that say what they are -------------------------------------------------------
+
+YEARS = "SELECT year(issued_on) AS y, count(*) AS n FROM loans GROUP BY y"
+PRIVATE = "SELECT length(district) AS l, count(*) AS n FROM persons GROUP BY l"  # a threshold
+
+
+def _query(h: Home, *args: str, input: str | None = None) -> Result:
+    return h("query", "--policy", POLICY, "--member", "alice", *args, input=input)
+
+
+def test_keys_print_plain_and_suppressed_groups_carry_their_interval(sandbox: Home) -> None:
+    out = sandbox.ok("query", "--policy", POLICY, "--member", "alice", YEARS)
+    rows = [ln for ln in out.splitlines() if re.match(r"^\d", ln)]
+    assert rows and all(re.match(r"^20\d\d  ", ln) for ln in rows), out  # 2024, not 2,024
+    assert re.search(r"\d,\d{3} ± ", out) or all(int(r.split()[1].replace(",", "")) < 1000
+                                                 for r in rows)  # counts keep separators
+    out = sandbox.ok("query", "--policy", POLICY, "--member", "alice", PRIVATE)
+    assert re.search(r"groups suppressed [\d,]+ ± [\d,]+; release ", out), out
+    data = json.loads(sandbox.ok("query", "--policy", POLICY, "--member", "alice", "--format",
+                                 "json", PRIVATE + " ORDER BY l"))
+    assert isinstance(data["suppressed_groups_ci95"], int | float)
+    assert data["suppressed_groups_ci95"] > 0
+    public = json.loads(sandbox.ok("query", "--policy", POLICY, "--member", "alice",
+                                   "--format", "json",
+                                   "SELECT district, count(*) FROM persons GROUP BY district"))
+    assert public["suppressed_groups"] == 0 and public["suppressed_groups_ci95"] is None
+    out = sandbox.ok("query", "--policy", POLICY, "--member", "alice",
+                     "SELECT district, count(*) FROM persons GROUP BY district")
+    assert "groups suppressed 0; release" in out  # exact: public keys suppress nothing
+
+
+def test_cjk_columns_line_up(sandbox: Home) -> None:
+    from sandbox.display import width
+
+    out = sandbox.ok("query", "--policy", POLICY, "--member", "alice",
+                     "SELECT name_zh, count(*) AS n FROM persons p JOIN districts d "
+                     "ON p.district = d.district GROUP BY name_zh")
+    lines = out.splitlines()
+    table = lines[:lines.index(next(ln for ln in lines if ln.startswith("noisy values")))]
+    assert any("区" in ln for ln in table), out
+    starts = {width(ln[:re.search(r"\S+\s*$" if i == 0 else r"\s\s+\S", ln).end()
+                       - (1 if i else len(ln.split()[-1]))]) for i, ln in enumerate(table)}
+    assert len(starts) == 1, table  # the n column starts at the same display column
+
+
+def test_csv_keeps_the_release_id_and_epsilon(sandbox: Home) -> None:
+    import csv
+    import io
+
+    result = _query(sandbox, "--format", "csv", "--epsilon", "0.7",
+                    "SELECT district, count(*) AS n, avg(income) AS epsilon FROM persons "
+                    "GROUP BY district")
+    assert result.rc == 0, result.err
+    rows = list(csv.DictReader(io.StringIO(result.out)))
+    assert rows and list(rows[0])[:6] == ["district", "n", "epsilon", "district_ci95", "n_ci95",
+                                          "epsilon_ci95"]
+    # the release's own columns; a name a result column took gets the prefix sandbox_
+    assert list(rows[0])[6:] == ["release_id", "sandbox_epsilon", "delta", "suppressed_groups",
+                                 "suppressed_groups_ci95"]
+    ids = {r["release_id"] for r in rows}
+    assert len(ids) == 1 and re.fullmatch(r"[0-9a-f]{32}", ids.pop())
+    assert {r["sandbox_epsilon"] for r in rows} == {"0.7"}
+    assert rows[0]["district_ci95"] == "" and float(rows[0]["n_ci95"]) > 0
+    assert f"release {rows[0]['release_id']}: epsilon 0.7" in result.err  # also on stderr
+
+
+def test_query_reads_one_query_from_a_file_or_stdin(sandbox: Home, tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "q.sql"
+    path.write_text("\ufeff-- districts\nSELECT district, count(*) AS n\nFROM persons\n"
+                    "GROUP BY district;\n", encoding="utf-8")
+    out = _query(sandbox, "-f", str(path))
+    assert out.rc == 0 and out.out.startswith("district"), out.err
+    out = _query(sandbox, "--file", "-", "--format", "json",
+                 input="SELECT count(*) AS n FROM persons")
+    assert out.rc == 0 and json.loads(out.out)["columns"] == ["n"]
+    assert "give the SQL either as an argument or with --file" in _error(
+        _query(sandbox, "-f", str(path), "SELECT count(*) FROM persons"), "input.invalid")
+    assert "--batch reads its queries from standard input" in _error(
+        _query(sandbox, "--batch", "-f", str(path)), "input.invalid")
+    assert "no SQL to answer" in _error(_query(sandbox), "input.invalid")
+    assert "not found" in _error(_query(sandbox, "-f", str(tmp_path / "nope.sql")),
+                                 "input.invalid")
+    (tmp_path / "empty.sql").write_text("  \n")
+    assert "is empty" in _error(_query(sandbox, "-f", str(tmp_path / "empty.sql")),
+                                "input.invalid")
+    # a refused query from a file shows where, in the file's own lines
+    path.write_text("SELECT count(*)\nFROM persons\nWHERE name = 'x'\n")
+    err = _error(_query(sandbox, "-f", str(path)), "gate.unknown_column")
+    assert "(line 3, column 7)" in err and "  WHERE name = 'x'\n        ^\n" in err
+
+
+def test_batch_lines_carry_their_line_number_or_id(sandbox: Home) -> None:
+    lines = [
+        "SELECT count(*) AS n FROM persons",                                      # 1: SQL
+        "",                                                                        # 2: skipped
+        "-- a comment",                                                            # 3: skipped
+        json.dumps({"id": "by-district", "sql": "SELECT district, count(*) "
+                    "FROM persons GROUP BY district", "epsilon": 0.3}),            # 4
+        json.dumps({"id": 7, "sql": "SELECT name FROM persons"}),                  # 5: refused
+        "{not json",                                                               # 6
+        json.dumps({"sql": "SELECT count(*) FROM persons", "epsilom": 1}),         # 7: typo
+        json.dumps({"id": True, "sql": "SELECT count(*) FROM persons"}),           # 8
+    ]
+    result = _query(sandbox, "--batch", "--epsilon", "0.2", input="\n".join(lines) + "\n")
+    assert result.rc == 0, result.err
+    out = [json.loads(ln) for ln in result.out.splitlines()]
+    assert [o["input_line"] for o in out] == [1, 4, 5, 6, 7, 8]
+    assert out[0]["columns"] == ["n"] and out[0]["epsilon"] == pytest.approx(0.2)  # --epsilon
+    assert out[1]["id"] == "by-district" and out[1]["epsilon"] == pytest.approx(0.3)
+    assert out[2]["id"] == 7 and out[2]["error"]["code"] == "gate.unknown_column"
+    assert (out[2]["error"]["line"], out[2]["error"]["column"]) == (1, 8)  # in the SQL
+    assert out[3]["error"]["code"] == "input.invalid" and "line 6" in out[3]["error"]["message"]
+    assert "'epsilom'" in out[4]["error"]["message"]
+    assert "'id'" in out[5]["error"]["message"] and "id" not in out[5]
+    assert "id" not in out[0] and all("error" in o or o["release_id"] for o in out)
+    assert "--format csv does not apply" in _error(
+        _query(sandbox, "--batch", "--format", "csv", input=""), "input.invalid")
+
+
+def test_refusals_show_rule_position_and_a_caret(sandbox: Home) -> None:
+    sql = "SELECT count(*) FROM persons WHERE '市区' = district AND namex = 1"
+    err = _error(_query(sandbox, sql), "gate.unknown_column")
+    lines = err.splitlines()
+    assert lines[0].endswith("(line 1, column 56)")
+    assert lines[1] == f"  {sql}"
+    assert lines[2].index("^") == 2 + 55 + 2  # two CJK characters take two columns each
+    data = json.loads(_query(sandbox, "--format", "json", sql).out)
+    assert (data["error"]["line"], data["error"]["column"]) == (1, 56)
+    err = _error(sandbox("explain", "--policy", POLICY,
+                         "SELECT gender || district AS g, count(*) FROM persons GROUP BY g"),
+                 "gate.construct_not_allowed")
+    assert "string concatenation ||" in err and "DPIPE" not in err
+    assert "(line 1, column 8)" in err and "\n         ^\n" in err
+    assert "GROUP BY gender, district" in err  # the hint's rewrite
 
 
 # -- budgets ------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from sandbox.client import (
     WorkspaceError,
     render,
     service_url,
+    to_frame,
 )
 
 
@@ -70,6 +71,7 @@ def test_schema_explain_sql_budget(env: Svc) -> None:
     page = render(df)
     assert "±" in page and "noise" in page and "sandbox-budget" in page
     assert rel["bounding"]["rows_per_unit"] == {"loans": 10}  # what the row bound cut
+    assert "suppressed_groups_ci95" in rel  # None: public keys suppress nothing
     assert "had matching rows left out" in page
     budget = sb.budget()
     assert "sandbox-budget" in budget._repr_html_()
@@ -88,6 +90,10 @@ def test_errors_map_to_exception_families(env: Svc, hub: Hub,  # noqa: F811
     err = info.value
     assert err.code.startswith("gate.") and err.hint and err.status == 400
     assert err.code in str(err) and "hint:" in str(err)
+    # where: line and column, the refused line and a caret under person_id
+    assert (err.line, err.column) == (1, 8) and "(line 1, column 8)" in str(err)
+    assert "\n  SELECT person_id FROM persons\n         ^\n" in str(err)
+    assert "line 1, column 8" in err._repr_html_() and "<pre" in err._repr_html_()
     with pytest.raises(client_mod.InvalidRequest):
         sb.describe("nope")
     monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "forged" + "0" * 26)
@@ -188,3 +194,40 @@ def test_dpsql_cell_magic(env: Svc) -> None:
     finally:
         client_mod._clients.clear()
         InteractiveShell.clear_instance()
+
+
+RELEASE = {
+    "release_id": "f" * 32, "policy": "credit-underwriting", "columns": ["year", "名称", "n"],
+    "rows": [[2024, "思明区", 12345], [2025, "湖里区", 7]],
+    "ci95": [[None, None, 40.0], [None, None, 40.0]],
+    "mechanisms": {"n": "discrete_laplace (scale 21)"}, "epsilon": 0.5, "delta": 1e-7,
+    "suppressed_groups": 3, "suppressed_groups_ci95": 12.0, "noisy": True, "replayed": False,
+    "dummy": False, "bounding": {"rows_per_unit": {"loans": 10}, "groups_per_unit": None,
+                                 "units_cut": 80, "units_cut_ci95": 126.0},
+}
+
+
+def test_frame_metadata_and_display_say_what_the_release_is() -> None:
+    df = to_frame(RELEASE)
+    rel = df.attrs["release"]
+    assert rel["suppressed_groups"] == 3 and rel["suppressed_groups_ci95"] == 12.0
+    assert rel["bounding"]["units_cut"] == 80 and rel["epsilon"] == 0.5
+    page = render(df)
+    assert "<td>2024</td>" in page and "2,024" not in page  # keys as written
+    assert "12,345" in page  # noisy counts keep their separators
+    assert "About 3 group(s) were suppressed (± 12" in page
+    assert "about 80 units (± 126)" in page
+    public = to_frame({**RELEASE, "suppressed_groups": 0, "suppressed_groups_ci95": None})
+    assert "were suppressed" not in render(public)
+
+
+def test_a_refusal_shows_the_refused_line_with_a_caret() -> None:
+    sql = "SELECT count(*)\nFROM persons\nWHERE '市区' = district AND namex = 1"
+    err = QueryRefused("gate.unknown_column", "column 'namex' is not available", "use age",
+                       400, 3, 30)
+    assert str(err).splitlines()[0].endswith("(line 3, column 30)")
+    err.sql = sql
+    lines = str(err).splitlines()
+    assert lines[1] == "  WHERE '市区' = district AND namex = 1"
+    assert lines[2].index("^") == 2 + 29 + 2  # the two CJK characters are two columns each
+    assert lines[-1] == "hint: use age"
