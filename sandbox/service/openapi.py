@@ -205,7 +205,10 @@ def document(prefix: str, version: str) -> dict[str, Any]:
                                     "description": "stable code, see x-error-codes"},
                            "message": {"type": "string"},
                            "hint": {"type": ["string", "null"]},
-                           "line": {"type": "integer"}, "column": {"type": "integer"}}}}},
+                           "line": {"type": "integer", "description": "gate refusals: "
+                                    "the line of the refused part of the SQL (1-based)"},
+                           "column": {"type": "integer", "description": "its column, in "
+                                      "characters (1-based)"}}}}},
         "ExportSubmit": {"type": "object", "required": ["title", "purpose", "items"],
                          "additionalProperties": False, "properties": export_fields},
         "ExportResubmit": {"type": "object", "required": ["items"],
@@ -261,7 +264,8 @@ def document(prefix: str, version: str) -> dict[str, Any]:
             "rewritten_sql": {"type": "string"}, "postprocess_sql": {"type": "string"},
             "columns": {"type": "array", "items": {"type": "string"}},
             "cost": {"type": "object"}, "plan": {"type": "object"},
-            "groups": {"type": "string"}, "accuracy": {"type": "object"}}},
+            "groups": {"type": "string"}, "accuracy": {"type": "object"},
+            "bounding": {"type": "object"}}},
         "Release": {"type": "object", "properties": {
             "release_id": {"type": "string"}, "policy": {"type": "string"},
             "columns": {"type": "array", "items": {"type": "string"}},
@@ -270,7 +274,27 @@ def document(prefix: str, version: str) -> dict[str, Any]:
                      "description": "95% half-width per cell (null: exact key or not given)"},
             "mechanisms": {"type": "object", "additionalProperties": {"type": "string"}},
             "epsilon": {"type": "number"}, "delta": {"type": "number"},
-            "suppressed_groups": {"type": "integer"}, "noisy": {"const": True},
+            "suppressed_groups": {"type": "integer", "minimum": 0, "description":
+                                  "groups held back below the threshold (private keys): "
+                                  "computed from a noisy count of all groups, so "
+                                  "approximate; 0 and exact with public keys"},
+            "suppressed_groups_ci95": {"type": ["number", "null"], "description":
+                                       "95% half-width of the noisy group count behind "
+                                       "suppressed_groups; null when nothing can be "
+                                       "suppressed (public keys or no GROUP BY)"},
+            "bounding": {"type": "object", "description":
+                         "what contribution bounding did (docs/gate.md)", "properties": {
+                             "rows_per_unit": {"type": "object", "additionalProperties": {
+                                 "type": "integer"}, "description": "table -> the rows each "
+                                 "unit keeps (at random, before WHERE)"},
+                             "groups_per_unit": {"type": ["integer", "null"]},
+                             "units_cut": {"type": ["integer", "null"], "description":
+                                           "noisy count of the units that had a matching "
+                                           "row left out by the row bound; null when no row "
+                                           "bound above 1 applies"},
+                             "units_cut_ci95": {"type": ["number", "null"]},
+                             "note": {"type": "string"}}},
+            "noisy": {"const": True},
             "replayed": {"type": "boolean", "description": "true: the stored answer of an "
                          "earlier identical request (same SQL, epsilon, policy and data), "
                          "not charged again; epsilon and delta are what it cost then"},
