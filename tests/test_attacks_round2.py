@@ -2,8 +2,11 @@
 units a row bound cut, zCDP accounting of pure-DP charges, bins of a bounded measure as
 public keys, and delta-method intervals.
 
-One test per attack. A claim that held is a plain test (a regression guard); a claim that
-broke is ``xfail(strict=True)`` with what breaks, where, and what the fix is about.
+One test per attack, each a regression guard. Three broke and are fixed: the cut count
+over two row-bounded tables read a unit's rows to a power (now one table's bound is lifted
+at a time), it counted every left row under a LEFT JOIN (now the lifted table's unit must
+be present), and a bin width too small for the bounds raised OverflowError (now the keys
+are private).
 """
 
 from __future__ import annotations
@@ -67,17 +70,6 @@ def test_units_cut_moves_by_at_most_one_with_a_heavy_unit_in_a_self_join() -> No
     assert q.plan.cost.epsilon == pytest.approx(1.0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sandbox/sql/rewrite/measurements.py cut_units, the branch for several row-bounded scans "
-    "(`else:  # a row is cut when any of its tables' rows is`): it drops every scan's "
-    "`__sandbox_rank <= k` filter, so a join of two bounded private tables (persons JOIN "
-    "loans l1 JOIN loans l2, accepted) reads all n^2 (n^3 with a third loans join) rows of "
-    "a unit with n rows, while the answer itself reads at most k^2. The cut count runs after "
-    "the charge: one heavy unit (1,200 loans, three loans joins) made the query run past "
-    "a 3 s limit and fail after its charge, versus 0.04 s without that unit. A "
-    "data-dependent failure after the charge (an oracle on one unit) and free CPU burn; "
-    "units_only avoids exactly this shape for the same reason. Fix idea: lift one table's "
-    "bound at a time (the others kept) and count distinct units over their union."))
 def test_the_cut_count_reads_rows_linear_in_one_units_rows() -> None:
     eng = kit.build_engine(_heavy_world())
     rows = _cut_relation_rows(SELF_JOIN, eng)
@@ -85,14 +77,6 @@ def test_the_cut_count_reads_rows_linear_in_one_units_rows() -> None:
     assert rows <= base_rows + 2 * HEAVY * 10, f"{rows} rows for a unit of {HEAVY} loans"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sandbox/sql/rewrite/measurements.py cut_units, the single-scan branch: it replaces "
-    "the bounded scan's filter by `__sandbox_rank > k` but keeps the query's joins, so when "
-    "that scan is the right side of a LEFT JOIN every left row survives (NULL-extended) and "
-    "is counted as cut. `FROM persons p LEFT JOIN loans l ...` reports every person as cut "
-    "(24 of 24 here) when nobody has more than 10 loans. Privacy holds (still one unit, "
-    "sensitivity 1) but units_cut, which tells the analyst how biased counts are, is wrong. "
-    "Fix idea: also require the lifted scan's unit column to be non-NULL in the cut query."))
 def test_units_cut_under_a_left_join_counts_only_units_that_were_cut() -> None:
     g = kit.gate("laplace")
     eng = kit.build_engine(kit.base_world("laplace", False))  # nobody above 10 loans
@@ -133,13 +117,6 @@ def test_public_bins_release_exactly_the_declared_keys_whatever_the_data(sql: st
         assert [r[:nkeys] for r in out.release.rows] == declared
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sandbox/sql/intervals.py _bin_domain: `math.floor(b[0] / width)` raises OverflowError "
-    "when the bound divided by a tiny width overflows to inf (floor(age / 1e-307)). The "
-    "error is not a Refusal: Gate.check/explain/answer raise it, the service answers 500 "
-    "internal, no query.refused record is written (Gate.answer only records Refusal) and "
-    "the request does not count against refusals_per_minute. Before any charge, not "
-    "data-dependent. Fix: return None (private keys) when b/width is not finite."))
 @pytest.mark.parametrize("sql", [
     "SELECT floor(age / 1e-307) AS b, count(*) FROM persons GROUP BY b",
     "SELECT floor(age / 5e-324) * 2 AS b, count(*) FROM persons GROUP BY b",

@@ -145,8 +145,8 @@ def _check_joins(tree: exp.Select, sources: Sources, policy: Policy) -> None:
                               f"a column of '{new}' (the table this JOIN brings in) with a "
                               "table joined before it", "put each condition in the ON of the "
                               "join that brings in its table; filter in WHERE", cond)
-            ta, tb = sources.tables[a.table], sources.tables[b.table]
-            declared = policy.join_for((ta.alias, a.name), (tb.alias, b.name))
+            declared = policy.join_for(sources.origin(a.table, a.name),
+                                       sources.origin(b.table, b.name))
             if declared is None:
                 raise Refusal("gate.join", f"the join {cond.sql('duckdb')} is not declared by "
                               "this scenario", _joins_hint(policy), cond)

@@ -332,7 +332,10 @@ def _bin_domain(node: exp.Expression, lookup: ColumnLookup
     b = bounds(inner, lookup)
     if b is None:
         return None
-    ends = sorted((math.floor(b[0] / width), math.floor(b[1] / width)))
+    ends_f = (b[0] / width, b[1] / width)
+    if not all(math.isfinite(e) for e in ends_f):  # a width too small for the bounds
+        return None
+    ends = sorted((math.floor(ends_f[0]), math.floor(ends_f[1])))
     if ends[1] - ends[0] + 1 > MAX_BINS:
         return None
     values = [i * scale for i in range(ends[0], ends[1] + 1)]

@@ -10,7 +10,8 @@ one level only. Whatever cannot be merged is refused.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlglot import exp
 from sqlglot.errors import OptimizeError
@@ -27,22 +28,39 @@ DUCKDB_TYPES = {"string": "VARCHAR", "int16": "SMALLINT", "int32": "INTEGER",
 
 @dataclass(frozen=True)
 class Sources:
-    """The flat query's table aliases and what each stands for."""
+    """The flat query's table aliases and what each stands for.
+
+    ``derived`` holds the per-unit aggregations (``sql/per_unit.py``) the query reads as
+    tables, by table name: their virtual policy is in ``tables``, the SQL the engine runs
+    for them here, and ``origins`` names the scenario column each of their columns is (a
+    join on a derived column is declared when the join on its origin is)."""
 
     tables: dict[str, TablePolicy]
+    derived: dict[str, exp.Select] = field(default_factory=dict)
+    origins: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
 
     def column(self, col: exp.Column) -> ColumnPolicy:
         return self.tables[col.table].columns[col.name]
 
+    def origin(self, alias: str, column: str) -> tuple[str, str]:
+        """The scenario table and column ``alias.column`` stands for."""
+        return self.origins.get(alias, {}).get(column, (self.tables[alias].alias, column))
 
-def schema_of(policy: Policy) -> dict[str, dict[str, str]]:
+
+def schema_of(policy: Policy, derived: dict[str, TablePolicy] | None = None
+              ) -> dict[str, dict[str, str]]:
+    tables = {**policy.tables, **(derived or {})}
     return {alias: {c.name: DUCKDB_TYPES[c.type] for c in t.columns.values()}
-            for alias, t in policy.tables.items()}
+            for alias, t in tables.items()}
 
 
-def resolve(tree: exp.Select, policy: Policy) -> tuple[exp.Select, Sources]:
+def resolve(tree: exp.Select, policy: Policy, derived: dict[str, Any] | None = None
+            ) -> tuple[exp.Select, Sources]:
+    """``derived``: per-unit aggregations by table name (``sql.per_unit.Derived``)."""
+    derived = derived or {}
+    virtual = {name: d.table for name, d in derived.items()}
     try:
-        tree = qualify(tree, schema=schema_of(policy), dialect="duckdb",
+        tree = qualify(tree, schema=schema_of(policy, virtual), dialect="duckdb",
                        validate_qualify_columns=True, quote_identifiers=False,
                        expand_stars=False)
     except OptimizeError as exc:
@@ -58,7 +76,12 @@ def resolve(tree: exp.Select, policy: Policy) -> tuple[exp.Select, Sources]:
                       "aggregation (it is used twice, or it groups, limits or orders rows)",
                       "derive row-level columns once, then aggregate in the outer query", node)
     sources: dict[str, TablePolicy] = {}
+    origins: dict[str, dict[str, tuple[str, str]]] = {}
     for table in tree.find_all(exp.Table):
+        if table.name in derived:
+            sources[table.alias_or_name] = virtual[table.name]
+            origins[table.alias_or_name] = derived[table.name].origin
+            continue
         if table.name not in policy.tables:
             raise Refusal("gate.unknown_table", f"'{table.name}' is not a table of this "
                           "scenario", f"use one of: {', '.join(sorted(policy.tables))}", table)
@@ -73,7 +96,7 @@ def resolve(tree: exp.Select, policy: Policy) -> tuple[exp.Select, Sources]:
                               "name a column, e.g. COUNT(t.column)", col)
             raise Refusal("gate.unknown_column", f"column '{col.sql('duckdb')}' is not "
                           "available in this scenario", _columns_hint(policy), col)
-    return tree, Sources(sources)
+    return tree, Sources(sources, {n: d.select for n, d in derived.items()}, origins)
 
 
 def _is_output_alias_ref(col: exp.Column, tree: exp.Select) -> bool:

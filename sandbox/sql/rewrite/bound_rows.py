@@ -19,16 +19,22 @@ RANK = "__sandbox_rank"
 
 def bound_rows(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
     bounded = not ctx.units_only  # distinct-unit counts need no row bound (RewriteContext)
+    derived = ctx.analysis.sources.derived
     for table in list(tree.find_all(exp.Table)):
-        tp = ctx.policy.tables[table.name]
         alias = table.alias_or_name
+        if table.name in derived:  # a per-unit aggregation: one row per unit already
+            table.replace(exp.Subquery(this=derived[table.name].copy(), alias=exp.TableAlias(
+                this=exp.to_identifier(alias))))
+            continue
+        tp = ctx.policy.tables[table.name]
         scan = exp.select(*[exp.column(c) for c in tp.columns]).from_(
             exp.to_table(tp.engine_table), copy=False)
         if not tp.public and bounded:
             bound = exp.LTE(this=exp.column(RANK),
                             expression=exp.Literal.number(tp.max_rows_per_unit))
             scan = scan.where(bound, copy=False)
-            scan.meta["sandbox_rank"] = (tp.engine_table, tp.max_rows_per_unit)
+            scan.meta["sandbox_rank"] = (tp.engine_table, tp.max_rows_per_unit,
+                                         tp.privacy_unit)
         table.replace(exp.Subquery(this=scan, alias=exp.TableAlias(
             this=exp.to_identifier(alias))))
     return tree

@@ -265,31 +265,37 @@ CUT = "__cut"
 
 def cut_units(rel: exp.Select) -> exp.Select | None:
     """How many units have a row that matches the query but was left out by a row bound
-    (``bound_rows``) above 1: the same rows and conditions, the bounds lifted and tested.
+    (``bound_rows``) above 1: the same rows and conditions with one table's bound lifted to
+    keep only its rows beyond the bound (the other bounds kept, so a unit's joined rows
+    stay linear in its rows), for each bounded table in turn, units counted once.
 
     Released with noise beside the answer, it tells the analyst how much the bound can
     have lowered counts and sums. One unit moves it by at most 1 (ranks are per unit). A
     bound of 1 on a table of one row per unit cuts nothing and is not reported.
     """
-    rel = rel.copy()
-    scans = [s for s in rel.find_all(exp.Select)
-             if s._meta and s.meta.get("sandbox_rank", (None, 1))[1] > 1]
-    if not scans:
+    marked = [s for s in rel.find_all(exp.Select)
+              if s._meta and s.meta.get("sandbox_rank", (None, 1))[1] > 1]
+    if not marked:
         return None
-    count: exp.Expression = exp.Count(this=exp.Distinct(expressions=[_col("__unit")]))
-    if len(scans) == 1:  # only the cut rows: the engine skips the others at the scan
-        scans[0].set("where", exp.Where(this=exp.GT(this=exp.column(RANK),
-                                                    expression=exp.Literal.number(
-                                                        scans[0].meta.pop("sandbox_rank")[1]))))
-    else:  # a row is cut when any of its tables' rows is
-        over = []
-        for scan in scans:
-            k = scan.meta.pop("sandbox_rank")[1]
-            scan.set("where", None)
-            scan.select(RANK, copy=False)
-            over.append(exp.GT(this=exp.column(RANK, table=scan.parent.alias),
-                               expression=exp.Literal.number(k)))
-        rel = rel.select(exp.alias_(exp.or_(*over), "__over"), copy=False)
-        count = exp.Filter(this=count, expression=exp.Where(this=_col("__over")))
+    parts: list[exp.Select] = []
+    for i in range(len(marked)):
+        part = rel.copy()
+        scan = [s for s in part.find_all(exp.Select)
+                if s._meta and s.meta.get("sandbox_rank", (None, 1))[1] > 1][i]
+        _, k, unit = scan.meta["sandbox_rank"]
+        scan.set("where", exp.Where(this=exp.GT(this=exp.column(RANK),
+                                                expression=exp.Literal.number(k))))
+        if isinstance(scan.parent.parent, exp.Join) and scan.parent.parent.parent is part:
+            # under an outer join the lifted table's columns are NULL where it has no row
+            part = part.where(exp.Not(this=exp.Is(
+                this=exp.column(unit, table=scan.parent.alias), expression=exp.Null())),
+                copy=False)
+        part.set("expressions", [e for e in part.expressions if e.alias == "__unit"])
+        parts.append(part)
+    union: exp.Expression = parts[0]
+    for part in parts[1:]:
+        union = exp.Union(this=union, expression=part, distinct=False)
+    count = exp.Count(this=exp.Distinct(expressions=[_col("__unit")]))
     return exp.select(exp.alias_(count, CUT)).from_(
-        exp.Subquery(this=rel, alias=exp.TableAlias(this=exp.to_identifier(REL))), copy=False)
+        exp.Subquery(this=union, alias=exp.TableAlias(this=exp.to_identifier(REL))),
+        copy=False)
