@@ -25,7 +25,7 @@ from .audit import values_digest
 from .errors import EngineError, SandboxError
 from .ledger import Ledger, replay_key
 from .policy import Policy
-from .sql import allowlist, shortcuts
+from .sql import allowlist, per_unit, shortcuts
 from .sql.analyse import Analysis, analyse
 from .sql.normalise import normalise
 from .sql.parse import parse
@@ -156,9 +156,7 @@ def bounding_facts(q: CheckedQuery) -> dict[str, Any]:
     unit keeps per table, the groups it keeps, and whether a noisy count of the units the
     row bound cut comes with the answer (``units_cut``, with its 95% half-width)."""
     a, ctx = q.analysis, q.ctx
-    rows = {} if ctx.units_only else {
-        t.alias: t.max_rows_per_unit for t in a.sources.tables.values()
-        if not t.public and t.max_rows_per_unit > 1}
+    rows = a.sources.row_bounds(direct=not ctx.units_only)
     facts: dict[str, Any] = {
         "rows_per_unit": rows,
         "groups_per_unit": ctx.max_groups if ctx.group_bounded else None,
@@ -239,8 +237,9 @@ class Gate:
         tree = parse(sql)
         names = output_names(tree)
         tree = normalise(tree, self.policy)
-        allowlist.check(tree, set(self.policy.tables))
-        flat, sources = resolve(tree, self.policy)
+        tree, derived = per_unit.extract(tree, self.policy)
+        allowlist.check(tree, set(self.policy.tables) | set(derived))
+        flat, sources = resolve(tree, self.policy, derived)
         if len(flat.expressions) != len(names):  # pragma: no cover - qualify keeps the list
             raise Refusal("gate.row_level_output", "the select list could not be resolved")
         return analyse(flat, sources, self.policy), names
@@ -292,7 +291,7 @@ class Gate:
             ledger.refused(member, sql, refusal.code, refusal.message)
             raise
         key = replay_key(sql, q.epsilon, self.policy.id, self.policy.content_hash,
-                         sorted(t.engine_table for t in q.analysis.sources.tables.values()))
+                         q.analysis.sources.engine_tables())
         stored = ledger.replay(member, key, sql=sql, request_id=request_id,
                                request_digest=request_digest)
         if stored is not None:

@@ -67,6 +67,17 @@ ANALYST_QUERIES: list[str] = [
     "GROUP BY district) t WHERE n > 300 ORDER BY twice LIMIT 3",
     "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY income) AS med, "
     "percentile_disc(0.9) WITHIN GROUP (ORDER BY credit_score DESC) AS p10 FROM persons",
+    # per-unit pre-aggregation (sandbox/sql/per_unit.py)
+    "SELECT AVG(total) FROM (SELECT person_id, SUM(amount) AS total FROM loans "
+    "GROUP BY person_id) t",
+    "SELECT p.district, AVG(t.total) AS avg_total FROM persons p JOIN (SELECT person_id, "
+    "SUM(amount) AS total FROM loans GROUP BY person_id) t ON t.person_id = p.person_id "
+    "GROUP BY p.district",
+    "SELECT district, AVG(n) AS loans_per_person FROM (SELECT p.person_id, p.district, "
+    "COUNT(*) AS n FROM loans l JOIN persons p ON p.person_id = l.person_id "
+    "GROUP BY p.person_id, p.district) t GROUP BY district",
+    "WITH per AS (SELECT person_id, COUNT(*) AS n FROM loans WHERE status = 'default' "
+    "GROUP BY person_id) SELECT count(*) AS repeat_defaulters FROM per WHERE n >= 2",
     "WITH adults AS (SELECT district, income FROM persons WHERE age >= 25) "
     "SELECT district, avg(income) FROM adults GROUP BY district",
     "WITH big AS (SELECT person_id, amount, status FROM loans WHERE amount > 100000) "

@@ -260,8 +260,32 @@ ATTACKS: list[tuple[str, str]] = [
     ("SELECT count(*) FROM persons p WHERE EXISTS (SELECT 1 FROM loans l WHERE "
      "l.person_id = p.person_id)", "gate.subquery"),
     ("SELECT (SELECT count(*) FROM loans) FROM persons", "gate.subquery"),
-    ("SELECT avg(t) FROM (SELECT sum(amount) AS t FROM loans GROUP BY person_id) s",
+    # per-unit pre-aggregation (sql/per_unit.py): only per unit, one row per unit
+    ("SELECT avg(t) FROM (SELECT status, sum(amount) AS t FROM loans GROUP BY status) s",
      "gate.subquery"),
+    ("SELECT count(*) FROM (SELECT person_id, status, sum(amount) AS t FROM loans "
+     "GROUP BY person_id, status) s", "gate.subquery"),
+    ("SELECT avg(t) FROM (SELECT person_id, sum(amount) AS t FROM loans GROUP BY person_id "
+     "HAVING sum(amount) > 10) s", "gate.subquery"),
+    ("SELECT avg(t) FROM (SELECT person_id, amount AS t FROM loans GROUP BY person_id, "
+     "amount) s", "gate.subquery"),
+    ("SELECT avg(t) FROM (SELECT person_id, max(amount) AS t FROM loans GROUP BY "
+     "person_id) s", "gate.aggregate_not_allowed"),
+    ("SELECT avg(t) FROM (SELECT person_id, count(DISTINCT status) AS t FROM loans GROUP BY "
+     "person_id) s", "gate.count_distinct"),
+    ("SELECT avg(t) FROM (SELECT person_id, sum(term_months * amount / rate) AS t FROM loans "
+     "GROUP BY person_id) s", "gate.unbounded_measure"),
+    ("SELECT t FROM (SELECT person_id, sum(amount) AS t FROM loans GROUP BY person_id) s",
+     "gate.group_by"),
+    ("SELECT s.person_id, count(*) FROM (SELECT person_id, sum(amount) AS t FROM loans "
+     "GROUP BY person_id) s GROUP BY s.person_id", "gate.group_by"),
+    ("WITH s AS (SELECT person_id, sum(amount) AS t FROM loans GROUP BY person_id) "
+     "SELECT count(*) FROM s a JOIN s b ON a.person_id = b.person_id", "gate.subquery"),
+    ("SELECT count(*) FROM (SELECT person_id, sum(amount) AS t FROM loans GROUP BY "
+     "person_id) loans", "gate.subquery"),
+    ("SELECT count(*) FROM (SELECT person_id, sum(amount) AS t FROM loans GROUP BY person_id) a "
+     "JOIN (SELECT person_id, count(*) AS n FROM loans GROUP BY person_id) b "
+     "ON a.person_id = b.person_id", "gate.join"),
     ("SELECT count(*) FROM (SELECT income FROM persons ORDER BY income LIMIT 1) s",
      "gate.subquery"),
     ("SELECT count(*) FROM (SELECT income FROM persons LIMIT 10) s", "gate.subquery"),

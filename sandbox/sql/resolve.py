@@ -30,17 +30,40 @@ DUCKDB_TYPES = {"string": "VARCHAR", "int16": "SMALLINT", "int32": "INTEGER",
 class Sources:
     """The flat query's table aliases and what each stands for.
 
-    ``derived`` holds the per-unit aggregations (``sql/per_unit.py``) the query reads as
-    tables, by table name: their virtual policy is in ``tables``, the SQL the engine runs
-    for them here, and ``origins`` names the scenario column each of their columns is (a
-    join on a derived column is declared when the join on its origin is)."""
+    ``derived`` holds the per-unit aggregations (``sql.per_unit.Derived``) the query reads
+    as tables, by table name: their virtual policy is in ``tables``, and ``origins`` names
+    the scenario column each of their columns is (a join on a derived column is declared
+    when the join on its origin is)."""
 
     tables: dict[str, TablePolicy]
-    derived: dict[str, exp.Select] = field(default_factory=dict)
+    derived: dict[str, Any] = field(default_factory=dict)
     origins: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
 
     def column(self, col: exp.Column) -> ColumnPolicy:
         return self.tables[col.table].columns[col.name]
+
+    def engine_tables(self) -> list[str]:
+        """The engine tables (dataset versions) the query reads, derived tables' included."""
+        names = {t.engine_table for a, t in self.tables.items() if a not in self._derived()}
+        for d in self._derived().values():
+            names.update(d.engine_tables)
+        return sorted(names)
+
+    def row_bounds(self, direct: bool = True) -> dict[str, int]:
+        """Scenario table -> the rows a unit keeps in it, for bounds above 1; the tables the
+        query reads directly only if ``direct`` (they are not bounded when it only counts
+        distinct units), those of per-unit aggregations always."""
+        out = {t.alias: t.max_rows_per_unit for a, t in self.tables.items()
+               if direct and a not in self._derived() and not t.public
+               and t.max_rows_per_unit > 1}
+        for d in self._derived().values():
+            out.update(d.row_bounds)
+        return out
+
+    def _derived(self) -> dict[str, Any]:
+        """Derived tables by the alias the query gives them."""
+        return {a: self.derived[t.alias] for a, t in self.tables.items()
+                if t.alias in self.derived and t.dataset == f"__{t.alias}"}
 
     def origin(self, alias: str, column: str) -> tuple[str, str]:
         """The scenario table and column ``alias.column`` stands for."""
@@ -96,7 +119,7 @@ def resolve(tree: exp.Select, policy: Policy, derived: dict[str, Any] | None = N
                               "name a column, e.g. COUNT(t.column)", col)
             raise Refusal("gate.unknown_column", f"column '{col.sql('duckdb')}' is not "
                           "available in this scenario", _columns_hint(policy), col)
-    return tree, Sources(sources, {n: d.select for n, d in derived.items()}, origins)
+    return tree, Sources(sources, dict(derived), origins)
 
 
 def _is_output_alias_ref(col: exp.Column, tree: exp.Select) -> bool:

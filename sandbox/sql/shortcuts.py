@@ -20,10 +20,16 @@ Range = Callable[[str, str], tuple[float, float] | None]
 def apply(tree: exp.Expression, aliases: dict[str, str], column_range: Range) -> exp.Expression:
     """``aliases`` maps a query's table alias to its engine table."""
     tree = tree.copy()
+    # A per-unit aggregation (sql/per_unit.py) has its own table aliases, which may name
+    # other tables than the same aliases outside it: its clamps are left as they are.
+    scoped = {id(n) for sub in tree.find_all(exp.Subquery)
+              if sub._meta and sub.meta.get("sandbox_derived") for n in sub.walk()}
     for node in list(tree.walk()):
         bounds = node.meta.get("sandbox_clamp") if node._meta else None
         if bounds is not None and isinstance(node, exp.Case):
             value = node.args.get("default")
+            if id(node) in scoped:
+                continue
             if isinstance(value, exp.Column) and value.table in aliases:
                 r = column_range(aliases[value.table], value.name)
                 if r is not None and bounds[0] <= r[0] and r[1] <= bounds[1]:

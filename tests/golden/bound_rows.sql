@@ -9,3 +9,6 @@ SELECT d.name_zh AS name_zh, COUNT(*) AS _col_1 FROM (SELECT district, gender, e
 
 -- WITH big AS (SELECT person_id, amount FROM loans WHERE amount > 100000) SELECT count(*) FROM big
 SELECT COUNT(*) AS _col_0 FROM (SELECT amount, rate, term_months, purpose, status, issued_on, person_id FROM loans_v1 WHERE __sandbox_rank <= 10) AS loans WHERE loans.amount > 100000
+
+-- SELECT avg(total) FROM (SELECT person_id, sum(amount) AS total FROM loans WHERE status <> 'repaid' GROUP BY person_id) t
+SELECT AVG(t.total) AS _col_0 FROM (SELECT loans.person_id AS person_id, SUM(TRY(CASE WHEN CAST(loans.amount AS DOUBLE) > 2000000 THEN 2000000 WHEN CAST(loans.amount AS DOUBLE) < 0 THEN 0 ELSE CAST(loans.amount AS DOUBLE) END)) AS total FROM (SELECT amount, rate, term_months, purpose, status, issued_on, person_id FROM loans_v1 WHERE __sandbox_rank <= 10) AS loans WHERE loans.status <> 'repaid' GROUP BY loans.person_id) AS t

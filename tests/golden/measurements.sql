@@ -12,3 +12,6 @@ SELECT COUNT(__rel.__v0) AS __m0, SUM(__rel.__v1) AS __m1, SUM(__rel.__v2) AS __
 
 -- SELECT sum(rate) FROM loans
 SELECT SUM(__rel.__v0) AS __m0 FROM (SELECT loans.person_id AS __unit, TRY(CAST(ROUND(CAST(CASE WHEN loans.rate > 0.25 THEN 0.25 WHEN loans.rate < 0 THEN 0 ELSE loans.rate END AS DOUBLE) * 10000) AS BIGINT)) AS __v0 FROM (SELECT amount, rate, term_months, purpose, status, issued_on, person_id FROM loans_v1 WHERE __sandbox_rank <= 10) AS loans) AS __rel
+
+-- SELECT p.district, avg(t.n) FROM persons p JOIN (SELECT person_id, count(*) AS n FROM loans GROUP BY person_id) t ON t.person_id = p.person_id GROUP BY p.district
+SELECT __rel.__k0 AS __k0, SUM(__rel.__v0) AS __m0, COUNT(__rel.__v1) AS __m1 FROM (SELECT p.person_id AS __unit, p.district AS __k0, TRY(CASE WHEN t.n > 10 THEN 10 WHEN t.n < 0 THEN 0 ELSE t.n END) AS __v0, t.n AS __v1 FROM (SELECT district, gender, education, employed, age, income, credit_score, registered_on, person_id FROM persons_v1 WHERE __sandbox_rank <= 1) AS p JOIN (SELECT loans.person_id AS person_id, COUNT(*) AS n FROM (SELECT amount, rate, term_months, purpose, status, issued_on, person_id FROM loans_v1 WHERE __sandbox_rank <= 10) AS loans GROUP BY loans.person_id) AS t ON t.person_id = p.person_id) AS __rel GROUP BY __rel.__k0

@@ -728,3 +728,34 @@ def test_distinct_unit_counts_are_not_row_bounded_and_stay_within_one_per_group(
     for which in _neighbour_names(variant):
         for messy in (False, True):
             check_neighbours(variant, messy, which, Query(sql, None, False, False))
+
+
+# Per-unit pre-aggregation (sandbox/sql/per_unit.py): the inner query groups by the unit,
+# so the derived table has one row per unit with bounds from the policy; checked on every
+# neighbour, the adversarial unit's rows beyond the bound and its extreme values included.
+PER_UNIT = [
+    "SELECT avg(total), sum(total), count(*) FROM (SELECT person_id, sum(amount) AS total "
+    "FROM loans GROUP BY person_id) t",
+    "SELECT p.district, avg(t.n), median(t.r) FROM persons p JOIN (SELECT person_id, "
+    "count(*) AS n, avg(rate) AS r FROM loans GROUP BY person_id) t ON t.person_id = "
+    "p.person_id GROUP BY p.district",
+    "SELECT district, stddev(total) FROM (SELECT p.person_id, p.district, sum(l.installments "
+    "* 2) AS total FROM loans l JOIN persons p ON p.person_id = l.person_id WHERE l.status <> "
+    "'repaid' GROUP BY p.person_id, p.district) t GROUP BY district",
+    "WITH per AS (SELECT person_id, count(*) AS n FROM loans WHERE amount > 1000 GROUP BY "
+    "person_id) SELECT count(*), count(DISTINCT person_id) FROM per WHERE n >= 2",
+    "SELECT city, count(*) FROM (SELECT p.person_id, p.city, sum(p.balance) AS b FROM persons p "
+    "JOIN loans l ON l.person_id = p.person_id GROUP BY p.person_id, p.city) t "
+    "WHERE b < 0 GROUP BY city",
+]
+
+
+@pytest.mark.parametrize("variant", kit.VARIANTS)
+@pytest.mark.parametrize("sql", PER_UNIT)
+def test_per_unit_aggregations_move_within_the_declared_sensitivity(variant: str,
+                                                                     sql: str) -> None:
+    q = kit.gate(variant).check(sql)
+    assert q.analysis.sources.derived and "__sandbox_rank" in q.executed_sql
+    for which in _neighbour_names(variant):
+        for messy in (False, True):
+            check_neighbours(variant, messy, which, Query(sql, None, False, False))

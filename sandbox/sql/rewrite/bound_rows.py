@@ -23,8 +23,10 @@ def bound_rows(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
     for table in list(tree.find_all(exp.Table)):
         alias = table.alias_or_name
         if table.name in derived:  # a per-unit aggregation: one row per unit already
-            table.replace(exp.Subquery(this=derived[table.name].copy(), alias=exp.TableAlias(
-                this=exp.to_identifier(alias))))
+            sub = exp.Subquery(this=derived[table.name].select.copy(),
+                               alias=exp.TableAlias(this=exp.to_identifier(alias)))
+            sub.meta["sandbox_derived"] = True  # its own scope (sandbox.sql.shortcuts)
+            table.replace(sub)
             continue
         tp = ctx.policy.tables[table.name]
         scan = exp.select(*[exp.column(c) for c in tp.columns]).from_(
