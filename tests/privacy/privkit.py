@@ -6,7 +6,8 @@ at most 4 groups per unit) and ``gaussian`` (population and livelihood: Gaussian
 at most 1 group per unit, ``loans`` up to 3 rows per unit). Both add columns the shipped
 scenarios lack so that every column type the gate handles is present: a float measure
 with negative bounds (``balance``), an INT32 measure (``installments``), private-key
-dimensions (``city``, ``issued_on``, ``seen_at``), dates and timestamps.
+dimensions (``city``, ``seen_at``), a date with a declared monthly key range
+(``issued_on``), dates and timestamps.
 
 Base tables are small and keep every unit within every bound (see
 ``tests/privacy/test_sensitivity.py`` for why); adversarial neighbours add one unit
