@@ -31,11 +31,15 @@ def parse(sql: str) -> exp.Select:
         statements = [s for s in sqlglot.parse(sql, dialect="duckdb") if s is not None]
     except (ParseError, TokenError) as exc:
         errors = getattr(exc, "errors", None) or []
-        where = ""
+        where, at = "", None
         if errors and errors[0].get("line"):
-            where = f" at line {errors[0]['line']}, column {errors[0].get('col')}"
+            # sqlglot's column is where the offending token ends
+            col = max(int(errors[0].get("col") or 1) - len(errors[0].get("highlight") or "")
+                      + 1, 1)
+            at = (int(errors[0]["line"]), col)
+            where = f" at line {at[0]}, column {at[1]}"
         raise Refusal("gate.syntax", f"the query could not be parsed{where}",
-                      "check the SQL syntax (DuckDB dialect)") from None
+                      "check the SQL syntax (DuckDB dialect)", at=at) from None
     except RecursionError:
         raise Refusal("gate.too_large", "the query is nested too deeply",
                       "simplify the query") from None

@@ -37,7 +37,8 @@ RULES: dict[str, str] = {
     "gate.group_by": "GROUP BY only dimensions or expressions over dimensions and measures.",
     "gate.unbounded_measure": "SUM/AVG/VAR/quantiles need an expression with known bounds.",
     "gate.join": "Only declared joins: on the privacy unit, or to a public lookup table.",
-    "gate.subquery": "Only subqueries and CTEs that filter, join or derive row-level columns.",
+    "gate.subquery": "Subqueries and CTEs must filter, join or derive row-level columns, be "
+                     "one aggregation the outer query only presents, or aggregate per unit.",
     "gate.quantile_fraction": "Quantile fractions must be one constant between 0 and 1.",
     "gate.epsilon": "Epsilon must be positive and at most the scenario's maximum.",
     "gate.order_limit": "ORDER BY and LIMIT apply to the aggregated result only.",

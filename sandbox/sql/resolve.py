@@ -146,9 +146,11 @@ def _column_refusal(message: str, tree: exp.Select, policy: Policy) -> Refusal:
         node = next((c for c in tree.find_all(exp.Column) if c.name == name), None)
         holders = [a for a, t in policy.tables.items() if name in t.columns]
         if len(holders) > 1:
+            # the first of the query's tables that has it, by the alias the query gives it
+            used = [t.alias_or_name for t in tree.find_all(exp.Table) if t.name in holders]
             return Refusal("gate.unknown_column", f"column '{name}' is ambiguous: it exists in "
                            f"{', '.join(holders)}", f"qualify it with a table alias, e.g. "
-                           f"{holders[0]}.{name}", node)
+                           f"{(used or holders)[0]}.{name}", node)
         if name in policy.tables or any(t.alias == name for t in tree.find_all(exp.TableAlias)):
             return Refusal("gate.whole_row", f"'{name}' names a table; a table used as a value "
                            "would return whole rows", "name a column instead", node)
