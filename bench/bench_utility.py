@@ -99,7 +99,7 @@ tables:
       amount: {{role: measure, bounds: [{amount[0]}, {amount[1]}]}}
       term_months: {{role: dimension, keys: {terms}}}
       status: {{role: dimension, keys: {statuses}}}
-      issued_on: dimension
+      issued_on: {{role: dimension, keys: {{from: 2015-01-01, to: 2026-12-31, step: day}}}}
 joins:
   - [persons.person_id, loans.person_id]
 privacy:
@@ -494,13 +494,14 @@ SHAPES = [
     Shape("loans_by_year",
           "SELECT year(issued_on) AS y, count(*) FROM loans GROUP BY y",
           "SELECT year(issued_on) AS y, count(*) FROM loans GROUP BY y",
-          ("COUNT",), Peer.loans_by_year, note="a date part: private keys, thresholded",
+          ("COUNT",), Peer.loans_by_year,
+          note="issued_on declares its period (a key range): public keys",
           peer_note="6 loans per person; make_count_by >> make_laplace_threshold, "
                     "d_in (6, 6, 6)"),
     Shape("loans_by_month",
           "SELECT date_trunc('month', issued_on) AS m, count(*) FROM loans GROUP BY m",
           "SELECT date_trunc('month', issued_on) AS m, count(*) FROM loans GROUP BY m",
-          ("COUNT",), Peer.loans_by_month, note="private keys, some groups small",
+          ("COUNT",), Peer.loans_by_month, note="public keys from the period, some groups small",
           peer_note="as loans_by_year"),
     Shape("stddev_income", "SELECT stddev(income) FROM persons",
           "SELECT stddev(income) FROM persons", ("STDDEV",), Peer.stddev_income, keyed=False,
