@@ -326,7 +326,7 @@ class Sandbox:
         path or bytes, or a list of DataFrames and paths. Checked at once; an auditor
         decides; ``download`` fetches the signed bundle once it is released. A request
         returned for changes is sent again with ``resubmit=export_id``."""
-        from .exports import ExportDummyError, FileItem, FrameItem, item_to_dict
+        from .exports.wire import ExportDummyError, FileItem, FrameItem, item_to_dict
 
         named = items.items() if isinstance(items, dict) else [
             (None, it) for it in (items if isinstance(items, list | tuple) else [items])]

@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 
 from .catalog import Catalog, DatasetVersion
 from .errors import IngestError, MalformedRowError, TypeMismatchError
-from .exports import identifiers
 from .fsutil import fsync_dir
+from .identifier_index import home_of, index_path, writer_for
 from .keys import Kms
 from .spec import DatasetSpec
 from .vault import EncryptedWriter, FileRef, WrittenFile
@@ -46,10 +46,10 @@ def ingest(catalog: Catalog, kms: Kms, source: Path, spec: DatasetSpec,
     storage_id = uuid.uuid4().hex
     staging = catalog.vault_dir / STAGING / storage_id
     final = catalog.storage_dir(spec.name, storage_id)
-    # The export airlock's keyed-hash index of the identifier values (never in clear).
-    home = identifiers.home_of(catalog)
-    index = identifiers.writer_for(home, kms, spec.identifier_columns)
-    index_file = identifiers.index_path(home, spec.name, storage_id)
+    # The keyed-hash index of the identifier values (never in clear), for the airlock's scan.
+    home = home_of(catalog)
+    index = writer_for(home, kms, spec.identifier_columns)
+    index_file = index_path(home, spec.name, storage_id)
     staging.mkdir(parents=True, mode=0o700)
     writer: EncryptedWriter | None = None
     try:

@@ -49,7 +49,7 @@ def verify_dataset(catalog: Catalog, kms: Kms, dv: DatasetVersion) -> VerifyResu
 def remove_dataset(catalog: Catalog, name: str, version: int | None = None) -> list[int]:
     """Unregister first (atomic), then delete the files and their identifier index: never a
     catalog row without files."""
-    from .exports.identifiers import remove_orphans
+    from .identifier_index import remove_orphans
 
     gone = catalog.unregister(name, version)
     for dv in gone:

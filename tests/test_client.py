@@ -231,3 +231,50 @@ def test_a_refusal_shows_the_refused_line_with_a_caret() -> None:
     assert lines[1] == "  WHERE '市区' = district AND namex = 1"
     assert lines[2].index("^") == 2 + 29 + 2  # the two CJK characters are two columns each
     assert lines[-1] == "hint: use age"
+
+
+# -- what a notebook kernel loads --------------------------------------------------------
+HEAVY = ("sandbox.keys", "sandbox.vault", "sandbox.identifier_index", "sandbox.state",
+         "sandbox.ledger", "sandbox.exports.store", "sandbox.exports.checks",
+         "sandbox.exports.bundle", "duckdb", "pyarrow", "numpy", "cryptography", "jinja2")
+KERNEL = """
+import json, sys
+import sandbox.client as c
+after_import = sorted(sys.modules)
+
+class Frame:  # a DataFrame as FrameItem.from_pandas reads it (pandas loads pyarrow)
+    columns = ["district", "n"]
+    attrs = {"release": {"release_id": "r1"}}
+    def itertuples(self, index=False, name=None):
+        return iter([("Siming", 408)])
+
+class Offline(c.Sandbox):
+    sent = []
+    def _call(self, method, path, body=None, raw=False):
+        self.sent.append(body)
+        if path == "workspaces":
+            return [{"name": "w"}], {}
+        return {"id": "e1", "state": "checked", "checks": {"outcome": "pass"}}, {}
+
+sb = Offline(url="http://127.0.0.1:9/", token="t")
+sb.export({"t": Frame(), "notes.txt": b"hello"}, title="T", purpose="P")
+print(json.dumps({"import": after_import, "export": sorted(sys.modules),
+                  "items": [i["kind"] for i in sb.sent[-1]["items"]]}))
+"""
+
+
+def test_the_notebook_client_loads_no_key_store_vault_or_airlock() -> None:
+    """``import sandbox.client`` and ``sb.export`` stay light in a developer's kernel: the
+    wire format (``sandbox.exports.wire``) is all they need."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", KERNEL], capture_output=True, text=True,
+                         check=True, timeout=60)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["items"] == ["frame", "file"]
+    for when in ("import", "export"):
+        loaded = {m for m in got[when] for h in HEAVY if m == h or m.startswith(h + ".")}
+        assert not loaded, f"after {when}: {sorted(loaded)}"
+    assert "sandbox.exports.wire" in got["export"]

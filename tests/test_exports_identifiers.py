@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sandbox import identifier_index as idx
 from sandbox.catalog import Catalog
 from sandbox.exports import identifiers as ids
 from sandbox.exports.errors import IdentifierIndexError
@@ -82,25 +83,25 @@ def test_names_inside_chinese_text_are_weak_candidates() -> None:
 
 @given(st.binary(min_size=0, max_size=80))
 def test_mac_is_hmac_sha256(data: bytes) -> None:
-    assert ids.Mac(KEY).full(data) == hmac.digest(KEY, data, "sha256")
+    assert idx.Mac(KEY).full(data) == hmac.digest(KEY, data, "sha256")
 
 
 # -- the index -----------------------------------------------------------------------------
 def test_index_finds_values_and_nothing_else() -> None:
-    index = ids.IdentifierIndex.from_values(KEY, {"persons": ["AB 12-34", "李龙斌", None,
+    index = idx.IdentifierIndex.from_values(KEY, {"persons": ["AB 12-34", "李龙斌", None,
                                                               "13812345678", "12"]})
     assert index.size == 3  # "12" is too short to index
     found = index.find(["ab1234", "李龙斌", "13812345678", "ab12345", "李龙"])
     assert found == {"ab1234": "persons", "李龙斌": "persons", "13812345678": "persons"}
-    other = ids.IdentifierIndex.from_values(bytes(32), {"persons": ["AB 12-34"]})
+    other = idx.IdentifierIndex.from_values(bytes(32), {"persons": ["AB 12-34"]})
     assert other.find(["ab1234"]) == {"ab1234": "persons"}
-    mixed = ids.IdentifierIndex(bytes(32), index._tables)  # another key: digests differ
+    mixed = idx.IdentifierIndex(bytes(32), index._tables)  # another key: digests differ
     assert mixed.find(["ab1234"]) == {}
 
 
 def test_ingest_builds_an_index_per_version(tiny_vault, demo_tables) -> None:  # type: ignore[no-untyped-def]
     home = tiny_vault.paths.home
-    index = ids.IdentifierIndex.load(tiny_vault.catalog, tiny_vault.kms, build_missing=False)
+    index = idx.IdentifierIndex.load(tiny_vault.catalog, tiny_vault.kms, build_missing=False)
     persons = demo_tables["persons"]
     for column in ("name", "id_number", "phone"):
         values = persons.column(column).to_pylist()[:50]
@@ -112,7 +113,7 @@ def test_ingest_builds_an_index_per_version(tiny_vault, demo_tables) -> None:  #
     # analytic values are not identifiers
     assert index.find({ids.normalise(str(v)) for v in persons.column("income").to_pylist()}) == {}
     for dv in tiny_vault.versions.values():
-        path = ids.index_path(home, dv.name, dv.storage_id)
+        path = idx.index_path(home, dv.name, dv.storage_id)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE((home / "exports").stat().st_mode) == 0o700
 
@@ -124,20 +125,20 @@ def test_identifiers_are_never_stored_in_clear(tiny_vault, demo_tables) -> None:
         assert v.encode() not in blob
     for v in demo_tables["persons"].column("name").to_pylist()[:20]:
         assert v.encode() not in blob
-    key_file = home / ids.KEY_FILE
+    key_file = home / idx.KEY_FILE
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    assert ids.index_key(tiny_vault.paths.home, tiny_vault.kms) not in key_file.read_bytes()
+    assert idx.index_key(tiny_vault.paths.home, tiny_vault.kms) not in key_file.read_bytes()
 
 
 def test_build_index_of_an_existing_version_matches_ingest(tiny_vault, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     dv = tiny_vault.versions["persons"]
     home = tiny_vault.paths.home
-    at_ingest = ids.index_path(home, dv.name, dv.storage_id).read_bytes()
+    at_ingest = idx.index_path(home, dv.name, dv.storage_id).read_bytes()
     # rebuild into a copy of the home's key file so the session's vault stays untouched
     other = tmp_path / "home"
     (other / "exports").mkdir(parents=True)
-    (other / "exports" / ids.KEY_FILE).write_bytes((home / "exports" / ids.KEY_FILE).read_bytes())
-    out = ids.build_index(tiny_vault.catalog, tiny_vault.kms, dv, other)
+    (other / "exports" / idx.KEY_FILE).write_bytes((home / "exports" / idx.KEY_FILE).read_bytes())
+    out = idx.build_index(tiny_vault.catalog, tiny_vault.kms, dv, other)
     assert out.read_bytes() == at_ingest
 
 
@@ -145,17 +146,17 @@ def test_missing_index_is_built_or_refused(catalog: Catalog, keystore: FileKeySt
                                            demo_dir: Path) -> None:
     dv = ingest(catalog, keystore, demo_dir / "districts.parquet",
                 load_spec(demo_dir / "districts.yaml"))
-    home = ids.home_of(catalog)
-    path = ids.index_path(home, dv.name, dv.storage_id)
+    home = idx.home_of(catalog)
+    path = idx.index_path(home, dv.name, dv.storage_id)
     path.unlink()  # a vault ingested before the airlock existed
     with pytest.raises(IdentifierIndexError) as info:
-        ids.IdentifierIndex.load(catalog, keystore, build_missing=False)
+        idx.IdentifierIndex.load(catalog, keystore, build_missing=False)
     assert "districts" in info.value.message
-    assert ids.ensure_indexes(catalog, keystore) == [dv]
-    assert path.exists() and ids.ensure_indexes(catalog, keystore) == []
+    assert idx.ensure_indexes(catalog, keystore) == [dv]
+    assert path.exists() and idx.ensure_indexes(catalog, keystore) == []
     path.write_bytes(path.read_bytes()[:-3])  # damaged: rebuilt
-    assert ids.ensure_indexes(catalog, keystore) == [dv]
-    assert ids.IdentifierIndex.load(catalog, keystore).size == 0  # no identifier columns
+    assert idx.ensure_indexes(catalog, keystore) == [dv]
+    assert idx.IdentifierIndex.load(catalog, keystore).size == 0  # no identifier columns
 
 
 def test_failed_ingest_leaves_no_index(catalog: Catalog, keystore: FileKeyStore,  # type: ignore[no-untyped-def]
@@ -164,21 +165,21 @@ def test_failed_ingest_leaves_no_index(catalog: Catalog, keystore: FileKeyStore,
     src.write_text("person_id,name\nP1,x\n")
     with pytest.raises(Exception):  # noqa: B017 - any ingest error
         ingest(catalog, keystore, src, load_spec(demo_dir / "persons.yaml"))
-    root = ids.home_of(catalog) / "exports" / "identifiers"
+    root = idx.home_of(catalog) / "exports" / "identifiers"
     assert not any(p.is_file() for p in root.rglob("*")) if root.exists() else True
 
 
 def test_key_survives_rotation_and_destruction_of_the_old_master_key(  # type: ignore[no-untyped-def]
         catalog: Catalog, keystore: FileKeyStore, demo_dir: Path) -> None:
     ingest(catalog, keystore, demo_dir / "persons.parquet", load_spec(demo_dir / "persons.yaml"))
-    home = ids.home_of(catalog)
-    key = ids.index_key(home, keystore)
+    home = idx.home_of(catalog)
+    key = idx.index_key(home, keystore)
     old = keystore.active_key_id()
     rotate_master_key(catalog, keystore)
-    assert ids.index_key(home, keystore) == key  # read with the retired key, re-wrapped
+    assert idx.index_key(home, keystore) == key  # read with the retired key, re-wrapped
     keystore.destroy(old)
-    assert ids.index_key(home, keystore) == key
-    assert ids.IdentifierIndex.load(catalog, keystore, build_missing=False).size > 0
+    assert idx.index_key(home, keystore) == key
+    assert idx.IdentifierIndex.load(catalog, keystore, build_missing=False).size > 0
 
 
 def test_concurrent_first_use_makes_one_key(paths, keystore) -> None:  # type: ignore[no-untyped-def]
@@ -187,7 +188,7 @@ def test_concurrent_first_use_makes_one_key(paths, keystore) -> None:  # type: i
 
     def first_use() -> bytes:
         barrier.wait()
-        return ids.index_key(paths.home, keystore)
+        return idx.index_key(paths.home, keystore)
 
     with ThreadPoolExecutor(8) as pool:
         keys = list(pool.map(lambda _: first_use(), range(8)))
@@ -198,11 +199,11 @@ def test_concurrent_first_use_makes_one_key(paths, keystore) -> None:  # type: i
 @settings(max_examples=25)
 @given(st.lists(st.text(min_size=1, max_size=12), max_size=30))
 def test_index_file_round_trip(values: list[str]) -> None:
-    w = ids.IndexWriter(ids.Mac(KEY), ["c"])
+    w = idx.IndexWriter(idx.Mac(KEY), ["c"])
     w.add_table(pa.table({"c": pa.array(values, pa.string())}))
     content = w.content()
     norms = {ids.normalise(v) for v in values if ids.indexable(ids.normalise(v))}
-    assert len(content) == ids._HEADER + 16 * len(norms)
-    index = ids.IdentifierIndex(KEY, [ids._parse("d", content)])
+    assert len(content) == idx._HEADER + 16 * len(norms)
+    index = idx.IdentifierIndex(KEY, [idx._parse("d", content)])
     assert set(index.find(norms | {"zzzzzzzz"})) == norms - {"zzzzzzzz"}
     assert index.lengths == {len(n) for n in norms}

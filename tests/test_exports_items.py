@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sandbox import identifier_index as idx
 from sandbox.exports import (
     CheckContext,
     ExportInputError,
@@ -22,7 +23,6 @@ from sandbox.exports import (
     item_to_dict,
     run_checks,
 )
-from sandbox.exports import identifiers as ids
 
 KEY = bytes(range(32))
 RELEASE = {"release_id": "r1", "policy": "p", "columns": ["district", "people", "avg_income"],
@@ -125,10 +125,10 @@ def test_orphaned_index_files_are_removed(catalog, keystore, demo_dir: Path) -> 
 
     dv = ingest(catalog, keystore, demo_dir / "districts.parquet",
                 load_spec(demo_dir / "districts.yaml"))
-    path = ids.index_path(ids.home_of(catalog), dv.name, dv.storage_id)
+    path = idx.index_path(idx.home_of(catalog), dv.name, dv.storage_id)
     assert path.exists()
     stray = path.with_name("0" * 32 + ".idx")  # e.g. left by a crash mid-removal
     stray.write_bytes(b"x")
     remove_dataset(catalog, "districts")  # removes the version's index with it
     assert not path.exists() and not stray.exists() and not path.parent.exists()
-    assert ids.remove_orphans(catalog) == []
+    assert idx.remove_orphans(catalog) == []
