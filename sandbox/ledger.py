@@ -243,6 +243,52 @@ class InMemoryLedger:
         pass
 
 
+@dataclass(frozen=True)
+class ReleasedAnswer:
+    """A stored answer of a workspace: who asked, the JSON answer (holding its release id)
+    and the SQL its charge recorded. What the export airlock matches exports against."""
+
+    member: str
+    response: dict[str, Any]
+    sql: str | None
+
+
+# The ledger owns requests and charges, and wrote the query.charged record that holds the
+# SQL: other modules ask for released answers here instead of joining these tables.
+_RELEASED = """
+SELECT r.member, r.response, a.body FROM requests r
+LEFT JOIN charges c ON c.id = r.charge_id
+LEFT JOIN audit_records a ON a.seq = c.opened_seq
+WHERE r.workspace = ? AND r.response IS NOT NULL
+"""
+
+
+def _released(member: str, response: str, body: str | None) -> ReleasedAnswer | None:
+    try:
+        d = json.loads(response)
+        sql = json.loads(body).get("sql") if body else None
+    except ValueError:
+        return None
+    if not isinstance(d, dict) or not d.get("release_id"):
+        return None
+    return ReleasedAnswer(member, d, sql)
+
+
+def released_answer(con, workspace: str,  # type: ignore[no-untyped-def]
+                    release_id: str) -> ReleasedAnswer | None:
+    """The answer of ``workspace`` that carries ``release_id`` (None: no such release, or
+    one of another workspace)."""
+    row = con.execute(_RELEASED + " AND json_extract(r.response, '$.release_id') = ?",
+                      (workspace, release_id)).fetchone()
+    return None if row is None else _released(*row)
+
+
+def released_answers(con, workspace: str) -> list[ReleasedAnswer]:  # type: ignore[no-untyped-def]
+    """Every stored answer of ``workspace`` that carries a release id."""
+    return [a for row in con.execute(_RELEASED, (workspace,))
+            if (a := _released(*row)) is not None]
+
+
 def period_of(refresh: str, when: dt.datetime) -> tuple[str, str | None]:
     """(period label, first day of the next period) for a refresh rule."""
     if refresh != "monthly":

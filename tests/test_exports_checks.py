@@ -29,7 +29,7 @@ from sandbox.exports import (
 )
 from sandbox.exports.identifiers import normalise
 from sandbox.gate import Gate, Release
-from sandbox.ledger import SqliteLedger
+from sandbox.ledger import SqliteLedger, released_answer, released_answers
 from sandbox.state import State
 
 PEOPLE = ("SELECT district, count(*) AS people, avg(income) AS avg_income FROM persons "
@@ -62,6 +62,19 @@ def frame(rel: Release, name: str = "result", **kw: Any) -> FrameItem:
 
 def outcome(report, rule: str) -> str:  # type: ignore[no-untyped-def]
     return report.result(rule).outcome
+
+
+def test_the_ledger_answers_for_its_released_answers(airlock) -> None:  # type: ignore[no-untyped-def]
+    """The airlock reads releases through the ledger (the owner of its tables), by id and
+    all at once, only of its own workspace, with the SQL its charge recorded."""
+    con, people = airlock["state"].con, airlock["people"]
+    got = released_answer(con, "w", people.release_id)
+    assert got is not None and got.member == "alice" and got.sql == PEOPLE
+    assert got.response["release_id"] == people.release_id
+    assert released_answer(con, "other", people.release_id) is None
+    assert released_answer(con, "w", "nope") is None
+    assert {a.member for a in released_answers(con, "w")} == {"alice", "bob"}
+    assert released_answers(con, "other") == []
 
 
 # -- what passes ---------------------------------------------------------------------------

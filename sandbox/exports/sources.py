@@ -1,30 +1,24 @@
-"""Where the checks find a workspace's releases: the answers kept in the state database.
+"""Where the checks find a workspace's releases: the answers the ledger keeps.
 
-The ledger keeps the JSON answer of every query the service answered (``requests.response``,
-keyed by workspace, member and request id, the answer holding its release id), and the
-audit log keeps the SQL of each charge. Which released columns are noisy counts (the group
-sizes the small-cell rule needs) is found by checking that SQL with the scenario's gate
-again: deterministic, and it touches no data.
+The ledger keeps the JSON answer of every query the service answered (keyed by workspace,
+member and request id, the answer holding its release id) and the SQL of each charge; the
+airlock asks it for them (``sandbox.ledger.released_answers``) and never reads its
+tables. Which released columns are noisy counts (the group sizes the small-cell rule
+needs) is found by checking that SQL with the scenario's gate again: deterministic, and
+it touches no data.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import SandboxError
+from ..ledger import ReleasedAnswer, released_answer, released_answers
 from .checks import CheckContext, IdentifierLookup, Limits, ReleaseRecord
 
 CountColumns = Callable[[str], Sequence[str]]  # SQL -> names of its noisy-count columns
-
-_SELECT = """
-SELECT r.member, r.response, a.body FROM requests r
-LEFT JOIN charges c ON c.id = r.charge_id
-LEFT JOIN audit_records a ON a.seq = c.opened_seq
-WHERE r.workspace = ? AND r.response IS NOT NULL
-"""
 
 
 def gate_count_columns(gate: Any) -> CountColumns:
@@ -52,29 +46,18 @@ class StateReleases:
                  count_columns: CountColumns | None = None) -> None:
         self.con, self.workspace, self.count_columns = con, workspace, count_columns
 
-    def _record(self, member: str, response: str, body: str | None) -> ReleaseRecord | None:
-        try:
-            d = json.loads(response)
-            sql = json.loads(body).get("sql") if body else None
-        except ValueError:
+    def _record(self, answer: ReleasedAnswer | None) -> ReleaseRecord | None:
+        if answer is None:
             return None
-        if not isinstance(d, dict) or not d.get("release_id"):
-            return None
-        counts = self.count_columns(sql) if self.count_columns and sql else ()
-        return ReleaseRecord.from_response(d, counts, member)
+        counts = self.count_columns(answer.sql) if self.count_columns and answer.sql else ()
+        return ReleaseRecord.from_response(answer.response, counts, answer.member)
 
     def get(self, release_id: str) -> ReleaseRecord | None:
-        row = self.con.execute(_SELECT + " AND json_extract(r.response, '$.release_id') = ?",
-                               (self.workspace, release_id)).fetchone()
-        return None if row is None else self._record(*row)
+        return self._record(released_answer(self.con, self.workspace, release_id))
 
     def all(self) -> list[ReleaseRecord]:
-        out = []
-        for row in self.con.execute(_SELECT, (self.workspace,)):
-            rec = self._record(*row)
-            if rec is not None:
-                out.append(rec)
-        return out
+        return [rec for a in released_answers(self.con, self.workspace)
+                if (rec := self._record(a)) is not None]
 
 
 def state_context(state: Any, workspace: str, identifiers: IdentifierLookup | None, *,
