@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from .. import audit
 
 if TYPE_CHECKING:
-    from .store import ExportRequest, StoredItem
+    from .model import ExportRequest, StoredItem
 
 FORMAT = "sandbox-export-bundle/1"
 MANIFEST, SIGNATURE, FILES_DIR = "manifest.json", "manifest.sig", "files/"

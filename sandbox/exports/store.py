@@ -37,274 +37,63 @@ import json
 import sqlite3
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from .. import audit
 from ..policy import Policy
 from . import bundle as bundlemod
-from .checks import CheckContext, CheckReport, Fingerprint, run_checks
+from .checks import CheckContext, CheckReport, run_checks
 from .errors import (
     DuplicateApprovalError,
     ExportBlockedError,
     ExportHeldError,
     ExportInputError,
-    ExportNotFoundError,
     ExportQuotaError,
     ExportRevokedError,
     ExportStateError,
     NotRequesterError,
-    SelfApprovalError,
 )
-from .items import ExportItem, FileItem, FrameItem
+from .items import ExportItem
+from .model import (
+    AWAITING,
+    CHECKS_ACTOR,
+    DECISIONS,
+    DROPPED,
+    EXPORT_QUOTA_BYTES,
+    FLAGGED,
+    HELD_MESSAGE,
+    HIT_LIMIT,
+    HIT_WINDOW_S,
+    MAX_COMMENT,
+    MAX_PURPOSE,
+    MAX_TITLE,
+    QUOTA_HINT,
+    QUOTA_LIMIT,
+    REVIEWER_EVENTS,
+    STATES,
+    WITHDRAWABLE,
+    Event,
+    ExportRequest,
+    StoredItem,
+    text_field,
+)
+from .records import _COLUMNS, ExportRecords
 
-STATES = ("submitted", "checked", "approved", "rejected", "returned", "released",
-          "withdrawn", "revoked")
-DECISIONS = {"approve": "approved", "reject": "rejected", "return": "returned"}
-WITHDRAWABLE = ("submitted", "checked", "returned", "approved")
-AWAITING = ("submitted", "checked", "returned")  # no reviewer has decided: counts to the quota
-DROPPED = ("withdrawn", "rejected")  # states whose content is not kept
-CHECKS_ACTOR = "sandbox:checks"
-MAX_TITLE, MAX_PURPOSE, MAX_COMMENT = 200, 4000, 4000
-HIT_LIMIT = 3  # requests with identifier hits ...
-HIT_WINDOW_S = 30 * 86400  # ... within this many seconds: further submissions are held
-REVIEWER_EVENTS = frozenset({"flagged"})  # never in the requester's view
-FLAGGED = "identifier hits"  # the reviewers' marker of a flagged request (CLI, console)
-HELD_MESSAGE = "your export requests are held for review; contact the auditors"
-EXPORT_QUOTA_BYTES = 64 << 20  # item bytes a member may have awaiting a decision
-QUOTA_LIMIT = "export_quota_bytes"  # the service limit, named in limits.exceeded records
-QUOTA_HINT = "withdraw requests you no longer need, or wait for a reviewer's decision"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS export_requests (
-    id TEXT PRIMARY KEY, workspace TEXT NOT NULL, requester TEXT NOT NULL, request_id TEXT,
-    title TEXT NOT NULL, purpose TEXT NOT NULL, state TEXT NOT NULL, revision INTEGER NOT NULL,
-    policy_id TEXT NOT NULL, policy_version INTEGER, policy_hash TEXT NOT NULL,
-    approvals_required INTEGER NOT NULL, min_group_count INTEGER NOT NULL, report TEXT,
-    fingerprint TEXT, created TEXT NOT NULL, updated TEXT NOT NULL, released_seq INTEGER,
-    bundle BLOB, bundle_sha256 TEXT, UNIQUE (workspace, requester, request_id));
-CREATE INDEX IF NOT EXISTS export_requests_by_workspace ON export_requests (workspace, state);
-CREATE TABLE IF NOT EXISTS export_items (
-    export_id TEXT NOT NULL REFERENCES export_requests(id), revision INTEGER NOT NULL,
-    position INTEGER NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
-    media_type TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL, data BLOB,
-    meta TEXT NOT NULL, PRIMARY KEY (export_id, revision, position));
-CREATE TABLE IF NOT EXISTS export_events (
-    export_id TEXT NOT NULL REFERENCES export_requests(id), seq INTEGER NOT NULL,
-    event TEXT NOT NULL, actor TEXT NOT NULL, revision INTEGER NOT NULL,
-    comment TEXT NOT NULL, time TEXT NOT NULL, PRIMARY KEY (export_id, seq));
-CREATE TABLE IF NOT EXISTS export_hits (
-    member TEXT NOT NULL, time TEXT NOT NULL, export_id TEXT NOT NULL,
-    revision INTEGER NOT NULL, strong INTEGER NOT NULL, weak INTEGER NOT NULL,
-    seq INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS export_hits_by_member ON export_hits (member, time);
-"""
-_COLUMNS = ("id", "workspace", "requester", "request_id", "title", "purpose", "state",
-            "revision", "policy_id", "policy_version", "policy_hash", "approvals_required",
-            "min_group_count", "report", "fingerprint", "created", "updated", "released_seq",
-            "bundle_sha256")
+__all__ = ["AWAITING", "DECISIONS", "DROPPED", "FLAGGED", "REVIEWER_EVENTS", "STATES",
+           "WITHDRAWABLE", "Event", "ExportRequest", "ExportStore", "StoredItem"]
 
 
-@dataclass(frozen=True)
-class StoredItem:
-    position: int
-    name: str  # the file name in the bundle
-    kind: str  # frame | file
-    media_type: str
-    size: int
-    sha256: str
-    kept: bool  # False when the content was not kept (blocked, withdrawn, rejected)
-    meta: dict[str, Any]
-
-    def to_dict(self, view: str = "reviewer") -> dict[str, Any]:
-        """The requester's view leaves out whether the content was kept and the column
-        names (dropped with the content of blocked exports): both would tell them."""
-        if view == "reviewer":
-            return {"position": self.position, "name": self.name, "kind": self.kind,
-                    "media_type": self.media_type, "size": self.size, "sha256": self.sha256,
-                    "kept": self.kept, **self.meta}
-        return {"position": self.position, "name": self.name, "kind": self.kind,
-                "media_type": self.media_type, "size": self.size, "sha256": self.sha256,
-                **{k: v for k, v in self.meta.items() if k != "columns"}}
-
-
-@dataclass(frozen=True)
-class Event:
-    seq: int  # the audit record's sequence number
-    event: str  # submitted | checked | approved | rejected | returned | ...
-    actor: str
-    revision: int
-    comment: str
-    time: str  # the audit record's time
-
-    def to_dict(self, view: str = "reviewer") -> dict[str, Any]:
-        """Requesters do not get the record numbers: gaps between them would count the
-        records written in between (such as an ``export.flagged``)."""
-        d = dict(self.__dict__)
-        if view != "reviewer":
-            del d["seq"]
-        return d
-
-
-@dataclass(frozen=True)
-class ExportRequest:
-    id: str
-    workspace: str
-    requester: str
-    request_id: str | None
-    title: str
-    purpose: str
-    state: str
-    revision: int
-    policy_id: str
-    policy_version: int | None
-    policy_hash: str
-    approvals_required: int
-    min_group_count: int
-    report: CheckReport | None
-    created: str
-    updated: str
-    released_seq: int | None
-    bundle_sha256: str | None
-    items: tuple[StoredItem, ...]
-    events: tuple[Event, ...]
-
-    @property
-    def approvals(self) -> list[str]:
-        """Reviewers who approved the current revision."""
-        return [e.actor for e in self.events
-                if e.event == "approved" and e.revision == self.revision]
-
-    @property
-    def decisions(self) -> list[Event]:
-        return [e for e in self.events if e.revision == self.revision and
-                e.event in ("approved", "rejected", "returned")]
-
-    @property
-    def flagged(self) -> bool:
-        """The identifier scan matched: 'flagged: identifier hits' (reviewers only)."""
-        return self.report is not None and self.report.flagged
-
-    def to_dict(self, view: str = "requester") -> dict[str, Any]:
-        """JSON for the service: ``view="requester"`` is a function of what the requester
-        sent and did (and of reviewers' decisions) only: nothing of it depends on whether
-        a value is in the vault. ``"reviewer"`` shows every check detail and the flag."""
-        reviewer = view == "reviewer"
-        d = {
-            "id": self.id, "workspace": self.workspace, "requester": self.requester,
-            "title": self.title, "purpose": self.purpose, "state": self.state,
-            "revision": self.revision,
-            "policy": {"id": self.policy_id, "version": self.policy_version,
-                       "content_hash": self.policy_hash},
-            "approvals_required": self.approvals_required, "approvals": self.approvals,
-            "min_group_count": self.min_group_count,
-            "checks": None if self.report is None else self.report.to_dict(view),
-            "items": [i.to_dict(view) for i in self.items],
-            "events": [e.to_dict(view) for e in self.events
-                       if reviewer or e.event not in REVIEWER_EVENTS],
-            "created": self.created, "updated": self.updated,
-            "bundle_sha256": self.bundle_sha256,
-        }
-        if reviewer:
-            strong, weak = self.report.identifier_hits() if self.report else (0, 0)
-            d["flagged"] = {"identifier_hits": strong + weak, "strong": strong,
-                            "weak": weak} if strong or weak else None
-        return d
-
-
-def _text(value: Any, what: str, limit: int, required: bool) -> str:
-    if value is None:
-        value = ""
-    if not isinstance(value, str):
-        raise ExportInputError(f"{what} must be text", f"give the {what} as a string")
-    value = value.strip()
-    if required and not value:
-        raise ExportInputError(f"the {what} is missing", f"say in a few words the {what}")
-    if len(value) > limit:
-        raise ExportInputError(f"the {what} is longer than {limit} characters",
-                               "shorten it")
-    return value
-
-
-class ExportStore:
-    """Export requests of every workspace, in the state database of a ``State``."""
+class ExportStore(ExportRecords):
+    """Export requests of every workspace, in the state database of a ``State``: the
+    transitions, the holds after identifier hits, and the storage quota."""
 
     def __init__(self, state: Any, *, hit_limit: int = HIT_LIMIT,
                  hit_window_s: float = HIT_WINDOW_S,
                  quota_bytes: int = EXPORT_QUOTA_BYTES) -> None:
-        self.state = state
         self.hit_limit, self.hit_window_s = hit_limit, hit_window_s
         self.quota_bytes = quota_bytes
-        if state.signer is not None:  # a read-only state (auditor's copy) is only read
-            with state.transaction() as con:  # not executescript: it would commit others' work
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        con.execute(stmt)
-                self._drop_stale(con)
-
-    def _drop_stale(self, con: sqlite3.Connection) -> None:
-        """Content of withdrawn and rejected requests that earlier versions kept."""
-        marks = ", ".join("?" * len(DROPPED))
-        for (export_id,) in con.execute(
-                "SELECT id FROM export_requests WHERE state IN (" + marks + ") AND (bundle IS "
-                "NOT NULL OR id IN (SELECT export_id FROM export_items WHERE data IS NOT NULL))",
-                DROPPED).fetchall():
-            self._drop_content(con, export_id)
-
-    # -- reading ---------------------------------------------------------------------------
-    def _row(self, con: sqlite3.Connection, export_id: str) -> dict[str, Any]:
-        row = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM export_requests WHERE id = ?",
-                          (export_id,)).fetchone()
-        if row is None:
-            raise ExportNotFoundError(f"there is no export request {export_id!r}",
-                                      "list the export requests to find its id")
-        return dict(zip(_COLUMNS, row, strict=True))
-
-    def _load(self, con: sqlite3.Connection, export_id: str) -> ExportRequest:
-        r = self._row(con, export_id)
-        items = tuple(StoredItem(p, n, k, m, s, h, kept == 1, json.loads(meta))
-                      for p, n, k, m, s, h, kept, meta in con.execute(
-                          "SELECT position, name, kind, media_type, size, sha256, data IS NOT "
-                          "NULL, meta FROM export_items WHERE export_id = ? AND revision = ? "
-                          "ORDER BY position", (export_id, r["revision"])))
-        events = tuple(Event(*e) for e in con.execute(
-            "SELECT seq, event, actor, revision, comment, time FROM export_events WHERE "
-            "export_id = ? ORDER BY seq", (export_id,)))
-        report = CheckReport.from_dict(json.loads(r["report"])) if r["report"] else None
-        return ExportRequest(
-            r["id"], r["workspace"], r["requester"], r["request_id"], r["title"], r["purpose"],
-            r["state"], r["revision"], r["policy_id"], r["policy_version"], r["policy_hash"],
-            r["approvals_required"], r["min_group_count"], report, r["created"], r["updated"],
-            r["released_seq"], r["bundle_sha256"], items, events)
-
-    def get(self, export_id: str) -> ExportRequest:
-        return self._load(self.state.con, export_id)
-
-    def list(self, *, workspace: str | None = None, requester: str | None = None,
-             states: Sequence[str] | None = None) -> list[ExportRequest]:
-        where, args = [], []
-        for col, value in (("workspace", workspace), ("requester", requester)):
-            if value is not None:
-                where.append(f"{col} = ?")
-                args.append(value)
-        if states:
-            where.append(f"state IN ({', '.join('?' * len(states))})")
-            args += list(states)
-        sql = "SELECT id FROM export_requests" + (" WHERE " + " AND ".join(where)
-                                                  if where else "") + " ORDER BY created, id"
-        return [self.get(i) for (i,) in self.state.con.execute(sql, args).fetchall()]
-
-    def item_data(self, export_id: str, position: int) -> bytes:
-        """One item's bytes (current revision) for a reviewer to look at."""
-        r = self._row(self.state.con, export_id)
-        row = self.state.con.execute(
-            "SELECT data FROM export_items WHERE export_id = ? AND revision = ? AND "
-            "position = ?", (export_id, r["revision"], position)).fetchone()
-        if row is None or row[0] is None:
-            raise ExportNotFoundError(f"export {export_id} has no kept item #{position}",
-                                      "the content of blocked, withdrawn and rejected "
-                                      "exports is not kept")
-        return bytes(row[0])
+        super().__init__(state)
 
     # -- identifier hits and holds ----------------------------------------------------------
     def _since(self) -> str:
@@ -386,65 +175,6 @@ class ExportStore:
         con.execute("INSERT INTO export_hits VALUES (?,?,?,?,?,?,?)",
                     (req["requester"], when, req["id"], req["revision"], strong, weak, seq))
 
-    def approved_fingerprints(self, workspace: str,
-                              exclude: str | None = None) -> tuple[Fingerprint, ...]:
-        """What earlier approved (or released) exports of the workspace let out."""
-        rows = self.state.con.execute(
-            "SELECT fingerprint FROM export_requests WHERE workspace = ? AND state IN "
-            "('approved', 'released', 'revoked') AND fingerprint IS NOT NULL AND id != ? "
-            "ORDER BY created", (workspace, exclude or "")).fetchall()
-        return tuple(Fingerprint.from_dict(json.loads(f)) for (f,) in rows)
-
-    # -- writing helpers --------------------------------------------------------------------
-    def _event(self, con: sqlite3.Connection, req: dict[str, Any], event: str, actor: str,
-               **fields: Any) -> int:
-        """Append ``export.<event>`` and keep it with the request (same transaction)."""
-        seq = self.state.append(con, f"export.{event}", workspace=req["workspace"],
-                                member=req["requester"], actor=actor, export_id=req["id"],
-                                revision=req["revision"], **fields)
-        (when,) = con.execute("SELECT time FROM audit_records WHERE seq = ?", (seq,)).fetchone()
-        con.execute("INSERT INTO export_events VALUES (?,?,?,?,?,?,?)",
-                    (req["id"], seq, event, actor, req["revision"], fields.get("comment") or "",
-                     when))
-        return seq
-
-    def _set(self, con: sqlite3.Connection, export_id: str, **cols: Any) -> None:
-        cols["updated"] = audit.now_iso()
-        con.execute(f"UPDATE export_requests SET {', '.join(f'{k} = ?' for k in cols)} "
-                    "WHERE id = ?", (*cols.values(), export_id))
-
-    @staticmethod
-    def _not_requester(r: dict[str, Any], reviewer: str, doing: str, hint: str) -> None:
-        if reviewer == r["requester"]:
-            raise SelfApprovalError(
-                f"{reviewer} requested export {r['id']} and cannot {doing}: a reviewer can "
-                "never decide on their own request (separation of duties)", hint)
-
-    @staticmethod
-    def _expect(req: dict[str, Any], allowed: Sequence[str], doing: str) -> None:
-        if req["state"] not in allowed:
-            raise ExportStateError(
-                f"export {req['id']} is {req['state']}: it can be {doing} only when "
-                f"{' or '.join(allowed)}",
-                "reload the request to see its current state")
-
-    def _store_items(self, con: sqlite3.Connection, export_id: str, revision: int,
-                     items: Sequence[ExportItem]) -> list[dict[str, Any]]:
-        summary = []
-        for pos, it in enumerate(items):
-            data = it.data
-            meta: dict[str, Any] = {"release_ids": list(it.release_ids),
-                                    "postprocessing": list(it.postprocessing)}
-            if isinstance(it, FrameItem):
-                meta.update(columns=list(it.columns), rows=len(it.rows))
-            sha = hashlib.sha256(data).hexdigest()
-            con.execute("INSERT INTO export_items VALUES (?,?,?,?,?,?,?,?,?,?)",
-                        (export_id, revision, pos, it.filename, it.kind, it.media_type,
-                         len(data), sha, data, json.dumps(meta, ensure_ascii=False)))
-            summary.append({"name": it.filename, "kind": it.kind, "media_type": it.media_type,
-                            "size": len(data), "sha256": sha})
-        return summary
-
     def _checked(self, con: sqlite3.Connection, req: dict[str, Any],
                  report: CheckReport) -> None:
         """Record the check report. Blocked by a rule the requester may see (limits,
@@ -472,25 +202,6 @@ class ExportStore:
             self._set(con, req["id"], state="rejected")
             self._drop_content(con, req["id"])  # earlier revisions too
 
-    @staticmethod
-    def _drop_content(con: sqlite3.Connection, export_id: str,
-                      revision: int | None = None) -> None:
-        """Keep names, sizes and hashes; drop the bytes and the column names (a header
-        can be an identifier too) of one revision, or (``revision`` None: a withdrawn or
-        rejected request) of every revision, and the bundle (its hash stays)."""
-        rows = con.execute("SELECT revision, position, meta FROM export_items WHERE "
-                           "export_id = ? AND (? IS NULL OR revision = ?)",
-                           (export_id, revision, revision)).fetchall()
-        for rev, pos, meta in rows:
-            m = json.loads(meta)
-            if isinstance(m.get("columns"), list):
-                m["columns"] = len(m["columns"])
-            con.execute("UPDATE export_items SET data = NULL, meta = ? WHERE export_id = ? AND "
-                        "revision = ? AND position = ?",
-                        (json.dumps(m, ensure_ascii=False), export_id, rev, pos))
-        if revision is None:
-            con.execute("UPDATE export_requests SET bundle = NULL WHERE id = ?", (export_id,))
-
     def _context(self, ctx: CheckContext, req: dict[str, Any]) -> CheckContext:
         return replace(ctx, min_group_count=req["min_group_count"],
                        prior_exports=self.approved_fingerprints(req["workspace"], req["id"]))
@@ -505,8 +216,8 @@ class ExportStore:
         same requester returns the first request and stores nothing. Over the quota:
         ``ExportQuotaError``, nothing stored; ``endpoint`` goes into its audit record
         (by default the service's route)."""
-        title = _text(title, "title", MAX_TITLE, True)
-        purpose = _text(purpose, "purpose", MAX_PURPOSE, True)
+        title = text_field(title, "title", MAX_TITLE, True)
+        purpose = text_field(purpose, "purpose", MAX_PURPOSE, True)
         if not items:
             raise ExportInputError("an export needs at least one item",
                                    "pass the frames or files to export")
@@ -568,16 +279,6 @@ class ExportStore:
             self._checked(con, r, report)
         return self.get(export_id)
 
-    def _stored_items(self, export_id: str, revision: int) -> list[ExportItem]:
-        """Items as stored (frames as their CSV files)."""
-        out: list[ExportItem] = []
-        for name, media, data, meta in self.state.con.execute(
-                "SELECT name, media_type, data, meta FROM export_items WHERE "
-                "export_id = ? AND revision = ? ORDER BY position", (export_id, revision)):
-            m = json.loads(meta)
-            out.append(FileItem(name, bytes(data or b""), media, tuple(m["release_ids"]),
-                                tuple(m["postprocessing"])))
-        return out
 
     def resubmit(self, export_id: str, requester: str, items: Sequence[ExportItem], *,
                  title: str | None = None, purpose: str | None = None,
@@ -594,8 +295,8 @@ class ExportStore:
         if not items:
             raise ExportInputError("an export needs at least one item",
                                    "pass the frames or files to export")
-        title = _text(title, "title", MAX_TITLE, True) if title is not None else r["title"]
-        purpose = _text(purpose, "purpose", MAX_PURPOSE, True) if purpose is not None \
+        title = text_field(title, "title", MAX_TITLE, True) if title is not None else r["title"]
+        purpose = text_field(purpose, "purpose", MAX_PURPOSE, True) if purpose is not None \
             else r["purpose"]
         self._refuse_if_held(r["workspace"], requester, title)
         need = sum(len(it.data) for it in items)
@@ -630,7 +331,7 @@ class ExportStore:
         if decision not in DECISIONS:
             raise ExportInputError(f"unknown decision {decision!r}",
                                    f"use one of {', '.join(DECISIONS)}")
-        comment = _text(comment, "comment", MAX_COMMENT, decision != "approve")
+        comment = text_field(comment, "comment", MAX_COMMENT, decision != "approve")
         with self.state.transaction() as con:
             r = self._row(con, export_id)
             self._not_requester(r, reviewer, "decide on it", "ask another auditor to review it")
@@ -679,7 +380,7 @@ class ExportStore:
         return req
 
     def withdraw(self, export_id: str, requester: str, comment: str = "") -> ExportRequest:
-        comment = _text(comment, "comment", MAX_COMMENT, False)
+        comment = text_field(comment, "comment", MAX_COMMENT, False)
         with self.state.transaction() as con:
             r = self._row(con, export_id)
             if requester != r["requester"]:
@@ -695,7 +396,7 @@ class ExportStore:
     def revoke(self, export_id: str, reviewer: str, comment: str) -> ExportRequest:
         """After release: logged and shown to the requester (the bundle already left; the
         revocation says it must no longer be used)."""
-        comment = _text(comment, "comment", MAX_COMMENT, True)
+        comment = text_field(comment, "comment", MAX_COMMENT, True)
         with self.state.transaction() as con:
             r = self._row(con, export_id)
             self._not_requester(r, reviewer, "revoke it", "ask an auditor to revoke it")
@@ -766,6 +467,7 @@ class ExportStore:
             self._event(con, r, "downloaded", actor,
                         bundle_sha256=hashlib.sha256(data).hexdigest())
         return data
+
 
 
 def _utcnow() -> dt.datetime:
