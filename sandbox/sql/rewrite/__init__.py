@@ -1,7 +1,9 @@
 """The rewrite: passes that turn a checked query into bounded exact aggregates.
 
 Each pass is a function ``(tree, ctx) -> tree`` in its own module, run in order
-by ``rewrite``; golden files in tests/golden/ pin the output of each pass.
+by ``rewrite`` on one copy of the analysed tree (the analysis itself is never
+changed: a pass that needs an expression of it, such as a key or an aggregate's
+argument, works on a copy); golden files in tests/golden/ pin the output of each pass.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ __all__ = ["PASSES", "Measurement", "RewriteContext", "rewrite"]
 
 def rewrite(ctx: RewriteContext, until: str | None = None) -> exp.Select:
     """Run the passes in order (up to and including ``until``)."""
-    tree = ctx.analysis.tree
+    tree = ctx.analysis.tree.copy()  # the analysis stays as checked; passes share nothing
     for name, fn in PASSES:
         tree = fn(tree, ctx)
         if name == until:

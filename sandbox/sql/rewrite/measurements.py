@@ -20,8 +20,10 @@ from sqlglot import exp
 from ..analyse import AggSpec, conjuncts
 from ..intervals import kind
 from ..refusal import Refusal
+from ..resolve import Sources
 from .bound_rows import RANK
 from .context import FIXED_POINT_DIGITS, QUANTILE_BINS, Measurement, RewriteContext
+from .safe_arithmetic import make_safe
 
 REL = "__rel"
 MAX_BOUND = 1e15  # larger bounds are refused
@@ -134,7 +136,7 @@ def measurements(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
         conditions.append(exp.Not(this=exp.Is(this=unit.copy(), expression=exp.Null())))
     rel = rel.select(exp.alias_(unit, "__unit"), copy=False)
     for i, key in enumerate(a.keys):
-        value = key.expr.copy()
+        value = make_safe(key.expr.copy(), a.sources)
         if key.cast:
             value = exp.Cast(this=value, to=exp.DataType.build(key.cast))
         if kind(key.expr, a.sources.column) == "date":
@@ -165,7 +167,7 @@ def measurements(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
         return values[key].name
 
     for spec in a.aggs:
-        ctx.agg_measurements[id(spec)] = _measure(spec, add, rows)
+        ctx.agg_measurements[id(spec)] = _measure(spec, add, rows, a.sources)
     if a.grouped and not ctx_public(ctx):
         # the query's own COUNT(*) is the threshold's count when it has one: its noisy
         # value decides which keys are kept and is released as is (noised once, not twice)
@@ -210,17 +212,21 @@ def ctx_public(ctx: RewriteContext) -> bool:
     return key_rows(ctx) is not None
 
 
-def _measure(spec: AggSpec, add, rows: int) -> list[str]:  # type: ignore[no-untyped-def]
-    cond = spec.condition
+def _measure(spec: AggSpec, add, rows: int,  # type: ignore[no-untyped-def]
+             sources: Sources) -> list[str]:
+    """The measurements of one aggregate, over safe copies of its argument and FILTER."""
+    cond = None if spec.condition is None else make_safe(spec.condition.copy(), sources)
     if spec.kind == "count":
         # COUNT(v) counts non-NULL values: 1 for COUNT(*), the argument for COUNT(arg).
-        value = spec.arg.copy() if spec.arg is not None else exp.Literal.number(1)
+        value = make_safe(spec.arg.copy(), sources) if spec.arg is not None else \
+            exp.Literal.number(1)
         return [add("count", _when(cond, value), rows)]
     if spec.kind == "count_units":
+        assert spec.arg is not None
         return [add("count_units", _when(cond, spec.arg.copy()), 1)]
     assert spec.arg is not None and spec.bounds is not None
     lo, hi = spec.bounds
-    arg = spec.arg.copy()
+    arg = make_safe(spec.arg.copy(), sources)
     clamped = clamp(arg, lo, hi)
     count_value = _when(cond, arg.copy())
     int_col = spec.integer and isinstance(spec.arg, exp.Column)

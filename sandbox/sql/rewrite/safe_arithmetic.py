@@ -10,18 +10,30 @@ measurements pass (``TRY``).
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from sqlglot import exp
 
 from ..allowlist import AGGREGATES
 from ..intervals import kind
+from ..resolve import Sources
 from .context import RewriteContext
+
+E = TypeVar("E", bound=exp.Expression)
 
 ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod)
 DOUBLE = exp.DataType.build("DOUBLE")
 
 
 def safe_arithmetic(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
-    sources = ctx.analysis.sources
+    return make_safe(tree, ctx.analysis.sources)
+
+
+def make_safe(tree: E, sources: Sources) -> E:
+    """Cast the number operands of row-level arithmetic in ``tree`` to DOUBLE, in place.
+
+    The measurements pass applies it to copies of the analysis' expressions (keys,
+    aggregate arguments, FILTER conditions); the pass to the query's own copy."""
     lookup = sources.column
 
     def is_double(node: exp.Expression) -> bool:
