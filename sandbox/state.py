@@ -12,7 +12,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,13 +87,43 @@ _REQUEST_COLUMNS = (("request_digest", "TEXT"),)
 _CHARGE_COLUMNS = (("pure_epsilon", "REAL"), ("pure_rho", "REAL"))
 
 
-def _migrate(con: sqlite3.Connection) -> None:
-    for table, columns in (("workspaces", _WORKSPACE_COLUMNS), ("requests", _REQUEST_COLUMNS),
-                           ("charges", _CHARGE_COLUMNS)):
+def _add_columns(table: str, columns: tuple[tuple[str, str], ...]
+                 ) -> Callable[[sqlite3.Connection], None]:
+    def step(con: sqlite3.Connection) -> None:
+        # a database from before versions were numbered may have some of them already
         have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
         for name, decl in columns:
             if name not in have:
                 con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+    return step
+
+
+# The schema's history, oldest first: step i brings a database to version i + 1
+# (``PRAGMA user_version``). Append only; never edit a step that has shipped.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    lambda con: [con.execute(stmt) for stmt in _SCHEMA.split(";") if stmt.strip()],
+    _add_columns("workspaces", _WORKSPACE_COLUMNS),
+    _add_columns("requests", _REQUEST_COLUMNS),
+    _add_columns("charges", _CHARGE_COLUMNS),
+)
+
+
+def _migrate(con: sqlite3.Connection, path: str | Path) -> None:
+    """Bring the database to the latest schema version, each step in its transaction."""
+    version = con.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise StateError(f"the state database {path} is at schema version {version}, newer "
+                         f"than this version of the sandbox knows ({len(MIGRATIONS)})",
+                         "run the sandbox version that wrote it, or a newer one")
+    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            step(con)
+            con.execute(f"PRAGMA user_version = {number}")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
 
 class StateError(SandboxError):
@@ -131,9 +161,12 @@ class State:
                 con.execute("PRAGMA journal_mode=WAL")
                 con.execute("PRAGMA synchronous=FULL")
                 con.execute("PRAGMA foreign_keys=ON")
-                con.executescript(_SCHEMA)
-                _migrate(con)
+                _migrate(con, path)
             con.execute("SELECT count(*) FROM audit_records").fetchone()
+        except StateError:
+            if con is not None:
+                con.close()
+            raise
         except sqlite3.Error as exc:
             if con is not None:
                 con.close()  # also removes the -wal/-shm files it created
