@@ -239,10 +239,12 @@ def _load_table(alias: str, tdoc: Any, parent: LineDict, p: _Problems,
     p.unknown_keys(tdoc, TABLE_KEYS, f"table '{alias}'")
     dataset = tdoc.get("dataset")
     version = tdoc.get("version")
-    if version is not None and (not isinstance(version, int) or isinstance(version, bool)
-                                or version < 1):
+    bad_version = version is not None and (not isinstance(version, int) or
+                                           isinstance(version, bool) or version < 1)
+    if bad_version:
+        # reported; the rest of the table is still checked (against the latest version)
         p.add(line_of(tdoc, "version"), f"table '{alias}': version must be a positive integer")
-        return None
+        version = None
     if not isinstance(dataset, str):
         p.add(line_of(tdoc, "dataset"), f"table '{alias}': missing 'dataset' (a catalog name)")
         return None
@@ -288,6 +290,8 @@ def _load_table(alias: str, tdoc: Any, parent: LineDict, p: _Problems,
             spec.privacy_unit, UNIT, spec.column(spec.privacy_unit).type,
             description=spec.column(spec.privacy_unit).description)
     description = tdoc.get("description", spec.description)
+    if bad_version:
+        return None
     return TablePolicy(alias, dataset, version, spec.public,
                        None if spec.public else spec.privacy_unit, int(mrpu), columns,
                        str(description))

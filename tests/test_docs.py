@@ -543,7 +543,7 @@ def test_service_limits_table_is_made_from_the_code() -> None:
 
 
 def test_service_error_codes_are_documented_both_ways() -> None:
-    from sandbox.service.app import STATUS
+    from sandbox.service.errors import STATUS
     from sandbox.service.openapi import ERROR_CODES
 
     section = _service_doc().split("## Errors", 1)[1].split("\n## ", 1)[0]
@@ -554,3 +554,17 @@ def test_service_error_codes_are_documented_both_ways() -> None:
     assert documented == {c: s for c, (s, _) in ERROR_CODES.items()}
     assert {c: s for c, s in STATUS.items() if c != "state.error"} == \
         {c: s for c, s in documented.items() if c in STATUS}
+
+
+def test_docs_name_the_state_database_and_link_only_existing_docs() -> None:
+    """A new user copied `sqlite3 state.db ...` (the file is state.sqlite) and followed a
+    link to docs/refusals.md, which never existed."""
+    from sandbox.settings import Paths
+
+    name = Paths.resolve(ROOT / "h", ROOT / "k").state_db.name
+    for doc in [*DOCS.glob("*.md"), ROOT / "README.md"]:
+        text = doc.read_text(encoding="utf-8")
+        assert "state.db" not in text.replace(name, ""), f"{doc.name} names state.db"
+        for target in re.findall(r"docs/([a-z-]+\.md)", text) + \
+                re.findall(r"\]\(([a-z-]+\.md)", text):
+            assert (DOCS / target).exists(), f"{doc.name} refers to docs/{target}"

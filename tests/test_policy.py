@@ -127,6 +127,16 @@ def test_a_key_range_lists_every_key(tmp_path, resolve) -> None:  # type: ignore
                                                         (2020, 10), (2021, 1)))
 
 
+def test_a_bad_version_does_not_hide_the_tables_other_problems(tmp_path, resolve) -> None:  # type: ignore[no-untyped-def]
+    text = BASE.replace("    version: 1\n", "    version: first\n", 1).replace(
+        "bounds: [0, 1000000]", "bounds: [5, 1]")
+    with pytest.raises(PolicyError) as info:
+        load_policy(write(tmp_path, text), resolve)
+    problems = info.value.problems
+    assert any("version must be a positive integer" in p for p in problems), problems
+    assert any("reversed" in p for p in problems), problems
+
+
 def test_every_problem_is_reported_at_once(tmp_path, resolve) -> None:  # type: ignore[no-untyped-def]
     text = BASE.replace("bounds: [0, 1000000]", "bounds: [5, 1]").replace(
         "refresh: none", "refresh: yearly").replace("dataset: districts", "dataset: nowhere")
