@@ -59,6 +59,7 @@ __all__ = [
     "release_threshold",
     "rho_to_epsilon",
     "split_epsilon",
+    "zcdp_accounting",
 ]
 
 KINDS = ("discrete_laplace", "laplace", "gaussian", "exponential")
