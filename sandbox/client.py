@@ -32,12 +32,10 @@ import json
 import math
 import numbers
 import os
-import time
-import urllib.error
-import urllib.request
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from . import error_codes, http
 from .display import caret
 from .errors import SandboxError
 
@@ -45,13 +43,14 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 __all__ = [
-    "AuthError", "BudgetExhausted", "ExportError", "InvalidRequest", "LimitExceeded", "QueryFailed",
-    "QueryRefused", "RequestConflict", "Sandbox", "SandboxServiceError", "ServiceUnavailable",
-    "WorkspaceError", "render", "render_text",
+    "AuthError", "BudgetExhausted", "ExportError", "ExportRefused", "InvalidRequest",
+    "LimitExceeded", "QueryFailed", "QueryRefused", "RequestConflict", "Sandbox",
+    "SandboxServiceError", "ServiceUnavailable", "WorkspaceError", "WorkspaceRefused", "render",
+    "render_text",
 ]
 
 RETRIES = 3
-RETRY_STATUS = (502, 503)
+RETRY_STATUS = http.RETRY_STATUS
 NOISE_NOTE = ("Values are differentially private: noise was added on purpose. ± is the 95% "
               "interval of that noise (rows with too few people may be suppressed).")
 DUMMY_NOTE = ("DUMMY DATA: these values come from made-up tables with the scenario's schema, "
@@ -100,7 +99,7 @@ class AuthError(SandboxServiceError):
     """auth.*: the token is missing, invalid, expired or lacks the sandbox scope."""
 
 
-class WorkspaceError(SandboxServiceError):
+class WorkspaceRefused(SandboxServiceError):
     """workspace.*: unknown workspace, or not a member of its hub group."""
 
 
@@ -132,17 +131,18 @@ class ServiceUnavailable(SandboxServiceError):
     """The service could not be reached or failed internally."""
 
 
-class ExportError(SandboxServiceError):
-    """An export request was refused (malformed, too large, wrong state, revoked)."""
+class ExportRefused(SandboxServiceError):
+    """export.*: an export request was refused (malformed, too large, wrong state, revoked)."""
 
 
+# The earlier names, kept for notebooks that catch them (the server has classes of these
+# names too, so the client's own classes are named differently).
+WorkspaceError = WorkspaceRefused
+ExportError = ExportRefused
+
+# Code prefix -> exception class, from the one table of codes (sandbox/error_codes.py).
 FAMILIES: dict[str, type[SandboxServiceError]] = {
-    "auth": AuthError, "workspace": WorkspaceError, "gate": QueryRefused,
-    "budget": BudgetExhausted, "request": RequestConflict, "limits": LimitExceeded,
-    "input": InvalidRequest, "http": InvalidRequest, "engine": QueryFailed,
-    "service": ServiceUnavailable, "internal": ServiceUnavailable, "export": ExportError,
-    "dummy": ServiceUnavailable,
-}
+    prefix: globals()[name] for prefix, name in error_codes.FAMILIES.items()}
 
 
 def error_from(status: int, body: Any) -> SandboxServiceError:
@@ -152,7 +152,7 @@ def error_from(status: int, body: Any) -> SandboxServiceError:
                                   f"the service answered HTTP {status} without an error body",
                                   "try again; if it persists tell the operator", status)
     code = err["code"]
-    cls = FAMILIES.get(code.split(".")[0], SandboxServiceError)
+    cls = FAMILIES.get(code.split(".", 1)[0], SandboxServiceError)
     return cls(code, str(err.get("message", "")), err.get("hint"), status, err.get("line"),
                err.get("column"))
 
@@ -191,7 +191,7 @@ class Sandbox:
         names = [w["name"] for w in self.workspaces()]
         if workspace is None:
             if len(names) != 1:
-                raise WorkspaceError(
+                raise WorkspaceRefused(
                     "workspace.choose", "you are a member of "
                     + (f"{len(names)} workspaces: {', '.join(names)}" if names else
                        "no workspace"),
@@ -199,7 +199,7 @@ class Sandbox:
                     "ask the operator to add you to a workspace's hub group")
             workspace = names[0]
         elif workspace not in names:
-            raise WorkspaceError("workspace.forbidden", f"you are not a member of workspace "
+            raise WorkspaceRefused("workspace.forbidden", f"you are not a member of workspace "
                                  f"{workspace!r}", f"your workspaces: {', '.join(names) or 'none'}")
         self.workspace = workspace
         self._schema: dict[str, Any] | None = None
@@ -218,33 +218,21 @@ class Sandbox:
         headers = {"Authorization": f"token {self.token}", "Accept": "application/json"}
         if data is not None:
             headers["Content-Type"] = "application/json"
-        last: SandboxServiceError | None = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            req = urllib.request.Request(self.base + path, data=data, headers=headers,
-                                         method=method)
+        try:
+            resp = http.send(method, self.base + path, headers=headers, body=data,
+                             timeout=self.timeout, retry=http.Retry(self.retries, self.backoff_s))
+        except http.Unreachable as exc:
+            raise ServiceUnavailable("service.unreachable",
+                                     f"cannot reach the sandbox service ({exc.reason})",
+                                     "try again in a moment; if it persists tell the "
+                                     "operator") from None
+        if not resp.ok:
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    content = resp.read()
-                    return (content if raw else json.loads(content or b"null"),
-                            dict(resp.headers.items()))
-            except urllib.error.HTTPError as exc:
-                try:
-                    payload = json.loads(exc.read() or b"null")
-                except ValueError:
-                    payload = None
-                last = error_from(exc.code, payload)
-                if exc.code not in RETRY_STATUS:
-                    raise last from None
-            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-                reason = getattr(exc, "reason", exc)
-                last = ServiceUnavailable("service.unreachable",
-                                          f"cannot reach the sandbox service ({reason})",
-                                          "try again in a moment; if it persists tell the "
-                                          "operator")
-        assert last is not None
-        raise last
+                payload = resp.json()
+            except ValueError:
+                payload = None
+            raise error_from(resp.status, payload)
+        return (resp.body if raw else resp.json()), resp.headers
 
     def _ws(self, what: str) -> str:
         return f"workspaces/{self.workspace}/{what}"
@@ -336,7 +324,7 @@ class Sandbox:
                 try:
                     item: Any = FrameItem.from_pandas(str(name or f"table{i}"), it)
                 except ExportDummyError as exc:
-                    raise ExportError(exc.code, exc.message, exc.hint) from None
+                    raise ExportRefused(exc.code, exc.message, exc.hint) from None
             elif isinstance(it, bytes | bytearray):
                 if not name:
                     raise InvalidRequest("input.invalid", "bytes need a file name",

@@ -8,15 +8,14 @@ for the audit log. Every step is idempotent, so a failed mirroring is simply run
 
 from __future__ import annotations
 
+import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import requests
-
+from . import http
 from .errors import SandboxError
 from .workspaces import WorkspaceRecord, Workspaces
 
@@ -59,26 +58,27 @@ class HubClient:
         return cls(url, token)
 
     def call(self, method: str, path: str, ok: tuple[int, ...] = (200, 201, 202, 204),
-             **kwargs: Any) -> requests.Response:
-        """One API call, retried on connection failures and 5xx; errors name the step."""
-        last = ""
-        for attempt in range(self.attempts):
-            try:
-                r = requests.request(method, self.url + path, timeout=self.timeout,
-                                     headers={"Authorization": f"token {self.token}"},
-                                     **kwargs)
-            except requests.RequestException as exc:
-                last = f"the hub at {self.url} did not answer ({type(exc).__name__})"
-            else:
-                if r.status_code in ok:
-                    return r
-                if r.status_code < 500:
-                    raise HubError(f"the hub refused {method} {path}: HTTP {r.status_code} "
-                                   f"{_hub_message(r)}",
-                                   "check that your token has the operator role")
-                last = f"the hub failed {method} {path}: HTTP {r.status_code}"
-            time.sleep(0.5 * (attempt + 1))
-        raise HubError(last, "check that the hub is running, then `sandbox workspace sync`")
+             payload: Any = None) -> http.Response:
+        """One API call (``payload`` sent as JSON), retried under the one retry policy of
+        ``sandbox.http`` (connection failures, 502, 503); errors name the step."""
+        body = None if payload is None else json.dumps(payload).encode()
+        headers = {"Authorization": f"token {self.token}"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            r = http.send(method, self.url + path, headers=headers, body=body,
+                          timeout=self.timeout, retry=http.Retry(self.attempts - 1, 0.5))
+        except http.Unreachable as exc:
+            raise HubError(f"the hub at {self.url} did not answer ({exc.kind})",
+                           "check that the hub is running, then `sandbox workspace sync`"
+                           ) from None
+        if r.status in ok:
+            return r
+        if r.status < 500:
+            raise HubError(f"the hub refused {method} {path}: HTTP {r.status} "
+                           f"{_hub_message(r)}", "check that your token has the operator role")
+        raise HubError(f"the hub failed {method} {path}: HTTP {r.status}",
+                       "check that the hub is running, then `sandbox workspace sync`")
 
     # -- queries -----------------------------------------------------------------------------
     def whoami(self) -> dict[str, Any]:
@@ -86,11 +86,11 @@ class HubClient:
 
     def user(self, name: str) -> dict[str, Any] | None:
         r = self.call("GET", f"/users/{quote(name)}", ok=(200, 404))
-        return None if r.status_code == 404 else dict(r.json())
+        return None if r.status == 404 else dict(r.json())
 
     def group_members(self, group: str) -> set[str] | None:
         r = self.call("GET", f"/groups/{quote(group)}", ok=(200, 404))
-        return None if r.status_code == 404 else set(r.json().get("users") or [])
+        return None if r.status == 404 else set(r.json().get("users") or [])
 
     # -- changes (idempotent) ------------------------------------------------------------
     def ensure_user(self, name: str) -> bool:
@@ -108,11 +108,11 @@ class HubClient:
 
     def add_to_group(self, group: str, users: list[str]) -> None:
         if users:
-            self.call("POST", f"/groups/{quote(group)}/users", json={"users": users})
+            self.call("POST", f"/groups/{quote(group)}/users", payload={"users": users})
 
     def remove_from_group(self, group: str, users: list[str]) -> None:
         if users:
-            self.call("DELETE", f"/groups/{quote(group)}/users", json={"users": users})
+            self.call("DELETE", f"/groups/{quote(group)}/users", payload={"users": users})
 
     def stop_server(self, user: str) -> bool:
         model = self.user(user)
@@ -122,11 +122,12 @@ class HubClient:
         return True
 
 
-def _hub_message(r: requests.Response) -> str:
+def _hub_message(r: http.Response) -> str:
     try:
-        return str(r.json().get("message", ""))[:200]
+        body = r.json()
     except ValueError:
         return ""
+    return str(body.get("message", ""))[:200] if isinstance(body, dict) else ""
 
 
 def operator(hub: HubClient, scope: str = ADMIN_SCOPE) -> str:

@@ -83,14 +83,20 @@ def check_budget(epsilon: float | None, delta: float | None) -> None:
                              "e.g. --budget-epsilon 5 --budget-delta 1e-6")
 
 
+def check_member(name: str) -> str:
+    """The one rule for a member name: a hub user name that is also a valid system user
+    name (the hub spawns each member's server as that user), so at most 32 characters."""
+    if not MEMBER_RE.match(name):
+        raise InputError(f"invalid member name {name!r}",
+                         "hub user names: lower-case letters, digits, '_', '.', '-', "
+                         "starting with a letter or '_' (at most 32)")
+    return name
+
+
 def check_members(members: Iterable[str]) -> list[str]:
     out: list[str] = []
     for m in members:
-        m = m.strip()
-        if not MEMBER_RE.match(m):
-            raise InputError(f"invalid member name {m!r}",
-                             "hub user names: lower-case letters, digits, '_', '.', '-', "
-                             "starting with a letter or '_' (at most 32)")
+        m = check_member(m.strip())
         if m not in out:
             out.append(m)
     return out

@@ -293,7 +293,8 @@ def test_health_and_openapi_need_no_token(service: Svc) -> None:
 
 
 def test_openapi_documents_every_route_and_error_code() -> None:
-    from sandbox.service.app import ROUTES, STATUS
+    from sandbox.service.errors import STATUS
+    from sandbox.service.handlers import ROUTES
     from sandbox.service.openapi import ERROR_CODES, document
 
     doc = document(PREFIX, "0")

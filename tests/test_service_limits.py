@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sandbox.service.app import MAX_NESTING, Problem, counts_as_refusal, escaped, parse_json
+from sandbox.service.bodies import MAX_NESTING, parse_json
+from sandbox.service.errors import Problem, counts_as_refusal, escaped
 from sandbox.service.limits import Rate, RateLimiter, retry_after
 
 

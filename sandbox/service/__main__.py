@@ -36,8 +36,9 @@ async def serve(config_path: Path, port: int | None) -> None:
     from jupyterhub.services.auth import HubAuth
     from tornado.httpserver import HTTPServer
 
-    from .app import Service, make_app
     from .config import load_config
+    from .core import Service
+    from .handlers import make_app
 
     config = load_config(config_path)
     host, port = bind_address(os.environ.get("JUPYTERHUB_SERVICE_URL") or DEFAULT_URL, port)

@@ -49,6 +49,7 @@ from ..report import (
     table,
 )
 from ..workspaces import Workspaces
+from .errors import error_body
 
 log = logging.getLogger("sandbox.service")
 
@@ -487,8 +488,6 @@ class Pages:
 
 def describe(exc: BaseException | None, status_code: int) -> tuple[int, dict[str, Any]]:
     """(status, {code, message, hint}) safe to show: no stack trace, no internals."""
-    from .app import error_body  # app imports this module: import at call time
-
     if isinstance(exc, ConsoleError):
         return exc.status, exc.to_dict()
     if isinstance(exc, web.HTTPError) and not isinstance(exc, SandboxError):

@@ -4,64 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..error_codes import CODES
 from ..gate import EPSILON_CEILING, EPSILON_FLOOR
 
+# The codes of the JSON API's contract (x-error-codes): (status, description), from the
+# one table of codes.
 ERROR_CODES: dict[str, tuple[int, str]] = {
-    "gate.*": (400, "The gate refused the query (one code per rule, see docs/gate.md); "
-                    "nothing was executed or charged. Carries line and column when known."),
-    "input.invalid": (400, "Malformed JSON, an unknown field, a field of the wrong type or "
-                           "out of range, text that is not valid Unicode, or nesting deeper "
-                           "than 32 levels."),
-    "auth.token_in_url": (400, "A token was sent in the URL; only the header is accepted."),
-    "auth.required": (401, "No 'Authorization: token ...' header."),
-    "auth.invalid": (401, "The token is unknown, expired or revoked."),
-    "auth.scope": (403, "The token lacks the scope custom:sandbox:query."),
-    "auth.not_a_user": (403, "The token belongs to a service, not a user."),
-    "workspace.suspended": (403, "The operator suspended the workspace."),
-    "workspace.expired": (403, "The workspace is past its last day of use."),
-    "workspace.closed": (403, "The workspace is closed for good."),
-    "budget.exhausted": (403, "The query costs more than the remaining budget (not charged)."),
-    "workspace.not_found": (404, "No workspace of that name that the caller belongs to (a "
-                                 "workspace of others is answered the same way)."),
-    "export.invalid": (400, "An export item or field is malformed, or breaks the export "
-                            "limits (count, size, type)."),
-    "export.dummy": (400, "An export item comes from dummy data (a release id starting with "
-                          "'dummy-', or a frame labelled dummy); only real releases leave."),
-    "export.not_requester": (403, "Only the requester may do this to the export."),
-    "export.self_approval": (403, "A reviewer can never decide on their own request."),
-    "export.held": (403, "The member's export requests are held for review; contact the "
-                         "auditors."),
-    "limits.export_quota": (403, "The export would take the member over export_quota_bytes."),
-    "export.not_found": (404, "No export of that id among the caller's."),
-    "export.state": (409, "The export is not in a state that allows this."),
-    "export.blocked": (409, "The automatic checks blocked the export."),
-    "export.duplicate_approval": (409, "This reviewer already approved (two-person rule)."),
-    "export.revoked": (410, "An auditor revoked the released export; it must not be used."),
-    "http.not_found": (404, "No such endpoint."),
-    "http.method_not_allowed": (405, "The endpoint does not take this method."),
-    "request.in_progress": (409, "A request with this id is still running."),
-    "request.duplicate": (409, "The request id was already used and charged once."),
-    "request.conflict": (409, "The request id was already used for a different query."),
-    "request.failed": (409, "A request with this id failed or was interrupted; it was charged "
-                            "once. Send a new request id."),
-    "limits.body_too_large": (413, "The body (its Content-Length) exceeds max_body_bytes, "
-                                   "or max_export_bytes for export submissions."),
-    "limits.concurrency": (429, "The member already has per_member_concurrency requests "
-                                "in flight (Retry-After says when to retry)."),
-    "limits.rate": (429, "The member spent a rate limit (queries_per_minute, "
-                         "refusals_per_minute or exports_per_hour); Retry-After says when "
-                         "to retry."),
-    "internal": (500, "An unexpected error (logged for the operator; no details are sent)."),
-    "engine.error": (500, "Execution failed (charged); the engine's text is never sent."),
-    "auth.unavailable": (502, "The hub could not be asked about the token."),
-    "service.unavailable": (503, "The state database was busy or unwritable."),
-    "dummy.unavailable": (503, "Dummy data cannot be made for this scenario; ask the "
-                               "operator."),
-    "workspace.provisioning": (503, "The workspace is still being set up (hub not yet in "
-                                    "step)."),
-    "engine.timeout": (504, "The query ran past query_timeout_s and was stopped (charged). "
-                            "Its family is engine.*."),
-}
+    c: (e.status, e.description) for c, e in CODES.items() if e.api and e.status is not None}
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _BUDGET = {"$ref": "#/components/schemas/Budget"}
@@ -169,8 +118,7 @@ def document(prefix: str, version: str) -> dict[str, Any]:
             "summary": "Withdraw one's own request before it is released",
             "operationId": "withdrawExport", "security": _SECURE,
             "parameters": _EXPORT_PARAMS,
-            "requestBody": _body({"type": "object", "additionalProperties": False,
-                                  "properties": {"comment": {"type": ["string", "null"]}}}),
+            "requestBody": _body({"$ref": "#/components/schemas/ExportWithdraw"}),
             "responses": {"200": _ok(_EXPORT), **_errors(*_AUTH_ERRORS, 409)}}},
         "/workspaces/{workspace}/exports/{export_id}/resubmit": {"post": {
             "summary": "A changed version of a request returned for changes (new revision, "
@@ -194,10 +142,10 @@ def document(prefix: str, version: str) -> dict[str, Any]:
     request_id = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
     export_fields = {
         "title": {"type": "string"}, "purpose": {"type": "string"},
-        "request_id": {"anyOf": [request_id, {"type": "null"}]},
         "items": {"type": "array", "minItems": 1, "items": {"type": "object", "description":
                   "{kind: frame, name, columns, rows, release_ids, postprocessing} or "
-                  "{kind: file, name, media_type, data_base64, release_ids}"}}}
+                  "{kind: file, name, media_type, data_base64, release_ids}"}},
+        "request_id": {"anyOf": [request_id, {"type": "null"}]}}
     schemas = {
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["code", "message", "hint"],
@@ -212,7 +160,13 @@ def document(prefix: str, version: str) -> dict[str, Any]:
         "ExportSubmit": {"type": "object", "required": ["title", "purpose", "items"],
                          "additionalProperties": False, "properties": export_fields},
         "ExportResubmit": {"type": "object", "required": ["items"],
-                           "additionalProperties": False, "properties": export_fields},
+                           "additionalProperties": False, "description": "A new revision "
+                           "of a request returned for changes (title and purpose stay "
+                           "unless given)",
+                           "properties": {k: v for k, v in export_fields.items()
+                                          if k != "request_id"}},
+        "ExportWithdraw": {"type": "object", "additionalProperties": False,
+                           "properties": {"comment": {"type": ["string", "null"]}}},
         "Export": {"type": "object", "description": "An export request as its requester "
                    "sees it: nothing in it depends on whether a value is in the vault (the "
                    "identifier scan is shown to auditors only, docs/exports.md)",
