@@ -123,7 +123,7 @@ def _real(name: str, value: Any) -> float:
     try:
         return float(value)
     except OverflowError:
-        return math.inf if value > 0 else -math.inf
+        return math.inf if value > 0 else -math.inf  # type: ignore[operator]  # a Real
 
 
 def _check_epsilon(value: Any, name: str = "epsilon") -> float:
@@ -425,12 +425,12 @@ def _rho_to_epsilon(rho: float, delta: float) -> float:
     )
     d_in = math.sqrt(2.0 * rho)  # rho = d_in^2 / (2 scale^2) with scale 1
     for _ in range(64):  # one or two steps in practice
-        if gauss.map(d_in) >= rho:
+        if gauss.map(d_in) >= rho:  # type: ignore[no-untyped-call]  # OpenDP is untyped
             break
         d_in = math.nextafter(d_in, math.inf)
     else:
         raise ValueError("no Gaussian map reaches rho")
-    profile = dp.c.make_zCDP_to_approxDP(gauss).map(d_in)
+    profile = dp.c.make_zCDP_to_approxDP(gauss).map(d_in)  # type: ignore[no-untyped-call]
     # OpenDP's epsilon(delta) searches down to 0 when the answer is 0 (tens of ms);
     # its own profile says so directly when delta(0) already fits.
     if float(profile.delta(0.0)) <= delta:
@@ -826,7 +826,8 @@ def _gaussian_delta_at(scale: float, integer: bool, epsilon: float) -> float:
     if not 0.5 / (scale * scale) <= _MAX_RHO:  # too large for OpenDP: treated as not
         return math.inf  # fitting, so the search settles on a larger (sound) scale
     try:
-        profile = dp.c.make_zCDP_to_approxDP(_gaussian_measurement(scale, integer)).map(1.0)
+        profile = dp.c.make_zCDP_to_approxDP(  # type: ignore[no-untyped-call]
+            _gaussian_measurement(scale, integer)).map(1.0)
         return float(profile.delta(epsilon))
     except (dp.OpenDPException, OverflowError):
         return math.inf
@@ -1148,7 +1149,7 @@ def _float_data(values: Iterable[Any], name: str) -> list[float]:
     return out
 
 
-def release(mech: Mechanism, values: Sequence[int] | Sequence[float]) -> list:
+def release(mech: Mechanism, values: Sequence[int] | Sequence[float]) -> list[Any]:
     """Add the planned noise to each value (one OpenDP vector measurement).
 
     Integer mechanisms take and return ints (refusing floats rather than rounding them);
@@ -1642,7 +1643,7 @@ def _check_quantile_mechanism(mech: Any, alpha: Any, release: str, planner: str,
     if isinstance(mech.d_in, bool) or not isinstance(mech.d_in, int):
         raise MechanismMismatchError(
             "the quantile mechanism has no row bound (d_in)", f"plan it with {planner}")
-    return alpha
+    return float(alpha)
 
 
 def release_quantile(

@@ -220,7 +220,8 @@ def check(tree: exp.Select, table_names: set[str]) -> None:
     """Refuse the first node that is not allowed. ``table_names`` are the scenario's tables."""
     ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
     for node in tree.walk():
-        _check_node(node, tree, table_names, ctes)
+        if isinstance(node, exp.Expression):  # every node sqlglot builds
+            _check_node(node, tree, table_names, ctes)
 
 
 def _check_node(node: exp.Expression, root: exp.Select, tables: set[str],
@@ -365,7 +366,7 @@ def _not_allowed(node: exp.Expression) -> Refusal:
                                                                           exp.AggFunc):
         return Refusal("gate.aggregate_not_allowed",
                        f"the aggregate {node.this.sql_name()} is not answered",
-                       _agg_hint(node.this), node)
+                       _agg_hint(node), node)
     if isinstance(node, exp.Exists):
         return Refusal("gate.subquery", "EXISTS (SELECT ...) is not answered",
                        "join the table on a declared key instead", node)

@@ -98,8 +98,7 @@ def analyse(tree: exp.Select, sources: Sources, policy: Policy) -> Analysis:
 
     aggs: dict[str, AggSpec] = {}
     for item in tree.expressions:
-        _check_output(item.unalias() if isinstance(item, exp.Alias) else item, analysis,
-                      lookup, "SELECT", aggs)
+        _check_output(item.unalias(), analysis, lookup, "SELECT", aggs)
     if not aggs:
         raise Refusal("gate.row_level_output", "the query has no aggregate: it would return "
                       "rows", "aggregate, e.g. SELECT district, COUNT(*) FROM persons GROUP "
@@ -273,7 +272,8 @@ def _agg(node: exp.Expression, lookup: Any) -> AggSpec:
         return AggSpec("count", node, arg, condition)
 
     arg = node.this
-    _check_row_expr(arg, lookup, node.sql_name(), allow_filter=False)
+    _check_row_expr(arg, lookup, node.sql_name() if isinstance(node, exp.Func) else
+                    node.key.upper(), allow_filter=False)
     _check_kinds(arg, lookup)
     b = bounds(arg, lookup)
     if b is None:

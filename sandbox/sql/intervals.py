@@ -224,7 +224,7 @@ def _branches(node: exp.Expression) -> list[exp.Expression]:
     return [node.this, *node.expressions]
 
 
-def mixed_kinds(node: exp.Expression, lookup: ColumnLookup) -> exp.Expression | None:
+def mixed_kinds(node: exp.Expression, lookup: ColumnLookup) -> exp.Expr | None:
     """The first sub-expression that mixes text, numbers and dates (a comparison, IN list or
     conditional whose parts differ): the engine would convert one of them at run time, and a
     conversion that fails on some rows is a signal about those rows."""
@@ -348,7 +348,8 @@ def _bin_domain(node: exp.Expression, lookup: ColumnLookup
 CALENDAR_PARTS = {"MONTH": range(1, 13), "QUARTER": range(1, 5), "DOW": range(0, 7),
                   "DAYOFWEEK": range(0, 7), "ISODOW": range(1, 8), "DAY": range(1, 32),
                   "DOY": range(1, 367), "DAYOFYEAR": range(1, 367), "HOUR": range(0, 24)}
-PART_OF_NODE = {exp.Month: "MONTH", exp.Quarter: "QUARTER", exp.DayOfWeek: "DAYOFWEEK"}
+PART_OF_NODE: dict[type[exp.Expression], str] = {
+    exp.Month: "MONTH", exp.Quarter: "QUARTER", exp.DayOfWeek: "DAYOFWEEK"}
 
 
 def _date_part_domain(node: exp.Expression, lookup: ColumnLookup

@@ -29,7 +29,9 @@ JOIN_HINT = "write JOIN ... ON a.key = b.key"
 
 
 def normalise(tree: exp.Select, policy: Policy) -> exp.Select:
-    tree = tree.transform(_within_group, copy=False)
+    transformed = tree.transform(_within_group, copy=False)
+    assert isinstance(transformed, exp.Select)  # the root is a SELECT and stays one
+    tree = transformed
     for select in list(tree.find_all(exp.Select)):
         _join_using(select, policy)
     return _drop_unused_ctes(_flatten_aggregating_source(tree))
@@ -40,8 +42,7 @@ def _drop_unused_ctes(tree: exp.Select) -> exp.Select:
     with_ = tree.args.get("with_")
     while with_ is not None:
         read = {t.name for t in tree.find_all(exp.Table)
-                if t.find_ancestor(exp.CTE) is None or
-                t.find_ancestor(exp.CTE).alias_or_name != t.name}
+                if (owner := t.find_ancestor(exp.CTE)) is None or owner.alias_or_name != t.name}
         unused = [c for c in with_.expressions if c.alias_or_name not in read]
         if not unused:
             break
@@ -85,7 +86,7 @@ def _join_using(select: exp.Select, policy: Policy) -> None:
         names = join.args.get("using") or []
         if names:
             right = join.this.alias_or_name
-            on: exp.Expression | None = None
+            on: exp.Expr | None = None
             for ident in names:
                 left = _left_with(seen, ident.name, policy)
                 if left is None:
@@ -144,9 +145,9 @@ def _flatten_aggregating_source(outer: exp.Select) -> exp.Select:
         return outer  # unnamed or repeated outputs: nothing to refer to safely
     name = source.this.alias_or_name
 
-    def substitute(node: exp.Expression) -> exp.Expression:
+    def substitute(node: exp.Expr) -> exp.Expr:
         if isinstance(node, exp.Column) and node.table in ("", name) and node.name in outputs:
-            return outputs[node.name].copy()
+            return outputs[node.name].copy()  # type: ignore[no-any-return]  # an Expression
         return node
 
     merged = inner.copy()
@@ -157,14 +158,14 @@ def _flatten_aggregating_source(outer: exp.Select) -> exp.Select:
     for arg in ("order", "limit", "offset"):
         if outer.args.get(arg) is not None:
             merged.set(arg, outer.args[arg].transform(substitute))
-    rest = [c for c in (outer.args.get("with_").expressions if outer.args.get("with_") else [])
-            if c is not cte]
+    with_ = outer.args.get("with_")
+    rest = [c for c in (with_.expressions if with_ is not None else []) if c is not cte]
     if rest:
         merged.set("with_", exp.With(expressions=[c.copy() for c in rest]))
     return merged
 
 
-def _projection(e: exp.Expression, substitute: Any) -> exp.Expression:
+def _projection(e: exp.Expression, substitute: Any) -> exp.Expr:
     """An outer output over the inner ones, under the outer output's name."""
     body = e.unalias().copy().transform(substitute)
     if isinstance(body, exp.Column) and body.name == e.alias_or_name:

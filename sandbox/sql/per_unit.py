@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
-from ..policy import ColumnPolicy, Policy, TablePolicy
+from ..policy import UNIT, ColumnPolicy, Policy, TablePolicy
 from . import allowlist
-from .analyse import UNIT, Analysis, _check_joins, _check_kinds, _check_row_expr, conjuncts
+from .analyse import Analysis, _check_joins, _check_kinds, _check_row_expr, conjuncts
 from .intervals import bounds
 from .refusal import Refusal
 from .resolve import Sources, resolve
@@ -62,12 +62,14 @@ def extract(tree: exp.Select, policy: Policy) -> tuple[exp.Select, dict[str, Der
                           "table of this scenario", "give it another alias", query)
         derived[alias] = _derive(alias, query, policy)
         if cte is None:
-            query.parent.replace(exp.Table(this=exp.to_identifier(alias), alias=exp.TableAlias(
+            sub = query.parent  # the FROM or JOIN subquery
+            assert isinstance(sub, exp.Expression)
+            sub.replace(exp.Table(this=exp.to_identifier(alias), alias=exp.TableAlias(
                 this=exp.to_identifier(alias))))
         else:
-            with_ = cte.parent
             cte.pop()
-            if not with_.expressions:
+            with_ = tree.args.get("with_")
+            if with_ is not None and not with_.expressions:
                 tree.set("with_", None)
     return tree, derived
 
@@ -175,7 +177,7 @@ def _measure(name: str, node: exp.Expression, lookup: object, rows: int,
                           "per-unit query", "use COUNT(*) or COUNT(x)", node)
         return ColumnPolicy(name, "measure", "int64", None, (0.0, float(rows)))
     arg = node.this
-    _check_row_expr(arg, lookup, node.sql_name(), allow_filter=False)  # type: ignore[arg-type]
+    _check_row_expr(arg, lookup, node.sql_name(), allow_filter=False)
     _check_kinds(arg, lookup)
     b = bounds(arg, lookup)  # type: ignore[arg-type]
     if b is None:

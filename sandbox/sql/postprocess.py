@@ -127,4 +127,6 @@ def finish(post: exp.Select, analysis: Analysis, ctx: RewriteContext) -> exp.Sel
             return exp.Paren(this=formulas[node.name].copy())
         return node
 
-    return post.copy().transform(expand, copy=False)
+    out = post.copy().transform(expand, copy=False)
+    assert isinstance(out, exp.Select)  # the root is not a placeholder
+    return out

@@ -53,22 +53,22 @@ RULES: dict[str, str] = {
 
 # Clause-level nodes: a refused part without a located token of its own is not pointed at
 # through these (the caret would land on an unrelated part of the query).
-_CLAUSES: tuple[type[exp.Expression], ...] = (
+_CLAUSES: tuple[type[exp.Expr], ...] = (
     exp.Query, exp.Subquery, exp.From, exp.Join, exp.Where, exp.Group, exp.Having,
     exp.Order, exp.With, exp.CTE, exp.Limit, exp.Offset, exp.Qualify)
 
 
-def position(node: exp.Expression | None) -> tuple[int, int] | None:
+def position(node: exp.Expr | None) -> tuple[int, int] | None:
     """(line, column) where ``node`` starts: its earliest token that sqlglot located (a
     node's own token is not always the first, e.g. ``a || b`` is located at ``b``); for a
     node with no located token (``?``, ``#1``, ``INTERVAL 1 DAY``), the start of the
     nearest enclosing expression that has one."""
     while node is not None:
-        found = [_start(n) for n in node.walk()]
+        found = [_start(n) for n in node.walk() if isinstance(n, exp.Expression)]
         located = [p for p in found if p is not None]
         if located:
             return min(located)
-        node = node.parent
+        node = node.parent if isinstance(node, exp.Expression) else None
         if isinstance(node, _CLAUSES):
             return None
     return None
@@ -88,7 +88,7 @@ class Refusal(SandboxError):
     code = "gate.refused"
 
     def __init__(self, rule: str, message: str, hint: str | None = None,
-                 node: exp.Expression | None = None, *,
+                 node: exp.Expr | None = None, *,
                  at: tuple[int, int] | None = None) -> None:
         """``node`` locates the refusal in the SQL; ``at`` gives (line, column) directly
         (e.g. where the parser stopped) when there is no node."""
@@ -98,7 +98,7 @@ class Refusal(SandboxError):
         self.code = rule
         self.position = position(node) if node is not None else at
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, object]:  # type: ignore[override]  # adds int line/column
         d: dict[str, object] = dict(super().to_dict())
         if self.position:
             d["line"], d["column"] = self.position

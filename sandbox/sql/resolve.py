@@ -71,7 +71,7 @@ class Sources:
 
 
 def schema_of(policy: Policy, derived: dict[str, TablePolicy] | None = None
-              ) -> dict[str, dict[str, str]]:
+              ) -> dict[str, object]:
     tables = {**policy.tables, **(derived or {})}
     return {alias: {c.name: DUCKDB_TYPES[c.type] for c in t.columns.values()}
             for alias, t in tables.items()}

@@ -37,8 +37,8 @@ def bound_groups(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
                         order=exp.Order(expressions=[exp.Ordered(this=exp.column("__gr"))]))
     sub = exp.Subquery(this=distinct, alias=exp.TableAlias(this=exp.to_identifier("__g")))
     ranked = exp.select("__unit", *keys, exp.alias_(window, "__gn")).from_(sub, copy=False)
-    on = exp.EQ(this=exp.column("__unit", table=REL), expression=exp.column("__unit",
-                                                                            table=GROUPS))
+    on: exp.Expr = exp.EQ(this=exp.column("__unit", table=REL),
+                          expression=exp.column("__unit", table=GROUPS))
     for k in keys:
         on = exp.and_(on, exp.NullSafeEQ(this=exp.column(k, table=REL),
                                          expression=exp.column(k, table=GROUPS)))

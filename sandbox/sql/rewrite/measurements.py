@@ -291,10 +291,12 @@ def cut_units(rel: exp.Select) -> exp.Select | None:
         _, k, unit = scan.meta["sandbox_rank"]
         scan.set("where", exp.Where(this=exp.GT(this=exp.column(RANK),
                                                 expression=exp.Literal.number(k))))
-        if isinstance(scan.parent.parent, exp.Join) and scan.parent.parent.parent is part:
+        sub = scan.parent  # the scan's subquery, aliased as the table in the query
+        assert isinstance(sub, exp.Subquery)
+        if isinstance(sub.parent, exp.Join) and sub.parent.parent is part:
             # under an outer join the lifted table's columns are NULL where it has no row
             part = part.where(exp.Not(this=exp.Is(
-                this=exp.column(unit, table=scan.parent.alias), expression=exp.Null())),
+                this=exp.column(unit, table=sub.alias), expression=exp.Null())),
                 copy=False)
         part.set("expressions", [e for e in part.expressions if e.alias == "__unit"])
         parts.append(part)

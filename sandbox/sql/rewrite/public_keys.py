@@ -35,13 +35,11 @@ def key_rows(ctx: RewriteContext) -> list[tuple[Any, ...]] | None:
     return list(itertools.product(*[k.domain or [] for k in a.keys]))
 
 
-def _literal(value: Any, to: str | None) -> exp.Expression:
+def _literal(value: Any, to: str | None) -> exp.Expr:
     """A declared key as a constant of the key's engine type (so that the join compares
     like with like, and the engine cannot merge two declared keys into one)."""
-    if isinstance(value, dt.date):
-        lit = exp.Literal.string(value.isoformat())
-    else:
-        lit = exp.convert(value)
+    lit: exp.Expr = exp.Literal.string(value.isoformat()) \
+        if isinstance(value, dt.date) else exp.convert(value)
     if not to or isinstance(value, str | bool):  # unambiguous as they are
         return lit
     return exp.Cast(this=lit, to=exp.DataType.build(to))
@@ -76,7 +74,7 @@ def public_keys(tree: exp.Select, ctx: RewriteContext) -> exp.Select:
         value = col if m.kind == "histogram" else exp.Coalesce(
             this=col, expressions=[exp.Literal.number(0)])
         out = out.select(exp.alias_(value, m.name), copy=False)
-    on = None
+    on: exp.Expr | None = None
     for c in names:
         cond = exp.NullSafeEQ(this=exp.column(c, table=KEYS), expression=exp.column(c, table=AGG))
         on = cond if on is None else exp.and_(on, cond)

@@ -54,15 +54,16 @@ def make_safe(tree: E, sources: Sources) -> E:
             node.replace(cast)
             cast.set("this", node)
 
-    def row_level(node: exp.Expression) -> bool:
+    def row_level(node: exp.Expr) -> bool:
         """Over columns of the query's tables (not aggregates or output aliases, which
         post-processing evaluates on noisy values)."""
         return not node.find(*AGGREGATES) and all(
             c.table in sources.tables for c in node.find_all(exp.Column))
 
-    for node in list(tree.find_all(exp.Neg, exp.Abs)):
-        if row_level(node) and not _literal(node.this) and kind(node.this, lookup) == "number":
-            to_double(node.this)
+    for unary in list(tree.find_all(exp.Neg, exp.Abs)):
+        if row_level(unary) and not _literal(unary.this) and \
+                kind(unary.this, lookup) == "number":
+            to_double(unary.this)
     for node in list(tree.find_all(*ARITHMETIC)):
         if not row_level(node):
             continue
