@@ -181,3 +181,26 @@ def test_a_join_of_columns_of_different_types_is_refused(tmp_path, resolve) -> N
     with pytest.raises(PolicyError) as info:
         load_policy(path, resolve)
     assert "different types" in str(info.value)
+
+
+def test_numbers_yaml_reads_as_text_are_numbers(tmp_path, resolve) -> None:  # type: ignore[no-untyped-def]
+    """YAML 1.1 reads 1e-7 (no dot) as the text '1e-7'."""
+    text = BASE.replace("delta: 1.0e-7,", "delta: 1e-7,").replace("delta: 1.0e-5", "delta: 2e-5")
+    p = load_policy(write(tmp_path, text), resolve)
+    assert p.privacy.delta == 1e-7 and p.budget.delta == 2e-5
+
+
+def test_values_far_from_common_practice_are_warned_about(tmp_path, resolve) -> None:  # type: ignore[no-untyped-def]
+    from sandbox.policy import warnings
+
+    assert warnings(load_policy(write(tmp_path, BASE), resolve)) == []
+    for path in POLICIES.glob("*.yaml"):
+        assert warnings(load_policy(path, resolve)) == [], path.name
+    text = BASE.replace("epsilon_default: 0.5, epsilon_max: 1.0",
+                        "epsilon_default: 2, epsilon_max: 1000").replace(
+        "budget: {epsilon: 5, delta: 1.0e-5", "budget: {epsilon: 100000, delta: 0.5").replace(
+        "    max_rows_per_unit: 1\n", "    max_rows_per_unit: 1000\n")
+    found = warnings(load_policy(write(tmp_path, text), resolve))
+    for words in ("epsilon_max 1000", "epsilon_default 2", "budget.epsilon 100000",
+                  "budget.delta 0.5", "max_rows_per_unit 1000"):
+        assert any(words in w for w in found), (words, found)
