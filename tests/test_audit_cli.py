@@ -657,7 +657,7 @@ def test_report_is_a_self_contained_escaped_page(sandbox: Home, tmp_path: pathli
     assert "http://" not in lowered and "https://" not in lowered
     assert "<script" not in lowered and "<link" not in lowered and "@import" not in lowered
     assert html.escape(XSS) in page  # the member (budget change) ...
-    assert "district = &#x27;&lt;script&gt;alert(1)&lt;/script&gt;&#x27;" in page  # ... and SQL
+    assert "district = &#39;&lt;script&gt;alert(1)&lt;/script&gt;&#39;" in page  # ... and SQL
 
     (read,) = [r for r in sandbox.log("--kind", "audit.read") if r["what"] == "report"]
     assert (read["workspace"], read["actor"]) == (WS, getpass.getuser())

@@ -356,20 +356,50 @@ def test_budgets_and_the_audit_log_status(hub: Hub, dev: str,
 
 # -- without a hub: the pure pieces and the console's refusal to run without OAuth ----------
 def test_untrusted_text_is_escaped_in_every_piece() -> None:
+    """Every template, filled with hostile text, prints it as text."""
+    from types import SimpleNamespace
+
+    from sandbox.exports.model import Event, ExportRequest, StoredItem
     from sandbox.service import console
 
+    item = StoredItem(0, EVIL, "file", "text/csv", 3, EVIL, True,
+                      {"release_ids": [EVIL], "postprocessing": [EVIL]})
+    req = ExportRequest("e" * 32, EVIL, EVIL, None, EVIL, EVIL, "checked", 1, EVIL, 1, EVIL, 1,
+                        10, None, EVIL, EVIL, None, EVIL, (item,),
+                        (Event(1, EVIL, EVIL, 1, EVIL, EVIL),))
+    checks = {"outcome": EVIL, "rules_version": EVIL, "releases": [
+        {"release_id": EVIL, "epsilon": 1.0, "delta": 0.0}],
+        "results": [{"rule": EVIL, "outcome": EVIL, "message": EVIL}]}
+    previews = [console.csv_preview(f"col,{EVIL}\n{EVIL},1\n".encode()),
+                console.text_preview(json.dumps({"k": EVIL}).encode(), "application/json"),
+                {**console.text_preview(EVIL.encode(), "image/svg+xml"), "kind": "image",
+                 "src": EVIL, "alt": EVIL}]
+    recs = [{"kind": k, "sql": EVIL, "member": EVIL, "rule": EVIL, "message": EVIL,
+             "error_code": EVIL, "release_id": EVIL, "workspace": EVIL, "charge_id": EVIL}
+            for k in console.QUERY_KINDS[1:]]
+    space = {"rec": SimpleNamespace(name=EVIL, effective_state=lambda: EVIL, scenario=EVIL,
+                                    scenario_version=EVIL, expires=EVIL, epsilon=1.0,
+                                    delta=0.0, refresh=EVIL),
+             "balances": [(EVIL, SimpleNamespace(
+                 epsilon_spent=1.0, epsilon_total=2.0, epsilon_remaining=1.0, delta_spent=0.0,
+                 delta_total=0.0, refreshes_on=EVIL))],
+             "chart": console.budget_chart([(EVIL, 1.0, 2.0)])}
     html = "".join([
-        console.page("/p/", EVIL, "<p>body is HTML</p>", user=EVIL),
-        console.csv_preview(f"col,{EVIL}\n{EVIL},1\n".encode()),
-        console.text_preview(json.dumps({"k": EVIL}).encode(), "application/json"),
-        console.budget_chart([(EVIL, 1.0, 2.0)]),
-        console.details({"x": EVIL}),
-        "".join("".join(console.query_row({"kind": k, "sql": EVIL, "member": EVIL, "rule": EVIL,
-                                   "message": EVIL, "error_code": EVIL, "release_id": EVIL},
-                                          {})) for k in console.QUERY_KINDS[1:]),
-        console.select("kind", [EVIL], EVIL), console.text_input("member", EVIL, EVIL),
+        console.show_page("console/error.html", "/p/", EVIL, EVIL, status=400,
+                          error={"code": EVIL, "message": EVIL, "hint": EVIL}),
+        console.show_page("console/export.html", "/p/", EVIL, EVIL, req=req, checks=checks,
+                          detail_texts=[console.detail_text({"x": EVIL})], reviewer="r",
+                          items=[(item, p) for p in previews], xsrf="", notice=EVIL),
+        console.show_page("console/queries.html", "/p/", EVIL, EVIL, names=[EVIL], recs=recs,
+                          total=len(recs), sql={}, kinds=[EVIL], workspace=EVIL, member=EVIL,
+                          rewritten=[console.detail_text({"x": EVIL})] * len(recs), kind=EVIL,
+                          since=EVIL, until=EVIL),
+        console.show_page("console/history.html", "/p/", EVIL, EVIL, names=[EVIL],
+                          states=[EVIL], workspace=EVIL, state=EVIL, requester=EVIL,
+                          reqs=[req]),
+        console.show_page("console/budgets.html", "/p/", EVIL, EVIL, spaces=[space]),
     ])
-    assert "<script>" not in html and html.count("&lt;script&gt;") >= 15
+    assert "<script>" not in html and html.count("&lt;script&gt;") >= 40
 
 
 def test_a_failed_log_shows_its_problems() -> None:
@@ -378,7 +408,8 @@ def test_a_failed_log_shows_its_problems() -> None:
 
     report = VerifyReport(records=5, root_hash="ab" * 32)
     report.bad(3, "record #3 does not match its stored hash <altered>")
-    html = console.verify_page(report, "cd" * 32, [])
+    html = console.show_page("console/audit.html", "/p/", "Audit log", "r", report=report,
+                             public_hex="cd" * 32, fingerprint="f", last=None)
     assert "FAILED" in html and "First bad record: #3" in html
     assert "&lt;altered&gt;" in html and "Nothing was written" in html
 

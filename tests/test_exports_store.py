@@ -597,8 +597,8 @@ def test_withdrawing_and_rejecting_free_the_quota_and_the_space(world: World) ->
         assert "withdrawn and rejected" in (info.value.hint or "")
         with pytest.raises(ExportStateError):
             s.download(req.id, "alice")
-    assert "requester withdrew" in preview("/", s, a, a.items[0])
-    assert "was rejected" in preview("/", s, b, b.items[0])
+    assert "requester withdrew" in preview("/", s, a, a.items[0])["why"]
+    assert "was rejected" in preview("/", s, b, b.items[0])["why"]
     assert world.state.verify().ok
 
 
