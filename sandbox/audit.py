@@ -15,6 +15,7 @@ import binascii
 import datetime as dt
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,7 +120,38 @@ def canonical(obj: Any) -> bytes:
 
 
 def now_iso() -> str:
+    """The log's time format: UTC ISO 8601 with microseconds (sorts as text)."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def parse_when(text: str, option: str, end: bool = False) -> str:
+    """YYYY-MM-DD or ISO 8601 -> the log's UTC time format; a date ``end`` takes its whole day.
+
+    Here, beside ``now_iso``, so that every reader of the log (the command line, the web
+    console) filters by time in the format the records are written in."""
+    try:
+        if _DATE.match(text):
+            t = dt.datetime.combine(dt.date.fromisoformat(text), dt.time(), tzinfo=dt.UTC)
+            t += dt.timedelta(days=1) if end else dt.timedelta(0)
+        elif "T" in text or " " in text:
+            t = dt.datetime.fromisoformat(text)
+            t = t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t.astimezone(dt.UTC)
+        else:
+            raise ValueError(text)
+    except (ValueError, OverflowError):
+        raise InputError(f"{option} {_excerpt(text, 40)!r} is not a date or time",
+                         f"write {option} as YYYY-MM-DD (UTC) or a full ISO 8601 time such as "
+                         "2026-11-23T08:00:00Z") from None
+    return t.isoformat(timespec="microseconds")
+
+
+def _excerpt(text: str, limit: int) -> str:
+    """Untrusted input quoted in an error: one line, no control characters, cut at ``limit``."""
+    out = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    return out[:limit - 1] + "…" if len(out) > limit else out
 
 
 def make_body(seq: int, prev: str, kind: str, *, workspace: str | None, member: str | None,

@@ -28,6 +28,11 @@ never contain data values, key material or engine internals.
 
 from __future__ import annotations
 
+import sys
+from typing import TextIO
+
+from .display import caret, printable
+
 
 class SandboxError(Exception):
     """Base of every error the sandbox raises on purpose."""
@@ -130,3 +135,26 @@ class ProofInvalidError(SandboxError):
     """An inclusion proof does not prove its record."""
 
     code = "audit.proof_invalid"
+
+
+def error_lines(exc: SandboxError, sql: str | None = None) -> list[str]:
+    """An error as a terminal shows it: ``error [code]: message``, a spec's problems, and
+    ``hint:`` last. A refusal the gate located also names its line and column and, given
+    the SQL, shows that line with a caret under the refused part. One format for every
+    entry point (the `sandbox` command, the service's start-up), so they cannot drift."""
+    where = getattr(exc, "position", None)
+    at = f" (line {where[0]}, column {where[1]})" if where else ""
+    lines = [f"error [{exc.code}]: {printable(exc.message)}{at}"]
+    if isinstance(exc, SpecError) and len(exc.problems) > 1:
+        lines += [f"  - {p}" for p in exc.problems]
+    if where and sql is not None:
+        lines += [f"  {line}" for line in caret(sql, *where)]
+    if exc.hint:
+        lines.append(f"hint: {printable(exc.hint)}")
+    return lines
+
+
+def print_error(exc: SandboxError, file: TextIO | None = None) -> None:
+    """Print an error's lines to standard error (or ``file``), without colour."""
+    for line in error_lines(exc):
+        print(line, file=file or sys.stderr)

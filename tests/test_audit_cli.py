@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import pytest
 
 from sandbox import audit
-from sandbox.audit import KINDS, VerifyReport
-from sandbox.cli_audit import check_kind, kind_prefixes, parse_when
+from sandbox.audit import KINDS, VerifyReport, parse_when
+from sandbox.cli.audit import check_kind, kind_prefixes
 from sandbox.report import render
 
 SANDBOX = pathlib.Path(sys.executable).with_name("sandbox")

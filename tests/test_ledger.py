@@ -648,7 +648,7 @@ def test_records_written_before_the_sql_hash_still_read_and_verify(
     """Records of the older schema have no sql_sha256 or sql_length: they verify, and the
     readers (audit log summary, report, console) show them as before."""
     from sandbox import report
-    from sandbox.cli_audit import summary
+    from sandbox.cli.audit import summary
     from sandbox.service import console
 
     monkeypatch.setitem(audit.KINDS, "query.refused", ("sql", "rule", "message"))

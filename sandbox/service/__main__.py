@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..errors import SandboxError
+from ..errors import SandboxError, print_error
 
 DEFAULT_URL = "http://127.0.0.1:10101"
 DEFAULT_PREFIX = "/services/sandbox/"
@@ -89,9 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(serve(args.config, args.port))
     except SandboxError as exc:
-        print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+        print_error(exc)
         return 2
     except OSError as exc:
         print(f"error: cannot start the service: {exc}", file=sys.stderr)

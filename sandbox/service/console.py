@@ -378,7 +378,7 @@ class DecideHandler(ConsoleHandler):
 
 class QueriesHandler(ConsoleHandler):
     async def get(self) -> None:
-        from ..cli_audit import parse_when
+        from ..audit import parse_when
 
         ws, member = self.arg("workspace"), self.arg("member")
         kind = self.arg("kind") or "query."

@@ -1,10 +1,8 @@
-"""The auditor's export commands: the review queue, decisions, and bundle verification.
+"""`sandbox export`: the auditor's review queue, decisions, and bundle verification.
 
 Decisions run like the operator's commands (docs/workspaces.md): on the service's host as
 its user, with the auditor's own hub token, which must carry ``custom:sandbox:review`` and
 names the reviewer. `sandbox export verify` needs neither: anyone can check a bundle.
-
-Registered on the `sandbox` command by ``sandbox.cli``.
 """
 
 from __future__ import annotations
@@ -14,19 +12,27 @@ from pathlib import Path
 
 import click
 
-from .cli import Context, _clean, _emit, _opened_state, format_option, main, pass_ctx
-from .cli_workspace import hub_token_option, hub_url_option
-from .errors import InputError
-from .hubsync import REVIEW_SCOPE, HubClient, operator
+from ..errors import InputError
+from ..hubsync import REVIEW_SCOPE, HubClient, operator
+from .common import (
+    Context,
+    clean,
+    emit,
+    format_option,
+    hub_token_option,
+    hub_url_option,
+    opened_state,
+    pass_ctx,
+)
 
 
-@main.group("export")
+@click.group("export")
 def export_group() -> None:
     """Review export requests (the only way results leave) and verify signed bundles."""
 
 
 def _store(state):  # type: ignore[no-untyped-def]
-    from .exports import ExportStore
+    from ..exports import ExportStore
 
     return ExportStore(state)
 
@@ -43,17 +49,17 @@ def _reviewer(hub_url: str | None, token_file: Path | None) -> str:
 @pass_ctx
 def export_list(c: Context, workspace: str | None, states: tuple[str, ...], fmt: str) -> None:
     """Export requests, newest first, with their check outcome and approvals."""
-    from .exports.store import FLAGGED
+    from ..exports.store import FLAGGED
 
-    with _opened_state(c) as state:
+    with opened_state(c) as state:
         reqs = _store(state).list(workspace=workspace, states=list(states) or None)
     rows = [{"id": r.id, "workspace": r.workspace, "requester": r.requester,
-             "title": _clean(r.title, 40), "state": r.state,
+             "title": clean(r.title, 40), "state": r.state,
              "checks": r.report.outcome if r.report else "-",
              "flagged": FLAGGED if r.flagged else "",
              "approvals": f"{len(r.approvals)}/{r.approvals_required}",
              "updated": r.updated[:19]} for r in reqs]
-    _emit(rows, ["id", "workspace", "requester", "title", "state", "checks", "flagged",
+    emit(rows, ["id", "workspace", "requester", "title", "state", "checks", "flagged",
                  "approvals", "updated"], fmt)
 
 
@@ -63,23 +69,23 @@ def export_list(c: Context, workspace: str | None, states: tuple[str, ...], fmt:
 @pass_ctx
 def export_show(c: Context, export_id: str, fmt: str) -> None:
     """One request as a reviewer sees it: items, every check result, decisions."""
-    with _opened_state(c) as state:
+    with opened_state(c) as state:
         doc = _store(state).get(export_id).to_dict("reviewer")
     if fmt == "json":
         click.echo(json.dumps(doc, ensure_ascii=False, indent=2, default=str))
         return
     click.echo(f"export {doc['id']}: {doc['state']} (revision {doc['revision']})")
     click.echo(f"  workspace  {doc['workspace']}   requester {doc['requester']}")
-    click.echo(f"  title      {_clean(doc['title'])}")
-    click.echo(f"  purpose    {_clean(doc['purpose'])}")
+    click.echo(f"  title      {clean(doc['title'])}")
+    click.echo(f"  purpose    {clean(doc['purpose'])}")
     click.echo(f"  approvals  {', '.join(doc['approvals']) or '-'} "
                f"({len(doc['approvals'])}/{doc['approvals_required']})")
     for it in doc["items"]:
-        click.echo(f"  item       {_clean(it['name'])} ({it['media_type']}, {it['size']} bytes"
+        click.echo(f"  item       {clean(it['name'])} ({it['media_type']}, {it['size']} bytes"
                    + ("" if it["kept"] else "; content not kept") + ")")
     flag = doc.get("flagged")
     if flag:
-        from .exports.store import FLAGGED
+        from ..exports.store import FLAGGED
 
         click.echo(f"  flagged    {FLAGGED}: {flag['strong']} place(s) matched, "
                    f"{flag['weak']} name(s) in running text"
@@ -88,10 +94,10 @@ def export_show(c: Context, export_id: str, fmt: str) -> None:
     checks = doc.get("checks") or {}
     click.echo(f"  checks     {checks.get('outcome', '-')} (rules {checks.get('rules_version')})")
     for r in checks.get("results", []):
-        click.echo(f"    {r['outcome']:<7} {r['rule']}: {_clean(r.get('message', ''))}")
+        click.echo(f"    {r['outcome']:<7} {r['rule']}: {clean(r.get('message', ''))}")
     for e in doc["events"]:
         click.echo(f"  {e['time'][:19]} {e['event']} by {e['actor']}"
-                   + (f": {_clean(e['comment'])}" if e.get("comment") else ""))
+                   + (f": {clean(e['comment'])}" if e.get("comment") else ""))
 
 
 def _decision(command: str, decision: str, help_text: str, comment_required: bool) -> None:
@@ -104,7 +110,7 @@ def _decision(command: str, decision: str, help_text: str, comment_required: boo
     def cmd(c: Context, export_id: str, comment: str, hub_url: str | None,
             hub_token_file: Path | None) -> None:
         reviewer = _reviewer(hub_url, hub_token_file)
-        with _opened_state(c) as state:
+        with opened_state(c) as state:
             req = _store(state).review(export_id, reviewer, decision, comment)
         click.echo(f"export {req.id}: {req.state} ({len(req.approvals)}/"
                    f"{req.approvals_required} approvals); recorded in the audit log")
@@ -130,7 +136,7 @@ def export_revoke(c: Context, export_id: str, comment: str, hub_url: str | None,
                   hub_token_file: Path | None) -> None:
     """Revoke a released export: logged and shown to the requester; no more downloads."""
     reviewer = _reviewer(hub_url, hub_token_file)
-    with _opened_state(c) as state:
+    with opened_state(c) as state:
         req = _store(state).revoke(export_id, reviewer, comment)
     click.echo(f"export {req.id}: {req.state}; recorded in the audit log")
 
@@ -143,7 +149,7 @@ def export_revoke(c: Context, export_id: str, comment: str, hub_url: str | None,
 @format_option
 def export_verify(bundle: Path, public_key: str | None, fmt: str) -> None:
     """Check a bundle's signature, every file's hash and its audit-log inclusion proof."""
-    from .exports import verify_bundle
+    from ..exports import verify_bundle
 
     if not bundle.is_file():
         raise InputError(f"bundle file {bundle} not found", "give the path of the .zip")

@@ -1,11 +1,9 @@
-"""The operator's commands: scenario reviews and workspace provisioning.
+"""`sandbox workspace`: provision and manage workspaces.
 
 They run on the service's host, as the service's user (they write the state database and
 read the catalog), and every change needs the operator's JupyterHub token: it proves the
 operator role (``custom:sandbox:admin``), names the actor in the audit log, and is what
 changes the hub's users and groups. docs/workspaces.md explains the choice.
-
-Registered on the `sandbox` command by ``sandbox.cli``.
 """
 
 from __future__ import annotations
@@ -17,108 +15,28 @@ from typing import Any
 
 import click
 
-from .cli import Context, _clean, _emit, _opened_state, format_option, main, pass_ctx
-from .hubsync import HubClient, operator, sync
-from .scenarios import Scenarios
-from .settings import templates_dir
-from .workspaces import WorkspaceRecord, Workspaces
-
-hub_url_option = click.option("--hub-url", default=None, metavar="URL",
-                              help="The hub's REST API (default: $JUPYTERHUB_API_URL or "
-                                   "http://127.0.0.1:8081/hub/api).")
-hub_token_option = click.option("--hub-token-file", type=click.Path(dir_okay=False,
-                                path_type=Path), default=None,
-                                help="File holding your hub API token (default: "
-                                     "$JUPYTERHUB_API_TOKEN).")
-
-
-def _operator(hub_url: str | None, token_file: Path | None) -> tuple[HubClient, str]:
-    hub = HubClient.from_env(hub_url, token_file)
-    return hub, operator(hub)
+from ..hubsync import HubClient, sync
+from ..scenarios import Scenarios
+from ..settings import templates_dir
+from ..workspaces import WorkspaceRecord, Workspaces
+from .common import (
+    Context,
+    clean,
+    emit,
+    format_option,
+    hub_operator,
+    hub_token_option,
+    hub_url_option,
+    opened_state,
+    pass_ctx,
+)
 
 
 def _members(text: str) -> list[str]:
     return [m for m in re.split(r"[,\s]+", text or "") if m]
 
 
-# -- scenarios -----------------------------------------------------------------------
-@main.group()
-def scenario() -> None:
-    """Review scenario policies once (一类场景一审定); workspaces then use approved versions."""
-
-
-@scenario.command("review")
-@click.argument("policy_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--reviewer", required=True, help="Who reviewed the policy (person or board).")
-@click.option("--reference", required=True, help="Reference of the review document.")
-@hub_url_option
-@hub_token_option
-@pass_ctx
-def scenario_review(c: Context, policy_file: Path, reviewer: str, reference: str,
-                    hub_url: str | None, hub_token_file: Path | None) -> None:
-    """Check POLICY_FILE against the catalog and store it as the next approved version."""
-    _hub, actor = _operator(hub_url, hub_token_file)
-    catalog = c.catalog()
-    try:
-        with _opened_state(c) as state:
-            sv, stored = Scenarios(state).review(policy_file, catalog.resolve,
-                                                 reviewer=reviewer, reference=reference,
-                                                 actor=actor)
-    finally:
-        catalog.close()
-    if not stored:
-        click.echo(f"unchanged: {policy_file} is {sv.id} version {sv.version}, approved "
-                   f"{sv.reviewed} by {_clean(sv.reviewer)} ({_clean(sv.reference)})")
-        return
-    click.echo(f"approved {sv.id} version {sv.version} (sha256 {sv.content_hash[:16]}…, "
-               f"datasets {', '.join(f'{k} v{v}' for k, v in sv.datasets.items())}); "
-               f"recorded in the audit log as #{sv.seq}")
-
-
-@scenario.command("list")
-@format_option
-@pass_ctx
-def scenario_list(c: Context, fmt: str) -> None:
-    """Approved scenarios, newest version of each, and whether their file changed."""
-    with _opened_state(c) as state:
-        store = Scenarios(state)
-        rows = [store.get(i).to_dict() for i in store.ids()]
-    _emit(rows, ["id", "version", "title", "reviewer", "reference", "reviewed", "file"], fmt)
-
-
-@scenario.command("show")
-@click.argument("scenario_id")
-@click.option("--version", type=int, default=None, help="A version (default: every version).")
-@format_option
-@pass_ctx
-def scenario_show(c: Context, scenario_id: str, version: int | None, fmt: str) -> None:
-    """Every approved version of a scenario (or one) and the workspaces using each."""
-    with _opened_state(c) as state:
-        store = Scenarios(state)
-        store.get(scenario_id, version)  # a clear error for an unknown id or version
-        versions = [v for v in store.versions(scenario_id)
-                    if version is None or v.version == version]
-        using = Workspaces(state).all()
-        rows = []
-        for v in versions:
-            d = v.to_dict()
-            d["workspaces"] = [w.name for w in using
-                               if w.scenario == v.id and w.scenario_version == v.version]
-            rows.append(d)
-    if fmt == "json":
-        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
-        return
-    for d in rows:
-        click.echo(f"{d['id']} version {d['version']}: {_clean(d['title'])}")
-        for key in ("content_hash", "reviewer", "reference", "reviewed", "source", "file"):
-            click.echo(f"  {key:<13} {_clean(d[key])}")
-        click.echo(f"  {'datasets':<13} "
-                   + ", ".join(f"{k} v{n}" for k, n in d["datasets"].items()))
-        click.echo(f"  {'workspaces':<13} {', '.join(d['workspaces']) or '-'}")
-
-
-# -- workspaces ----------------------------------------------------------------------
-@main.group()
+@click.group()
 def workspace() -> None:
     """Provision and manage workspaces: a reviewed scenario, members, budgets, an expiry."""
 
@@ -128,7 +46,7 @@ def _report(rec: WorkspaceRecord, verb: str) -> None:
                f"{rec.scenario} v{rec.scenario_version}, members "
                f"{', '.join(rec.members) or '-'}, expires {rec.expires}")
     if rec.hub_status == "failed":
-        click.secho(f"warning: the hub is not in step: {_clean(rec.hub_error)}", fg="yellow",
+        click.secho(f"warning: the hub is not in step: {clean(rec.hub_error)}", fg="yellow",
                     err=True)
         click.echo(f"hint: fix the hub, then run `sandbox workspace sync {rec.name}`", err=True)
         click.get_current_context().exit(2)
@@ -136,7 +54,7 @@ def _report(rec: WorkspaceRecord, verb: str) -> None:
 
 def _mirror(c: Context, hub: HubClient, actor: str, name: str,
             stop: tuple[str, ...] = ()) -> WorkspaceRecord:
-    with _opened_state(c) as state:
+    with opened_state(c) as state:
         return sync(Workspaces(state), hub, name, actor, stop)
 
 
@@ -177,8 +95,8 @@ def workspace_create(c: Context, name: str, scenario_id: str, scenario_version: 
                      members: str, budget_epsilon: float, budget_delta: float | None,
                      expires: str, hub_url: str | None, hub_token_file: Path | None) -> None:
     """Record a workspace, then create its hub group and any missing hub users."""
-    hub, actor = _operator(hub_url, hub_token_file)
-    with _opened_state(c) as state:
+    hub, actor = hub_operator(hub_url, hub_token_file)
+    with opened_state(c) as state:
         rec = Workspaces(state).create(name, scenario=scenario_id, version=scenario_version,
                                        members=_members(members), epsilon=budget_epsilon,
                                        delta=budget_delta, expires=expires, actor=actor)
@@ -195,7 +113,7 @@ def workspace_create(c: Context, name: str, scenario_id: str, scenario_version: 
 def workspace_sync(c: Context, name: str, hub_url: str | None,
                    hub_token_file: Path | None) -> None:
     """Mirror the records into the hub again (after a hub failure)."""
-    hub, actor = _operator(hub_url, hub_token_file)
+    hub, actor = hub_operator(hub_url, hub_token_file)
     _report(_mirror(c, hub, actor, name), "synced")
 
 
@@ -211,12 +129,12 @@ def _row(rec: WorkspaceRecord) -> dict[str, Any]:
 @pass_ctx
 def workspace_list(c: Context, fmt: str) -> None:
     """Every workspace with its state, scenario, expiry and members."""
-    with _opened_state(c) as state:
+    with opened_state(c) as state:
         recs = Workspaces(state).all()
     if fmt == "json":
         click.echo(json.dumps([r.to_dict() for r in recs], ensure_ascii=False, indent=2))
     else:
-        _emit([_row(r) for r in recs],
+        emit([_row(r) for r in recs],
               ["name", "state", "scenario", "expires", "epsilon", "hub", "members"], fmt)
 
 
@@ -226,7 +144,7 @@ def workspace_list(c: Context, fmt: str) -> None:
 @pass_ctx
 def workspace_show(c: Context, name: str, fmt: str) -> None:
     """State, scenario, hub status, and each member's budget spent and remaining."""
-    with _opened_state(c) as state:
+    with opened_state(c) as state:
         store = Workspaces(state)
         rec = store.get(name)
         ledger = store.ledger(rec)
@@ -245,7 +163,7 @@ def workspace_show(c: Context, name: str, fmt: str) -> None:
     click.echo(f"  created    {rec.created}")
     hub = rec.hub_status or "-"
     if rec.hub_status == "failed":
-        hub += f": {_clean(rec.hub_error)} (run `sandbox workspace sync {rec.name}`)"
+        hub += f": {clean(rec.hub_error)} (run `sandbox workspace sync {rec.name}`)"
     elif rec.hub_status == "pending":
         hub += " (records changed; the hub has not been updated yet: `sandbox workspace sync`)"
     click.echo(f"  hub        {hub}")
@@ -267,8 +185,8 @@ def _simple(command: str, help_text: str, action: str, verb: str,
     @pass_ctx
     def cmd(c: Context, name: str, hub_url: str | None, hub_token_file: Path | None,
             **kwargs: Any) -> None:
-        hub, actor = _operator(hub_url, hub_token_file)
-        with _opened_state(c) as state:
+        hub, actor = hub_operator(hub_url, hub_token_file)
+        with opened_state(c) as state:
             getattr(Workspaces(state), action)(name, actor=actor, **kwargs)
         _report(_mirror(c, hub, actor, name), verb)
 
@@ -300,8 +218,8 @@ def _member_command(command: str, help_text: str, action: str, verb: str,
     @pass_ctx
     def cmd(c: Context, name: str, member: str, hub_url: str | None,
             hub_token_file: Path | None) -> None:
-        hub, actor = _operator(hub_url, hub_token_file)
-        with _opened_state(c) as state:
+        hub, actor = hub_operator(hub_url, hub_token_file)
+        with opened_state(c) as state:
             getattr(Workspaces(state), action)(name, member, actor=actor)
         _report(_mirror(c, hub, actor, name, (member,) if stop else ()), verb)
 
@@ -328,8 +246,8 @@ def workspace_set_budget(c: Context, name: str, member: str, epsilon: float | No
                          delta: float | None, hub_url: str | None,
                          hub_token_file: Path | None) -> None:
     """Set one member's budget totals (spent stays as it is)."""
-    _hub, actor = _operator(hub_url, hub_token_file)
-    with _opened_state(c) as state:
+    _hub, actor = hub_operator(hub_url, hub_token_file)
+    with opened_state(c) as state:
         store = Workspaces(state)
         rec = store.set_budget(name, member, epsilon=epsilon, delta=delta, actor=actor)
         b = store.ledger(rec).balance(member)

@@ -1,14 +1,9 @@
-"""The auditor's and operator's commands over the state database: budgets and the audit log.
-
-Registered on the `sandbox` command by ``sandbox.cli``.
-"""
+"""`sandbox audit`: read, verify, checkpoint, prove and report on the audit log (审计日志)."""
 
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import json
-import re
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -16,148 +11,25 @@ from typing import Any
 
 import click
 
-from . import audit as auditlog
-from .cli import (
+from .. import audit as auditlog
+from ..audit import parse_when
+from ..errors import AuditFailedError, InputError, ProofInvalidError
+from ..report import key_fingerprint
+from .common import (
     Context,
-    _actor,
-    _clean,
-    _member_option,
-    _opened_state,
-    _print_table,
-    _read_json,
-    _write_out,
-    format_option,
-    main,
+    clean,
+    current_actor,
+    member_option,
+    opened_state,
     pass_ctx,
+    read_json,
+    write_out,
 )
-from .errors import AuditFailedError, InputError, ProofInvalidError
-from .report import key_fingerprint
 
 
-# -- budgets -----------------------------------------------------------------------
-@main.group()
-def budget() -> None:
-    """Privacy budgets (隐私预算) of workspace members: show, grant, set."""
-
-
-def _workspace_names(state: Any) -> list[str]:
-    return [r[0] for r in state.con.execute("SELECT name FROM workspaces ORDER BY 1")]
-
-
-def _balance_rows(state: Any, workspace: str | None,
-                  member: str | None) -> list[dict[str, Any]]:
-    from .ledger import SqliteLedger
-
-    rows = []
-    for name in [workspace] if workspace else _workspace_names(state):
-        ledger = SqliteLedger.existing(state, name)
-        members = ledger.members()
-        if member is not None:
-            members = [member] if workspace or member in members else []
-        for m in members:
-            rows.append({"workspace": name, "member": m, **ledger.balance(m).to_dict()})
-    return rows
-
-
-def _balance_table_row(r: dict[str, Any]) -> dict[str, Any]:
-    return {"workspace": _clean(r["workspace"]), "member": _clean(r["member"]),
-            "eps_total": f"{r['epsilon_total']:.4g}", "eps_spent": f"{r['epsilon_spent']:.4g}",
-            "eps_remaining": f"{r['epsilon_remaining']:.4g}",
-            "delta_total": f"{r['delta_total']:.3g}", "delta_spent": f"{r['delta_spent']:.3g}",
-            "delta_remaining": f"{r['delta_remaining']:.3g}",
-            "refreshes_on": r["refreshes_on"] or "never",
-            "accounting": "zcdp (basic {:.4g})".format(r["epsilon_basic"])
-            if r.get("accounting") == "zcdp" else "basic"}
-
-
-@budget.command("show")
-@click.option("--workspace", default=None, help="Only this workspace (default: every workspace).")
-@_member_option(False, "Only this member (default: every member with a budget or charges).")
-@format_option
-@pass_ctx
-def budget_show(c: Context, workspace: str | None, member: str | None, fmt: str) -> None:
-    """Show total, spent and remaining epsilon and delta per workspace and member."""
-    with _opened_state(c) as state:
-        rows = _balance_rows(state, workspace, member)
-    if fmt == "json":
-        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
-        return
-    _print_table([_balance_table_row(r) for r in rows],
-                 ["workspace", "member", "eps_total", "eps_spent", "eps_remaining",
-                  "delta_total", "delta_spent", "delta_remaining", "refreshes_on", "accounting"])
-
-
-def _change_budget(c: Context, workspace: str, member: str, epsilon: float | None,
-                   delta: float | None, add: bool) -> None:
-    from .ledger import SqliteLedger
-
-    with _opened_state(c) as state:
-        ledger = SqliteLedger.existing(state, workspace)
-        if add and delta is not None and ledger.balance(member).delta_total + delta >= 1:
-            raise InputError("the delta total would reach 1 or more, which protects nothing",
-                             "grant a small delta, e.g. --delta 1e-6")
-        b = ledger.set_budget(member, epsilon=epsilon, delta=delta, add=add, actor=_actor())
-    verb = "granted more budget to" if add else "set the budget of"
-    click.echo(f"{verb} {_clean(member)} in {workspace}: epsilon total {b.epsilon_total:.4g} "
-               f"(spent {b.epsilon_spent:.4g}, remaining {b.epsilon_remaining:.4g}), delta "
-               f"total {b.delta_total:.3g}; recorded in the audit log")
-
-
-workspace_required = click.option("--workspace", required=True,
-                                  help="Workspace of the member (see `sandbox budget show`).")
-
-
-@budget.command("grant")
-@workspace_required
-@_member_option(True, "Member who gets more budget.")
-@click.option("--epsilon", type=float, required=True, help="Epsilon to add to the total.")
-@click.option("--delta", type=float, default=None, help="Delta to add to the total (default: 0).")
-@pass_ctx
-def budget_grant(c: Context, workspace: str, member: str, epsilon: float,
-                 delta: float | None) -> None:
-    """Add epsilon (and delta) to a member's budget; recorded in the audit log."""
-    _change_budget(c, workspace, member, epsilon, delta, add=True)
-
-
-@budget.command("set")
-@workspace_required
-@_member_option(True, "Member whose budget is set.")
-@click.option("--epsilon", type=float, default=None, help="New epsilon total.")
-@click.option("--delta", type=float, default=None, help="New delta total (below 1).")
-@pass_ctx
-def budget_set(c: Context, workspace: str, member: str, epsilon: float | None,
-               delta: float | None) -> None:
-    """Set a member's epsilon and/or delta totals; recorded in the audit log."""
-    if epsilon is None and delta is None:
-        raise InputError("nothing to set", "give --epsilon, --delta or both")
-    _change_budget(c, workspace, member, epsilon, delta, add=False)
-
-
-# -- the audit log -------------------------------------------------------------------
-@main.group("audit")
+@click.group("audit")
 def audit_group() -> None:
     """The tamper-evident audit log (审计日志): read, verify, checkpoint, prove, report."""
-
-
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
-def parse_when(text: str, option: str, end: bool = False) -> str:
-    """YYYY-MM-DD or ISO 8601 -> the log's UTC time format; a date ``end`` takes its whole day."""
-    try:
-        if _DATE.match(text):
-            t = dt.datetime.combine(dt.date.fromisoformat(text), dt.time(), tzinfo=dt.UTC)
-            t += dt.timedelta(days=1) if end else dt.timedelta(0)
-        elif "T" in text or " " in text:
-            t = dt.datetime.fromisoformat(text)
-            t = t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t.astimezone(dt.UTC)
-        else:
-            raise ValueError(text)
-    except (ValueError, OverflowError):
-        raise InputError(f"{option} {_clean(text, 40)!r} is not a date or time",
-                         f"write {option} as YYYY-MM-DD (UTC) or a full ISO 8601 time such as "
-                         "2026-11-23T08:00:00Z") from None
-    return t.isoformat(timespec="microseconds")
 
 
 def _when_option(name: str, help: str) -> Callable[[Any], Any]:
@@ -168,13 +40,15 @@ def _when_option(name: str, help: str) -> Callable[[Any], Any]:
 
 
 def kind_prefixes() -> list[str]:
+    """The record families ``--kind`` accepts besides exact kinds ("query.", "export.")."""
     return sorted({k[:i + 1] for k in auditlog.KINDS for i, ch in enumerate(k) if ch == "."})
 
 
 def check_kind(kind: str) -> str:
+    """``--kind`` as given, or an InputError listing the kinds and families."""
     if kind in auditlog.KINDS or kind in kind_prefixes():
         return kind
-    raise InputError(f"unknown audit record kind {_clean(kind, 40)!r}",
+    raise InputError(f"unknown audit record kind {clean(kind, 40)!r}",
                      f"use a kind ({', '.join(auditlog.KINDS)}) or a family ending in '.' "
                      f"({', '.join(kind_prefixes())})")
 
@@ -210,7 +84,7 @@ def summary(r: dict[str, Any]) -> str:
         text = f"{r.get('what')}" + (f" {json.dumps(filters, ensure_ascii=False)}"
                                      if filters else "")
     else:
-        from .report import operation_summary
+        from ..report import operation_summary
 
         text = operation_summary(r)
     return (f"by {r['actor']} · " if r.get("actor") else "") + text
@@ -225,12 +99,12 @@ LOG_COLUMNS = (("seq", 6), ("time", 19), ("kind", 17), ("workspace", 20), ("memb
 
 
 def _log_table_line(r: dict[str, Any]) -> str:
-    from .report import short_time
+    from ..report import short_time
 
     cells = {"seq": r.get("seq"), "time": short_time(r.get("time")), "kind": r.get("kind"),
              "workspace": r.get("workspace") or "-", "member": r.get("member") or "-",
              "summary": summary(r)}
-    return "  ".join(_clean(cells[c], w).ljust(w) for c, w in LOG_COLUMNS).rstrip()
+    return "  ".join(clean(cells[c], w).ljust(w) for c, w in LOG_COLUMNS).rstrip()
 
 
 def _csv_columns() -> list[str]:
@@ -268,12 +142,13 @@ def _write_log(records: Iterable[dict[str, Any]], fmt: str) -> int:
 
 def _read_record(state: Any, what: str, filters: dict[str, Any],
                  workspace: str | None = None) -> None:
-    state.record("audit.read", actor=_actor(), workspace=workspace, what=what, filters=filters)
+    state.record("audit.read", actor=current_actor(), workspace=workspace, what=what,
+                 filters=filters)
 
 
 @audit_group.command("log")
 @click.option("--workspace", default=None, help="Only records of this workspace.")
-@_member_option(False, "Only records about this member.")
+@member_option(False, "Only records about this member.")
 @click.option("--kind", default=None, callback=_kind_callback,
               help="Only this kind (e.g. query.refused) or family ending in '.' (e.g. query.).")
 @_when_option("--since", "From this time on: YYYY-MM-DD (start of that day, UTC) or ISO 8601.")
@@ -288,13 +163,13 @@ def _read_record(state: Any, what: str, filters: dict[str, Any],
 def audit_log(c: Context, workspace: str | None, member: str | None, kind: str | None,
               since: str | None, until: str | None, fmt: str) -> None:
     """Print audit records, oldest first; the read itself is recorded (audit.read)."""
-    from .ledger import SqliteLedger
+    from ..ledger import SqliteLedger
 
     if since and until and since >= until:
         raise InputError("--since is not before --until", "swap them, or widen the range")
     filters = {"workspace": workspace, "member": member, "kind": kind, "since": since,
                "until": until}
-    with _opened_state(c) as state:
+    with opened_state(c) as state:
         if workspace is not None:
             SqliteLedger.existing(state, workspace)
         records = state.records(**filters)
@@ -308,7 +183,7 @@ def audit_log(c: Context, workspace: str | None, member: str | None, kind: str |
 def _load_checkpoint(path: Path) -> auditlog.Checkpoint:
     hint = "use a file written by `sandbox audit checkpoint --out FILE`"
     try:
-        return auditlog.Checkpoint.from_dict(_read_json(path, "checkpoint", hint))
+        return auditlog.Checkpoint.from_dict(read_json(path, "checkpoint", hint))
     except InputError as exc:
         if exc.message.startswith("this is not"):
             raise InputError(f"{path} is not a sandbox audit checkpoint", hint) from None
@@ -376,7 +251,7 @@ def audit_verify(c: Context, checkpoint_path: Path | None, database: Path | None
         if database is None or public_key is None:
             raise InputError("--database and --public-key go together",
                              "give both to verify a copy away from the key store")
-        from .state import State
+        from ..state import State
 
         state = State(database, _pinned_key(public_key))
         try:
@@ -387,7 +262,7 @@ def audit_verify(c: Context, checkpoint_path: Path | None, database: Path | None
         if not report.ok:
             raise _failed(report)
         return
-    with _opened_state(c) as state:
+    with opened_state(c) as state:
         report = state.verify(external)
         _print_verification(report, auditlog.public_hex(state.public_key), external)
         if not report.ok:
@@ -406,10 +281,10 @@ out_option = click.option("--out", required=True, type=click.Path(dir_okay=False
 @pass_ctx
 def audit_checkpoint(c: Context, out: Path) -> None:
     """Sign the current tree head and save it, for the auditor to keep off this machine."""
-    with _opened_state(c) as state:
+    with opened_state(c) as state:
         _verified(state)
         cp = state.checkpoint()
-    _write_out(out, (json.dumps(cp.to_dict(), indent=2) + "\n").encode(), 0o644)
+    write_out(out, (json.dumps(cp.to_dict(), indent=2) + "\n").encode(), 0o644)
     click.echo(f"checkpoint of {cp.tree_size:,} records written to {out}")
     for line in (f"root hash:           {cp.root_hash}", *_key_lines(cp.public_key)):
         click.echo(line)
@@ -423,7 +298,7 @@ def audit_checkpoint(c: Context, out: Path) -> None:
 @pass_ctx
 def audit_proof(c: Context, record_id: int, out: Path | None) -> None:
     """Prove that record RECORD_ID is in the log (JSON anyone can check with check-proof)."""
-    with _opened_state(c) as state:
+    with opened_state(c) as state:
         size = state.size()
         if record_id > size:
             raise InputError(f"there is no audit record #{record_id}",
@@ -435,7 +310,7 @@ def audit_proof(c: Context, record_id: int, out: Path | None) -> None:
         if out is None:
             click.echo(text, nl=False)
         else:
-            _write_out(out, text.encode(), 0o644)
+            write_out(out, text.encode(), 0o644)
             click.echo(f"proof of record #{record_id} against a signed checkpoint of "
                        f"{doc['tree_size']:,} records written to {out}")
         _read_record(state, "proof", {"seq": record_id})
@@ -474,11 +349,11 @@ def _proof_problem(doc: dict[str, Any], pinned: Any) -> str:
 
 def _describe_proof(doc: dict[str, Any], pinned_hex: str | None) -> None:
     rec, cp = doc["record"], doc["checkpoint"]
-    key = _clean(cp.get("public_key"), 80)
-    click.echo(f"record #{_clean(rec.get('seq'))}: {_clean(rec.get('kind'), 40)} at "
-               f"{_clean(rec.get('time'), 40)}")
-    click.echo(f"checkpoint: {_clean(cp.get('tree_size'))} records, root "
-               f"{_clean(cp.get('root_hash'), 80)}, signed {_clean(cp.get('time'), 40)}")
+    key = clean(cp.get("public_key"), 80)
+    click.echo(f"record #{clean(rec.get('seq'))}: {clean(rec.get('kind'), 40)} at "
+               f"{clean(rec.get('time'), 40)}")
+    click.echo(f"checkpoint: {clean(cp.get('tree_size'))} records, root "
+               f"{clean(cp.get('root_hash'), 80)}, signed {clean(cp.get('time'), 40)}")
     click.echo(f"signing key:     {key}")
     click.echo(f"key fingerprint: {key_fingerprint(key)}")
     if pinned_hex is None:
@@ -499,7 +374,7 @@ def audit_check_proof(file: Path, public_key: str | None) -> None:
     """Check an inclusion proof offline: 'valid' (exit 0) or 'INVALID' (exit 2). Needs no keys."""
     hint = "use a file written by `sandbox audit proof RECORD_ID --out FILE`"
     pinned = _pinned_key(public_key) if public_key else None
-    doc = _read_json(file, "proof", hint)
+    doc = read_json(file, "proof", hint)
     if not (isinstance(doc, dict) and isinstance(doc.get("record"), dict)
             and isinstance(doc.get("checkpoint"), dict)):
         raise InputError(f"{file} is not a sandbox audit proof", hint)
@@ -521,12 +396,12 @@ def audit_check_proof(file: Path, public_key: str | None) -> None:
 @pass_ctx
 def audit_report(c: Context, workspace: str, period: str, out: Path) -> None:
     """Write a monthly HTML report of a workspace: decisions, refusals, spend, releases."""
-    from .ledger import SqliteLedger
-    from .report import period_bounds, render
+    from ..ledger import SqliteLedger
+    from ..report import period_bounds, render
 
     start, end = period_bounds(period)
     since, until = (t.isoformat(timespec="microseconds") for t in (start, end))
-    with _opened_state(c) as state:
+    with opened_state(c) as state:
         SqliteLedger.existing(state, workspace)
         records = [*state.records(workspace=workspace, since=since, until=until),
                    *state.records(kind="key.", since=since, until=until),
@@ -535,7 +410,7 @@ def audit_report(c: Context, workspace: str, period: str, out: Path) -> None:
         cp = state.checkpoint().to_dict() if report.ok else None  # never sign a bad log
         page = render(records, report, workspace, period,
                       public_key=auditlog.public_hex(state.public_key), checkpoint=cp)
-        _write_out(out, page.encode())
+        write_out(out, page.encode())
         click.echo(f"report of {workspace} for {period} ({len(records)} record(s); log "
                    f"verification {'ok' if report.ok else 'FAILED'}) written to {out}")
         if not report.ok:
