@@ -162,7 +162,12 @@ def test_cli_policy_check(tmp_path, cli_env, ingest_demo) -> None:  # type: igno
                          str(POLICIES / "credit_underwriting.yaml")],
                         env=cli_env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    assert "ok" in ok.stdout
+    assert "ok" in ok.stdout and "warning" not in ok.stderr
+    lax = write(tmp_path, BASE.replace("epsilon_max: 1.0", "epsilon_max: 1000"))
+    warned = subprocess.run([sandbox, "policy", "check", str(lax)], env=cli_env,
+                            capture_output=True, text=True)
+    assert warned.returncode == 0 and "ok" in warned.stdout
+    assert "warning: privacy.epsilon_max 1000" in warned.stderr
     bad = write(tmp_path, BASE.replace("bounds: [0, 1000000]", "bounds: [9, 1]"))
     res = subprocess.run([sandbox, "policy", "check", str(bad)], env=cli_env,
                          capture_output=True, text=True)

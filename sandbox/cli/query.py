@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from ..errors import InputError, SandboxError
 from .common import EXIT_ERROR, Context, echo_error, member_option, pass_ctx
 from .release import print_release
+
+if TYPE_CHECKING:
+    from ..policy import Policy
 
 
 def load_policy_of(c: Context, path: Path):  # type: ignore[no-untyped-def]
@@ -44,6 +47,15 @@ def policy_check(c: Context, file: Path) -> None:
     tables = ", ".join(f"{a} -> {t.dataset}@{t.version}" for a, t in pol.tables.items())
     click.echo(f"{file}: ok ({pol.id}: {tables}; epsilon per query {pol.privacy.epsilon_default}"
                f" default, {pol.privacy.epsilon_max} max; budget {pol.budget.epsilon})")
+    echo_warnings(pol)
+
+
+def echo_warnings(pol: Policy) -> None:
+    """Values far from common practice, for the reviewer (stderr; nothing is refused)."""
+    from ..policy import warnings
+
+    for w in warnings(pol):
+        click.echo(f"warning: {w}", err=True)
 
 
 policy_option = click.option("--policy", "policy_path", required=True,

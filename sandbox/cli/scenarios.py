@@ -6,11 +6,13 @@ Runs on the service's host as its user; a review needs the operator's hub token
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import click
 
+from ..policy import PolicyError, load_policy
 from ..scenarios import Scenarios
 from ..workspaces import Workspaces
 from .common import (
@@ -24,6 +26,7 @@ from .common import (
     opened_state,
     pass_ctx,
 )
+from .query import echo_warnings
 
 
 @click.group()
@@ -44,6 +47,8 @@ def scenario_review(c: Context, policy_file: Path, reviewer: str, reference: str
     _hub, actor = hub_operator(hub_url, hub_token_file)
     catalog = c.catalog()
     try:
+        with contextlib.suppress(PolicyError):  # the review itself names every problem
+            echo_warnings(load_policy(policy_file, catalog.resolve))
         with opened_state(c) as state:
             sv, stored = Scenarios(state).review(policy_file, catalog.resolve,
                                                  reviewer=reviewer, reference=reference,
