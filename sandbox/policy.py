@@ -158,13 +158,22 @@ class _Problems:
                          f"{', '.join(sorted(allowed))})")
 
 
-# YAML 1.1 reads 1e-7 (no dot before the exponent) as text; it means the number.
+# YAML 1.1 reads an exponent number as text unless it has a dot and a signed exponent.
 _EXPONENT_TEXT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)[eE][+-]?\d+")
 
 
-def _number(value: Any) -> float | None:
+def _got(value: Any) -> str:
+    """What to say about a number YAML read as text (``1e-7``, ``1.5e7``): how to write it."""
     if isinstance(value, str) and _EXPONENT_TEXT.fullmatch(value.strip()):
-        value = float(value)
+        mantissa, exponent = value.strip().lower().split("e")
+        mantissa = mantissa if "." in mantissa else mantissa + ".0"
+        exponent = exponent if exponent[0] in "+-" else "+" + exponent
+        return (f" (got the text '{value}': YAML reads a number with an exponent as text "
+                f"unless it has a dot and a sign; write {mantissa}e{exponent})")
+    return ""
+
+
+def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if math.isfinite(float(value)) else None
@@ -372,8 +381,9 @@ def _load_column(alias: str, cname: str, cdoc: Any, parent: LineDict, spec: Data
         b = cdoc.get("bounds")
         lo_hi = [_number(x) for x in b] if isinstance(b, list) and len(b) == 2 else None
         if lo_hi is None or None in lo_hi:
+            got = "".join(_got(x) for x in b) if isinstance(b, list) else ""
             p.add(line_of(cdoc, "bounds") if "bounds" in cdoc else cdoc.line,
-                  f"{where}: a measure needs bounds: [lo, hi] with two numbers")
+                  f"{where}: a measure needs bounds: [lo, hi] with two numbers{got}")
         elif lo_hi[0] >= lo_hi[1]:  # type: ignore[operator]
             p.add(line_of(cdoc, "bounds"), f"{where}: bounds are reversed or empty "
                   f"({b[0]} >= {b[1]}); write [lo, hi] with lo < hi")
@@ -527,9 +537,10 @@ def _load_joins(doc: LineDict, tables: dict[str, TablePolicy],
 
 
 def _positive(doc: LineDict, key: str, p: _Problems, where: str, default: Any = None) -> float:
-    value = _number(doc.get(key, default))
+    raw = doc.get(key, default)
+    value = _number(raw)
     if value is None or value <= 0:
-        p.add(line_of(doc, key), f"{where}.{key} must be a positive number")
+        p.add(line_of(doc, key), f"{where}.{key} must be a positive number{_got(raw)}")
         return 1.0
     return value
 
@@ -545,7 +556,7 @@ def _load_privacy(doc: LineDict, p: _Problems) -> PrivacyParams:
     delta = _number(pd.get("delta", 1e-6))
     if delta is None or not 0 < delta <= 1e-3:
         p.add(line_of(pd, "delta"), "privacy.delta must be a number above 0 and at most 0.001 "
-              "(private group keys and Gaussian noise need it)")
+              f"(private group keys and Gaussian noise need it){_got(pd.get('delta'))}")
         delta = 1e-6
     mgpu = pd.get("max_groups_per_unit", 1)
     if not isinstance(mgpu, int) or isinstance(mgpu, bool) or not 1 <= mgpu <= 1000:
@@ -569,7 +580,8 @@ def _load_budget(doc: LineDict, p: _Problems, privacy: PrivacyParams) -> BudgetP
               "privacy.epsilon_default")
     delta = _number(bd.get("delta", DEFAULT_BUDGET_DELTA))
     if delta is None or not 0 <= delta < 1:
-        p.add(line_of(bd, "delta"), "budget.delta must be a number from 0 to 1")
+        p.add(line_of(bd, "delta"), f"budget.delta must be a number from 0 to 1"
+              f"{_got(bd.get('delta'))}")
         delta = 0.0
     if delta is not None and delta < privacy.delta:
         p.add(line_of(bd, "delta"), "budget.delta is smaller than one query's privacy.delta")

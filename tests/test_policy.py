@@ -188,11 +188,15 @@ def test_a_join_of_columns_of_different_types_is_refused(tmp_path, resolve) -> N
     assert "different types" in str(info.value)
 
 
-def test_numbers_yaml_reads_as_text_are_numbers(tmp_path, resolve) -> None:  # type: ignore[no-untyped-def]
-    """YAML 1.1 reads 1e-7 (no dot) as the text '1e-7'."""
-    text = BASE.replace("delta: 1.0e-7,", "delta: 1e-7,").replace("delta: 1.0e-5", "delta: 2e-5")
-    p = load_policy(write(tmp_path, text), resolve)
-    assert p.privacy.delta == 1e-7 and p.budget.delta == 2e-5
+def test_numbers_yaml_reads_as_text_are_named_with_the_fix(tmp_path, resolve) -> None:  # type: ignore[no-untyped-def]
+    """YAML 1.1 reads 1e-7 (no dot) as the text '1e-7': the error says how to write it."""
+    text = BASE.replace("delta: 1.0e-7,", "delta: 1e-7,").replace(
+        "bounds: [0, 1000000]", "bounds: [0, 1e6]")
+    with pytest.raises(PolicyError) as info:
+        load_policy(write(tmp_path, text), resolve)
+    problems = info.value.problems
+    assert any("got the text '1e-7'" in p and "write 1.0e-7" in p for p in problems), problems
+    assert any("got the text '1e6'" in p and "write 1.0e+6" in p for p in problems), problems
 
 
 def test_values_far_from_common_practice_are_warned_about(tmp_path, resolve) -> None:  # type: ignore[no-untyped-def]
