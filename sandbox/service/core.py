@@ -27,12 +27,12 @@ from ..errors import EngineError, SandboxError
 from ..exports import (
     ExportRequest,
     ExportStore,
-    IdentifierIndex,
     item_from_dict,
     state_context,
 )
 from ..exports.errors import ExportNotFoundError
 from ..gate import Gate
+from ..identifier_index import IdentifierIndex
 from ..keys import Kms, load_kms
 from ..ledger import DuplicateRequestError, SqliteLedger, request_digest
 from ..policy import Policy
