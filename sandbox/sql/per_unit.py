@@ -25,7 +25,7 @@ from sqlglot import exp
 
 from ..policy import UNIT, ColumnPolicy, Policy, TablePolicy
 from . import allowlist
-from .analyse import Analysis, _check_joins, _check_kinds, _check_row_expr, conjuncts
+from .analyse import UNIT_HINT, Analysis, _check_joins, _check_kinds, _check_row_expr, conjuncts
 from .intervals import bounds
 from .refusal import Refusal
 from .resolve import Sources, resolve
@@ -123,7 +123,10 @@ def _derive(alias: str, query: exp.Select, policy: Policy) -> Derived:
     for g in group:
         if g in units:
             continue
+        # A lookup table's columns are not per unit: its join key is checked unique only
+        # for the outer query's joins, so a duplicate key would give a unit several rows.
         if not (isinstance(g, exp.Column) and lookup(g).role == "dimension" and
+                not sources.tables[g.table].public and
                 sources.tables[g.table].max_rows_per_unit == 1):
             raise Refusal("gate.subquery", f"a per-unit query may also group by dimensions "
                           f"of one-row-per-unit tables, not by '{g.sql('duckdb')}'",
@@ -135,7 +138,7 @@ def _derive(alias: str, query: exp.Select, policy: Policy) -> Derived:
         _check_kinds(where.this, lookup)
     columns: dict[str, ColumnPolicy] = {}
     origin: dict[str, tuple[str, str]] = {}
-    unit_name = None
+    unit_name, unit_node = None, units[0]
     for item in flat.expressions:
         name, node = item.alias_or_name, item.unalias()
         if not name or name.startswith("__") or name in columns:
@@ -146,8 +149,8 @@ def _derive(alias: str, query: exp.Select, policy: Policy) -> Derived:
             columns[name] = ColumnPolicy(name, col.role, col.type, col.keys, col.bounds,
                                          col.description)
             origin[name] = (sources.tables[node.table].alias, node.name)
-            if col.role == UNIT:
-                unit_name = name
+            if col.role == UNIT and unit_name is None:
+                unit_name, unit_node = name, node
             continue
         columns[name] = _measure(name, node, lookup, rows, item)
     if unit_name is None:  # grouped by the unit without showing it: keep it, unnamed
@@ -156,6 +159,13 @@ def _derive(alias: str, query: exp.Select, policy: Policy) -> Derived:
         col = lookup(units[0])
         columns[unit_name] = ColumnPolicy(unit_name, UNIT, col.type)
         origin[unit_name] = (sources.tables[units[0].table].alias, units[0].name)
+    # Rows without a unit (a lookup table's rows that an outer join matched with no private
+    # row) belong to nobody: kept, they would form a row that one unit's presence changes
+    # besides its own (its lookup rows move out of it), two rows for one unit. The first
+    # table's unit is never NULLed by a join.
+    if unit_node.table != flat.args["from_"].this.alias_or_name:
+        flat.where(exp.Not(this=exp.Is(this=unit_node.copy(), expression=exp.Null())),
+                   copy=False)
     select = _engine_select(flat, sources, policy, rows)
     table = TablePolicy(alias, f"__{alias}", 0, False, unit_name, 1, columns,
                         "per-unit aggregation")
@@ -175,6 +185,16 @@ def _measure(name: str, node: exp.Expression, lookup: object, rows: int,
         if isinstance(node.this, exp.Distinct):
             raise Refusal("gate.count_distinct", "COUNT(DISTINCT ...) is not answered in a "
                           "per-unit query", "use COUNT(*) or COUNT(x)", node)
+        arg = node.this
+        if arg is not None and not isinstance(arg, exp.Star):
+            # as the outer query's COUNT(x): the unit only bare, no mixed kinds, and no row
+            # value may make it raise
+            for col in arg.find_all(exp.Column):
+                if lookup(col).role == UNIT and arg is not col:  # type: ignore[operator]
+                    raise Refusal("gate.unit_misuse", "the privacy unit cannot be used in "
+                                  "expressions", UNIT_HINT, col)
+            _check_kinds(arg, lookup)
+            node.set("this", total(arg))
         return ColumnPolicy(name, "measure", "int64", None, (0.0, float(rows)))
     arg = node.this
     _check_row_expr(arg, lookup, node.sql_name(), allow_filter=False)

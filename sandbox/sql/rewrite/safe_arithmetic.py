@@ -60,6 +60,19 @@ def make_safe(tree: E, sources: Sources) -> E:
         return not node.find(*AGGREGATES) and all(
             c.table in sources.tables for c in node.find_all(exp.Column))
 
+    for trunc in list(tree.find_all(exp.TimestampTrunc, exp.DateTrunc)):
+        # DuckDB's TRY does not catch date_trunc('week', d) failing on the smallest DATEs
+        # (it subtracts days below the type's minimum); through a TIMESTAMP it cannot fail,
+        # and a date beyond the TIMESTAMP range becomes NULL (the engine's result is a
+        # TIMESTAMP either way).
+        unit = trunc.args.get("unit")
+        arg = trunc.this
+        if unit is not None and unit.name.upper() == "WEEK" and row_level(trunc) and \
+                kind(arg, lookup) == "date" and \
+                not (isinstance(arg, exp.TryCast) and arg.to.is_type("timestamp")):
+            cast = exp.TryCast(to=exp.DataType.build("TIMESTAMP"))
+            arg.replace(cast)
+            cast.set("this", arg)
     for unary in list(tree.find_all(exp.Neg, exp.Abs)):
         if row_level(unary) and not _literal(unary.this) and \
                 kind(unary.this, lookup) == "number":
