@@ -439,7 +439,10 @@ def _key_range(doc: dict[str, Any], ctype: str, where: str, line: int,
         d = lo
         while d <= hi and len(values) <= MAX_RANGE_KEYS:
             values.append(d)
-            d = _next_date(d, step)
+            try:
+                d = _next_date(d, step)
+            except (OverflowError, ValueError):  # past 9999-12-31: the range ends here
+                break
     elif ctype in ("int16", "int32", "int64"):
         if not (_key_fits(lo, ctype) and _key_fits(hi, ctype) and _key_fits(step, ctype)) or \
                 step < 1:

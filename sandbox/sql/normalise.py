@@ -155,9 +155,18 @@ def _flatten_aggregating_source(outer: exp.Select) -> exp.Select:
     where = outer.args.get("where")
     if where is not None:
         merged = merged.having(where.this.transform(substitute), copy=False)
+    aliases = {e.alias_or_name for e in outer.expressions}
+
+    def order_term(node: exp.Expr) -> exp.Expr:
+        """ORDER BY names an output of the outer query first (SQL's rule), then inner ones."""
+        if isinstance(node, exp.Column) and not node.table and node.name in aliases:
+            return node
+        return substitute(node)
+
     for arg in ("order", "limit", "offset"):
         if outer.args.get(arg) is not None:
-            merged.set(arg, outer.args[arg].transform(substitute))
+            merged.set(arg, outer.args[arg].transform(order_term if arg == "order"
+                                                      else substitute))
     with_ = outer.args.get("with_")
     rest = [c for c in (with_.expressions if with_ is not None else []) if c is not cte]
     if rest:
