@@ -11,7 +11,6 @@ This module is pure: it validates against dataset specs handed in by the caller.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import math
 import re
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SandboxError
+from .policy_keys import key_fits, key_range, key_value
 from .spec import NUMERIC_TYPES, DatasetSpec
 from .yamlio import LineDict, LineList, line_of, load_yaml
 
@@ -177,39 +177,6 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if math.isfinite(float(value)) else None
-
-
-# Values a reviewer should look at twice: allowed, but far from common practice.
-SANE = {"epsilon_max": 3.0, "epsilon_default": 1.0, "budget_epsilon": 50.0,
-        "budget_delta": 1e-4, "max_rows_per_unit": 100, "max_groups_per_unit": 50}
-
-
-def warnings(policy: Policy) -> list[str]:
-    """What a reviewer should question before approving ``policy`` (nothing is refused)."""
-    out: list[str] = []
-    pr, b = policy.privacy, policy.budget
-    if pr.epsilon_max > SANE["epsilon_max"]:
-        out.append(f"privacy.epsilon_max {pr.epsilon_max:g} lets one query spend more than "
-                   f"{SANE['epsilon_max']:g}; answers that precise protect little")
-    if pr.epsilon_default > SANE["epsilon_default"]:
-        out.append(f"privacy.epsilon_default {pr.epsilon_default:g} is above "
-                   f"{SANE['epsilon_default']:g}: every query that omits epsilon spends it")
-    if b.epsilon > SANE["budget_epsilon"]:
-        out.append(f"budget.epsilon {b.epsilon:g} per member and period is far above common "
-                   f"budgets (a few, at most {SANE['budget_epsilon']:g})")
-    if b.delta > SANE["budget_delta"]:
-        out.append(f"budget.delta {b.delta:g} is above {SANE['budget_delta']:g}: delta is a "
-                   "probability of failure and should be far below 1 / (number of persons); "
-                   "the ledger may spend all of it")
-    for t in policy.tables.values():
-        if not t.public and t.max_rows_per_unit > SANE["max_rows_per_unit"]:
-            out.append(f"tables.{t.alias}.max_rows_per_unit {t.max_rows_per_unit} makes one "
-                       f"unit's rows count up to {t.max_rows_per_unit} times: noise grows with "
-                       "it; check the data's own rows per unit")
-    if pr.max_groups_per_unit > SANE["max_groups_per_unit"]:
-        out.append(f"privacy.max_groups_per_unit {pr.max_groups_per_unit} lets one unit "
-                   "touch that many groups of one query")
-    return out
 
 
 def _mapping(doc: Any, key: str, p: _Problems, parent: LineDict, required: bool) -> LineDict:
@@ -397,94 +364,18 @@ def _load_column(alias: str, cname: str, cdoc: Any, parent: LineDict, spec: Data
         if role != "dimension":
             p.add(line_of(cdoc, "keys"), f"{where}: only dimensions have public keys")
         elif isinstance(k, dict):
-            keys = _key_range(k, cspec.type, where, line_of(cdoc, "keys"), p)
+            keys = key_range(k, cspec.type, where, line_of(cdoc, "keys"), p)
         elif not isinstance(k, list) or not k or len(k) > MAX_KEYS:
             p.add(line_of(cdoc, "keys"), f"{where}: keys must be a list of 1 to {MAX_KEYS} "
                   "values")
-        elif not all(_key_fits(x, cspec.type) for x in k):
+        elif not all(key_fits(x, cspec.type) for x in k):
             p.add(line_of(cdoc, "keys"), f"{where}: every key must be a {cspec.type} value")
         elif len(set(map(str, k))) != len(k):
             p.add(line_of(cdoc, "keys"), f"{where}: keys repeat a value")
         else:
-            keys = tuple(_key_value(x, cspec.type) for x in k)
+            keys = tuple(key_value(x, cspec.type) for x in k)
     desc = cdoc.get("description", cspec.description)
     return ColumnPolicy(cname, role, cspec.type, keys, bounds, str(desc))
-
-
-DATE_STEPS = ("day", "week", "month", "quarter", "year")
-MAX_RANGE_KEYS = 10_000
-RANGE_KEYS = {"from", "to", "step"}
-
-
-def _key_range(doc: dict[str, Any], ctype: str, where: str, line: int,
-               p: _Problems) -> tuple[Any, ...] | None:
-    """``{from, to, step}``: every date from ``from`` to ``to`` by ``step`` (day, week,
-    month, quarter, year), or every integer by a whole ``step`` (default 1)."""
-    unknown = set(doc) - RANGE_KEYS
-    lo, hi, step = doc.get("from"), doc.get("to"), doc.get("step", 1)
-    if unknown or lo is None or hi is None:
-        p.add(line, f"{where}: a key range is {{from: <first>, to: <last>, step: <step>}}"
-              + (f"; unknown: {', '.join(sorted(map(str, unknown)))}" if unknown else ""))
-        return None
-    if ctype == "date":
-        if not (_key_fits(lo, "date") and _key_fits(hi, "date")) or step not in DATE_STEPS:
-            p.add(line, f"{where}: a date key range needs YYYY-MM-DD dates in from and to "
-                  f"and a step of {', '.join(DATE_STEPS)}")
-            return None
-        if step in ("month", "quarter", "year") and lo.day > 28:
-            p.add(line, f"{where}: a {step} key range must start on day 1 to 28 of a month "
-                  "(e.g. 2015-01-01)")
-            return None
-        values: list[Any] = []
-        d = lo
-        while d <= hi and len(values) <= MAX_RANGE_KEYS:
-            values.append(d)
-            try:
-                d = _next_date(d, step)
-            except (OverflowError, ValueError):  # past 9999-12-31: the range ends here
-                break
-    elif ctype in ("int16", "int32", "int64"):
-        if not (_key_fits(lo, ctype) and _key_fits(hi, ctype) and _key_fits(step, ctype)) or \
-                step < 1:
-            p.add(line, f"{where}: an integer key range needs whole numbers in from and to and "
-                  "a whole step of at least 1")
-            return None
-        values = list(range(lo, hi + 1, step)[:MAX_RANGE_KEYS + 1])
-    else:
-        p.add(line, f"{where}: key ranges are for date and integer columns; list the keys")
-        return None
-    if not values or len(values) > MAX_RANGE_KEYS:
-        p.add(line, f"{where}: the key range must hold 1 to {MAX_RANGE_KEYS:,} values "
-              f"(from must not be after to; use a coarser step)")
-        return None
-    return tuple(values)
-
-
-def _next_date(d: dt.date, step: str) -> dt.date:
-    if step == "day":
-        return d + dt.timedelta(days=1)
-    if step == "week":
-        return d + dt.timedelta(days=7)
-    m = d.month - 1 + {"month": 1, "quarter": 3, "year": 12}[step]
-    return d.replace(year=d.year + m // 12, month=m % 12 + 1)  # from's day is at most 28
-
-
-def _key_fits(value: Any, ctype: str) -> bool:
-    if ctype == "string":
-        return isinstance(value, str)
-    if ctype in ("int16", "int32", "int64"):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if ctype == "float64":
-        return _number(value) is not None
-    if ctype == "bool":
-        return isinstance(value, bool)
-    if ctype == "date":
-        return isinstance(value, dt.date) and not isinstance(value, dt.datetime)
-    return False
-
-
-def _key_value(value: Any, ctype: str) -> Any:
-    return float(value) if ctype == "float64" else value
 
 
 def _load_joins(doc: LineDict, tables: dict[str, TablePolicy],

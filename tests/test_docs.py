@@ -36,13 +36,11 @@ from sandbox.policy import (
     ALIAS_RE,
     BUDGET_KEYS,
     COLUMN_KEYS,
-    DATE_STEPS,
     ID_RE,
     MAX_KEYS,
     MAX_ROWS_PER_UNIT_LIMIT,
     MECHANISMS,
     PRIVACY_KEYS,
-    RANGE_KEYS,
     REFRESH,
     REVIEW_KEYS,
     ROLES,
@@ -51,6 +49,7 @@ from sandbox.policy import (
     PolicyError,
     load_policy,
 )
+from sandbox.policy_keys import DATE_STEPS, RANGE_KEYS
 from sandbox.settings import SETTINGS
 from sandbox.sql.allowlist import AGGREGATES, EXTRACT_PARTS, SCALAR_FUNCTIONS, TRUNC_UNITS
 from sandbox.sql.refusal import RULES, Refusal

@@ -200,7 +200,7 @@ def test_numbers_yaml_reads_as_text_are_named_with_the_fix(tmp_path, resolve) ->
 
 
 def test_values_far_from_common_practice_are_warned_about(tmp_path, resolve) -> None:  # type: ignore[no-untyped-def]
-    from sandbox.policy import warnings
+    from sandbox.policy_review import warnings
 
     assert warnings(load_policy(write(tmp_path, BASE), resolve)) == []
     for path in POLICIES.glob("*.yaml"):

@@ -52,7 +52,7 @@ def policy_check(c: Context, file: Path) -> None:
 
 def echo_warnings(pol: Policy) -> None:
     """Values far from common practice, for the reviewer (stderr; nothing is refused)."""
-    from ..policy import warnings
+    from ..policy_review import warnings
 
     for w in warnings(pol):
         click.echo(f"warning: {w}", err=True)
