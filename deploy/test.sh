@@ -21,4 +21,5 @@ as_root bash deploy/install-hub.sh
 # shellcheck source=deploy/setup-env.sh
 source deploy/setup-env.sh test
 ruff check sandbox tests bench deploy
+mypy  # strict on the core's sql, dp, ledger and audit (pyproject.toml [tool.mypy])
 pytest -q "$@"
