@@ -531,3 +531,20 @@ def test_help_and_version_through_the_console_script(sandbox) -> None:
         assert re.search(rf"^\s+{group}\s+\S", out, re.M)
     assert "Usage: sandbox dataset add [OPTIONS] NAME PATH" in _ok(sandbox("dataset", "add", "-h"))
     assert _ok(sandbox("--version")).strip() == "sandbox, version 0.1.0"
+
+
+def test_one_error_format_for_the_command_and_the_service(
+        capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path) -> None:
+    """sandbox.errors.error_lines is the one terminal format of an error: the command
+    prints it (red first line on a terminal), and so does the service when it cannot start."""
+    from sandbox.errors import SpecError, error_lines, print_error
+    from sandbox.service.__main__ import main as service_main
+
+    exc = SpecError("bad\x1bspec", "fix\nit", problems=["a", "b"])
+    assert error_lines(exc) == ["error [spec.invalid]: bad spec", "  - a", "  - b",
+                                "hint: fix it"]
+    print_error(exc)
+    assert capsys.readouterr().err.splitlines() == error_lines(exc)
+    assert service_main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("error [config.invalid]: ") and lines[-1].startswith("hint: ")
