@@ -33,6 +33,16 @@ PAIRS = [
      "ORDER BY twice LIMIT 3",
      "SELECT district AS d, count(*) * 2 AS twice FROM persons WHERE age > 30 GROUP BY "
      "district HAVING count(*) > 10 AND district <> 'Huli' ORDER BY twice LIMIT 3"),
+    # the aggregation's own CTE and the outer query's other CTEs both stay readable
+    ("SELECT n FROM (WITH a AS (SELECT district FROM persons WHERE age > 30) "
+     "SELECT district, count(*) AS n FROM a GROUP BY district) t WHERE n > 5",
+     "SELECT count(*) AS n FROM persons WHERE age > 30 GROUP BY district HAVING count(*) > 5"),
+    ("WITH b AS (SELECT district, age FROM persons) SELECT n FROM (WITH a AS (SELECT district "
+     "FROM b WHERE age > 30) SELECT district, count(*) AS n FROM a GROUP BY district) t",
+     "SELECT count(*) AS n FROM persons WHERE age > 30 GROUP BY district"),
+    ("WITH a AS (SELECT district FROM persons WHERE age > 30), "
+     "r AS (SELECT district, count(*) AS n FROM a GROUP BY district) SELECT n FROM r",
+     "SELECT count(*) AS n FROM persons WHERE age > 30 GROUP BY district"),
     ("WITH s AS (SELECT count(*) AS total, avg(income) AS a FROM persons), "
      "unused AS (SELECT 1 AS x FROM persons) SELECT total, a / 12 AS monthly FROM s",
      "SELECT count(*) AS total, avg(income) / 12 AS monthly FROM persons"),

@@ -167,10 +167,13 @@ def _flatten_aggregating_source(outer: exp.Select) -> exp.Select:
         if outer.args.get(arg) is not None:
             merged.set(arg, outer.args[arg].transform(order_term if arg == "order"
                                                       else substitute))
-    with_ = outer.args.get("with_")
+    # the CTEs the aggregation may read: the outer query's other ones, then its own (which
+    # may read those)
+    with_, own = outer.args.get("with_"), merged.args.get("with_")
     rest = [c for c in (with_.expressions if with_ is not None else []) if c is not cte]
-    if rest:
-        merged.set("with_", exp.With(expressions=[c.copy() for c in rest]))
+    ctes = [*(c.copy() for c in rest), *(own.expressions if own is not None else [])]
+    if ctes:
+        merged.set("with_", exp.With(expressions=ctes))
     return merged
 
 
