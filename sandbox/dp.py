@@ -507,8 +507,8 @@ def _compose(costs: Iterable[Cost]) -> Cost:
             pure_epsilon=min(p_eps, eps),
             pure_rho=min(p_rho, min(p_eps, eps) ** 2 / 2),
         )
-    pure_eps = math.fsum(c.epsilon - _f(c.zcdp_epsilon) for c in items)
-    pure_delta = math.fsum(c.delta - _f(c.zcdp_delta) for c in items)
+    basic_eps = math.fsum(c.epsilon - _f(c.zcdp_epsilon) for c in items)  # not Gaussian
+    basic_delta = math.fsum(c.delta - _f(c.zcdp_delta) for c in items)
     g_delta = math.fsum(_f(c.zcdp_delta) for c in items)
     g_eps_basic = math.fsum(_f(c.zcdp_epsilon) for c in items)
     g_eps = g_eps_basic
@@ -517,13 +517,13 @@ def _compose(costs: Iterable[Cost]) -> Cost:
         with contextlib.suppress(DPError):
             g_eps = min(g_eps_basic, rho_to_epsilon(rho, g_delta))
     return Cost(
-        epsilon=max(pure_eps, 0.0) + g_eps,
-        delta=max(pure_delta, 0.0) + g_delta,
+        epsilon=max(basic_eps, 0.0) + g_eps,
+        delta=max(basic_delta, 0.0) + g_delta,
         rho=rho,
         zcdp_epsilon=g_eps,
         zcdp_delta=g_delta,
-        pure_epsilon=min(p_eps, max(pure_eps, 0.0)),
-        pure_rho=min(p_rho, min(p_eps, max(pure_eps, 0.0)) ** 2 / 2),
+        pure_epsilon=min(p_eps, max(basic_eps, 0.0)),
+        pure_rho=min(p_rho, min(p_eps, max(basic_eps, 0.0)) ** 2 / 2),
     )
 
 
