@@ -16,6 +16,23 @@ PUBLIC = {
         "release_quantile", "release_threshold", "rho_to_epsilon", "split_epsilon",
         "zcdp_accounting",
     },
+    "sandbox.client": {
+        "AuthError", "BudgetExhausted", "ExportError", "ExportRefused", "InvalidRequest",
+        "LimitExceeded", "QueryFailed", "QueryRefused", "RequestConflict", "Sandbox",
+        "SandboxServiceError", "ServiceUnavailable", "WorkspaceError", "WorkspaceRefused",
+        "render", "render_text",
+    },
+    "sandbox.exports": {
+        "BundleInvalidError", "BundleReport", "CONFIDENTIAL_RULES", "CheckContext",
+        "CheckReport", "DuplicateApprovalError", "EXPORT_KINDS", "ExportBlockedError",
+        "ExportDummyError", "ExportError", "ExportHeldError", "ExportInputError", "ExportItem",
+        "ExportNotFoundError", "ExportQuotaError", "ExportRequest", "ExportRevokedError",
+        "ExportStateError", "ExportStore", "FileItem", "Fingerprint", "FrameItem",
+        "IdentifierIndex", "IdentifierIndexError", "Limits", "NotRequesterError", "RULES",
+        "RULES_VERSION", "ReleaseRecord", "RuleResult", "SelfApprovalError", "StateReleases",
+        "build_index", "ensure_indexes", "gate_count_columns", "item_from_dict",
+        "item_to_dict", "normalise", "run_checks", "state_context", "verify_bundle",
+    },
 }
 
 
