@@ -12,7 +12,6 @@ This module is pure: it validates against dataset specs handed in by the caller.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SandboxError
-from .policy_keys import key_fits, key_range, key_value
+from .policy_keys import key_fits, key_range, key_value, number
 from .spec import NUMERIC_TYPES, DatasetSpec
 from .yamlio import LineDict, LineList, line_of, load_yaml
 
@@ -171,12 +170,6 @@ def _got(value: Any) -> str:
         return (f" (got the text '{value}': YAML reads a number with an exponent as text "
                 f"unless it has a dot and a sign; write {mantissa}e{exponent})")
     return ""
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(float(value)) else None
 
 
 def _mapping(doc: Any, key: str, p: _Problems, parent: LineDict, required: bool) -> LineDict:
@@ -346,7 +339,7 @@ def _load_column(alias: str, cname: str, cdoc: Any, parent: LineDict, spec: Data
             p.add(line_of(cdoc, "role"), f"{where}: a measure must be numeric, but the "
                   f"column is {cspec.type}; make it a dimension or a filter")
         b = cdoc.get("bounds")
-        lo_hi = [_number(x) for x in b] if isinstance(b, list) and len(b) == 2 else None
+        lo_hi = [number(x) for x in b] if isinstance(b, list) and len(b) == 2 else None
         if lo_hi is None or None in lo_hi:
             got = "".join(_got(x) for x in b) if isinstance(b, list) else ""
             p.add(line_of(cdoc, "bounds") if "bounds" in cdoc else cdoc.line,
@@ -432,7 +425,7 @@ def _load_joins(doc: LineDict, tables: dict[str, TablePolicy],
 
 def _positive(doc: LineDict, key: str, p: _Problems, where: str, default: Any = None) -> float:
     raw = doc.get(key, default)
-    value = _number(raw)
+    value = number(raw)
     if value is None or value <= 0:
         p.add(line_of(doc, key), f"{where}.{key} must be a positive number{_got(raw)}")
         return 1.0
@@ -447,7 +440,7 @@ def _load_privacy(doc: LineDict, p: _Problems) -> PrivacyParams:
     if eps_default > eps_max:
         p.add(line_of(pd, "epsilon_default"), "privacy.epsilon_default is larger than "
               "privacy.epsilon_max")
-    delta = _number(pd.get("delta", 1e-6))
+    delta = number(pd.get("delta", 1e-6))
     if delta is None or not 0 < delta <= 1e-3:
         p.add(line_of(pd, "delta"), "privacy.delta must be a number above 0 and at most 0.001 "
               f"(private group keys and Gaussian noise need it){_got(pd.get('delta'))}")
@@ -472,7 +465,7 @@ def _load_budget(doc: LineDict, p: _Problems, privacy: PrivacyParams) -> BudgetP
     if eps < privacy.epsilon_default:
         p.add(line_of(bd, "epsilon"), "budget.epsilon is smaller than one query's "
               "privacy.epsilon_default")
-    delta = _number(bd.get("delta", DEFAULT_BUDGET_DELTA))
+    delta = number(bd.get("delta", DEFAULT_BUDGET_DELTA))
     if delta is None or not 0 <= delta < 1:
         p.add(line_of(bd, "delta"), f"budget.delta must be a number from 0 to 1"
               f"{_got(bd.get('delta'))}")

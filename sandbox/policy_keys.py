@@ -15,9 +15,11 @@ class _Problems(Protocol):
     def add(self, line: int, msg: str) -> None: ...
 
 
-def _finite_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and \
-        math.isfinite(float(value))
+def number(value: Any) -> float | None:
+    """``value`` as a finite float, or None (booleans, text and NaN/inf are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(float(value)) else None
 
 
 DATE_STEPS = ("day", "week", "month", "quarter", "year")
@@ -84,7 +86,7 @@ def key_fits(value: Any, ctype: str) -> bool:
     if ctype in ("int16", "int32", "int64"):
         return isinstance(value, int) and not isinstance(value, bool)
     if ctype == "float64":
-        return _finite_number(value)
+        return number(value) is not None
     if ctype == "bool":
         return isinstance(value, bool)
     if ctype == "date":

@@ -5,7 +5,9 @@ row's value; an error is a signal. Every number operand of + - * / % (a column,
 a literal, or anything wrapping them: COALESCE, CASE, TRY_CAST, parentheses) is
 cast to DOUBLE, where overflow gives inf, which the clamp later bounds. Date
 arithmetic stays as it is; what could still fail on a value is made total by the
-measurements pass (``TRY``).
+measurements pass (``TRY``). One failure ``TRY`` does not catch is handled here too:
+``date_trunc('week', d)`` of the smallest DATEs, so a week truncation of a date reads the
+date as a TIMESTAMP (``TRY_CAST``).
 """
 
 from __future__ import annotations
