@@ -279,15 +279,13 @@ def cut_units(rel: exp.Select) -> exp.Select | None:
     have lowered counts and sums. One unit moves it by at most 1 (ranks are per unit). A
     bound of 1 on a table of one row per unit cuts nothing and is not reported.
     """
-    marked = [s for s in rel.find_all(exp.Select)
-              if s._meta and s.meta.get("sandbox_rank", (None, 1))[1] > 1]
-    if not marked:
+    count_of_scans = len(_cutting_scans(rel))
+    if not count_of_scans:
         return None
     parts: list[exp.Select] = []
-    for i in range(len(marked)):
+    for i in range(count_of_scans):
         part = rel.copy()
-        scan = [s for s in part.find_all(exp.Select)
-                if s._meta and s.meta.get("sandbox_rank", (None, 1))[1] > 1][i]
+        scan = _cutting_scans(part)[i]  # the same scan in this copy (copies keep the order)
         _, k, unit = scan.meta["sandbox_rank"]
         scan.set("where", exp.Where(this=exp.GT(this=exp.column(RANK),
                                                 expression=exp.Literal.number(k))))
@@ -307,3 +305,9 @@ def cut_units(rel: exp.Select) -> exp.Select | None:
     return exp.select(exp.alias_(count, CUT)).from_(
         exp.Subquery(this=union, alias=exp.TableAlias(this=exp.to_identifier(REL))),
         copy=False)
+
+
+def _cutting_scans(tree: exp.Select) -> list[exp.Select]:
+    """The row-bounded scans (``bound_rows``) whose bound can cut rows (above 1)."""
+    return [s for s in tree.find_all(exp.Select)
+            if s._meta and s.meta.get("sandbox_rank", (None, 1))[1] > 1]
