@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from .errors import InputError, SandboxError
-from .ledger import SqliteLedger
+from .ledger_state import StateLedger
 from .policy import DEFAULT_BUDGET_DELTA, DEFAULT_REFRESH, BudgetPolicy
 from .scenarios import Scenarios
 from .state import State
@@ -87,7 +87,7 @@ def check_member(name: str) -> str:
     """The one rule for a member name: a hub user name that is also a valid system user
     name (the hub spawns each member's server as that user), so at most 32 characters."""
     if not MEMBER_RE.match(name):
-        raise InputError(f"invalid member name {name!r}",
+        raise InputError(f"invalid member name {name[:40]!r}",
                          "hub user names: lower-case letters, digits, '_', '.', '-', "
                          "starting with a letter or '_' (at most 32)")
     return name
@@ -215,8 +215,8 @@ class Workspaces:
         code, what, hint = reasons[state]
         raise WorkspaceUnavailableError(code, f"workspace {name!r} {what}", hint)
 
-    def ledger(self, rec: WorkspaceRecord) -> SqliteLedger:
-        return SqliteLedger(self.state, rec.name, rec.budget_policy())
+    def ledger(self, rec: WorkspaceRecord) -> StateLedger:
+        return StateLedger(self.state, rec.name, rec.budget_policy())
 
     # -- changing --------------------------------------------------------------------------
     def _require(self, con: sqlite3.Connection, name: str, *states: str) -> WorkspaceRecord:

@@ -2,7 +2,7 @@
 
 The ledger keeps the JSON answer of every query the service answered (keyed by workspace,
 member and request id, the answer holding its release id) and the SQL of each charge; the
-airlock asks it for them (``sandbox.ledger.released_answers``) and never reads its
+airlock asks it for them (``sandbox.ledger_state.released_answers``) and never reads its
 tables. Which released columns are noisy counts (the group sizes the small-cell rule
 needs) is found by checking that SQL with the scenario's gate again: deterministic, and
 it touches no data.
@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import SandboxError
-from ..ledger import ReleasedAnswer, released_answer, released_answers
+from ..ledger_state import ReleasedAnswer, released_answer, released_answers
 from .checks import CheckContext, IdentifierLookup, Limits, ReleaseRecord
 
 CountColumns = Callable[[str], Sequence[str]]  # SQL -> names of its noisy-count columns

@@ -34,7 +34,8 @@ from ..exports.errors import ExportNotFoundError
 from ..gate import Gate
 from ..identifier_index import IdentifierIndex
 from ..keys import Kms, load_kms
-from ..ledger import DuplicateRequestError, SqliteLedger, request_digest
+from ..ledger import DuplicateRequestError, request_digest
+from ..ledger_state import StateLedger
 from ..policy import Policy
 from ..scenarios import Scenarios, load_approved
 from ..settings import Paths
@@ -245,8 +246,8 @@ class Service:
                 self._states.append(s)
         return s
 
-    def ledger(self, ws: Workspace) -> SqliteLedger:
-        return SqliteLedger(self.state(), ws.name, ws.record.budget_policy())
+    def ledger(self, ws: Workspace) -> StateLedger:
+        return StateLedger(self.state(), ws.name, ws.record.budget_policy())
 
     # -- operations (run in worker threads) ----------------------------------------------
     def _gate(self, rec: WorkspaceRecord) -> tuple[Policy, Gate]:
@@ -437,7 +438,7 @@ class Service:
         self.own_export(ws, member, export_id)
         return self.export_store().download(export_id, member)
 
-    def _replay(self, ledger: SqliteLedger, member: str, request_id: str, state: str,
+    def _replay(self, ledger: StateLedger, member: str, request_id: str, state: str,
                 response: dict[str, Any] | None) -> dict[str, Any]:
         if state == "committed" and response is not None:
             return {**response, "replayed": True, "budget": ledger.balance(member).to_dict()}
