@@ -2,6 +2,7 @@
 # Install what the single-machine hub needs (run as root; safe to re-run):
 #   - configurable-http-proxy from the npm registry (Node 20+; installs nodejs/npm with apt
 #     when missing),
+#   - nftables (apt, when `nft` is missing) for the egress rules (deploy/egress.sh),
 #   - a hub virtual environment built from the system Python (default
 #     /opt/sandbox-hub/venv): the hub, the gate service and every developer's server and
 #     kernel run from it, so it must be readable by all of their system users (a venv whose
@@ -24,6 +25,8 @@ if ! command -v configurable-http-proxy >/dev/null 2>&1; then
     command -v npm >/dev/null 2>&1 || apt_install nodejs npm
     npm install -g --silent configurable-http-proxy >/dev/null
 fi
+
+command -v nft >/dev/null 2>&1 || apt_install nftables
 
 if ! "$HUB_PYTHON" -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' \
         2>/dev/null; then
