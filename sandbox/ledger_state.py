@@ -75,7 +75,7 @@ def released_answer(con, workspace: str,  # type: ignore[no-untyped-def]
                     release_id: str) -> ReleasedAnswer | None:
     """The answer of ``workspace`` that carries ``release_id`` (None: no such release, or
     one of another workspace)."""
-    row = con.execute(_RELEASED + " AND json_extract(r.response, '$.release_id') = ?",
+    row = con.execute(_RELEASED + f" AND {con.json_text('r.response', 'release_id')} = ?",
                       (workspace, release_id)).fetchone()
     return None if row is None else _released(*row)
 
@@ -106,8 +106,10 @@ class StateLedger:
                 raise SandboxError(
                     f"{workspace!r} is a provisioned workspace; its ledger is the service's",
                     "query it through the service, or pass another --workspace name")
-            con.execute("INSERT OR REPLACE INTO workspaces (name, policy_id, epsilon, delta, "
-                        "refresh) VALUES (?,?,?,?,?)",
+            con.execute("INSERT INTO workspaces (name, policy_id, epsilon, delta, refresh) "
+                        "VALUES (?,?,?,?,?) ON CONFLICT (name) DO UPDATE SET policy_id = "
+                        "excluded.policy_id, epsilon = excluded.epsilon, delta = "
+                        "excluded.delta, refresh = excluded.refresh",
                         (workspace, policy_id, default.epsilon, default.delta, default.refresh))
         return cls(state, workspace, default)
 
@@ -268,7 +270,9 @@ class StateLedger:
                     con.execute("UPDATE requests SET response = ? WHERE charge_id = ?",
                                 (text, reservation.id))
                 if key is not None:  # the latest answer to a question is the one replayed
-                    con.execute("INSERT OR REPLACE INTO releases VALUES (?,?,?,?,?)",
+                    con.execute("INSERT INTO releases VALUES (?,?,?,?,?) ON CONFLICT "
+                                "(workspace, member, replay_key) DO UPDATE SET charge_id = "
+                                "excluded.charge_id, response = excluded.response",
                                 (self.workspace, reservation.member, key, reservation.id,
                                  text))
 
@@ -329,7 +333,9 @@ class StateLedger:
             eps0, delta0, refresh = self._limits(con, member)
             eps1 = (eps0 + (epsilon or 0)) if add else (epsilon if epsilon is not None else eps0)
             delta1 = (delta0 + (delta or 0)) if add else (delta if delta is not None else delta0)
-            con.execute("INSERT OR REPLACE INTO budgets VALUES (?,?,?,?,?)",
+            con.execute("INSERT INTO budgets VALUES (?,?,?,?,?) ON CONFLICT (workspace, "
+                        "member) DO UPDATE SET epsilon_total = excluded.epsilon_total, "
+                        "delta_total = excluded.delta_total, refresh = excluded.refresh",
                         (self.workspace, member, eps1, delta1, refresh))
             self.state.append(con, "budget.changed", workspace=self.workspace, member=member,
                               actor=actor or None, operation="grant" if add else "set",

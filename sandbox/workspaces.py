@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ from .ledger_state import StateLedger
 from .policy import DEFAULT_BUDGET_DELTA, DEFAULT_REFRESH, BudgetPolicy
 from .scenarios import Scenarios
 from .state import State
+from .statedb import Connection
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 MEMBER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
@@ -157,7 +157,7 @@ class Workspaces:
         self.state = state
 
     # -- reading ---------------------------------------------------------------------------
-    def _get(self, con: sqlite3.Connection, name: str) -> WorkspaceRecord | None:
+    def _get(self, con: Connection, name: str) -> WorkspaceRecord | None:
         row = con.execute(f"SELECT {_COLUMNS} FROM workspaces WHERE name = ? AND state != "
                           "'ad-hoc'", (name,)).fetchone()
         if row is None:
@@ -219,7 +219,7 @@ class Workspaces:
         return StateLedger(self.state, rec.name, rec.budget_policy())
 
     # -- changing --------------------------------------------------------------------------
-    def _require(self, con: sqlite3.Connection, name: str, *states: str) -> WorkspaceRecord:
+    def _require(self, con: Connection, name: str, *states: str) -> WorkspaceRecord:
         rec = self._get(con, name)
         if rec is None:
             raise WorkspaceNotFoundError(f"there is no workspace {name!r}",

@@ -1,49 +1,26 @@
 """The export airlock's tables in the state database, and the steps every transition uses.
 
 ``ExportRecords`` owns ``export_requests``, ``export_items``, ``export_events`` and
-``export_hits``: it creates them, reads requests back, and writes events (each with its
-audit record, in the caller's transaction), item rows and dropped content. The
-transitions (``ExportStore`` in ``store``) are built on it.
+``export_hits`` (created by the state's migrations, ``sandbox.statedb.schema``): it reads
+requests back, and writes events (each with its audit record, in the caller's
+transaction), item rows and dropped content. The transitions (``ExportStore`` in
+``store``) are built on it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 from .. import audit
+from ..statedb import Connection
 from .errors import ExportNotFoundError, ExportStateError, SelfApprovalError
 from .items import ExportItem, FileItem, FrameItem
 from .model import DROPPED, Event, ExportRequest, StoredItem
 from .results import CheckReport, Fingerprint
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS export_requests (
-    id TEXT PRIMARY KEY, workspace TEXT NOT NULL, requester TEXT NOT NULL, request_id TEXT,
-    title TEXT NOT NULL, purpose TEXT NOT NULL, state TEXT NOT NULL, revision INTEGER NOT NULL,
-    policy_id TEXT NOT NULL, policy_version INTEGER, policy_hash TEXT NOT NULL,
-    approvals_required INTEGER NOT NULL, min_group_count INTEGER NOT NULL, report TEXT,
-    fingerprint TEXT, created TEXT NOT NULL, updated TEXT NOT NULL, released_seq INTEGER,
-    bundle BLOB, bundle_sha256 TEXT, UNIQUE (workspace, requester, request_id));
-CREATE INDEX IF NOT EXISTS export_requests_by_workspace ON export_requests (workspace, state);
-CREATE TABLE IF NOT EXISTS export_items (
-    export_id TEXT NOT NULL REFERENCES export_requests(id), revision INTEGER NOT NULL,
-    position INTEGER NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
-    media_type TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL, data BLOB,
-    meta TEXT NOT NULL, PRIMARY KEY (export_id, revision, position));
-CREATE TABLE IF NOT EXISTS export_events (
-    export_id TEXT NOT NULL REFERENCES export_requests(id), seq INTEGER NOT NULL,
-    event TEXT NOT NULL, actor TEXT NOT NULL, revision INTEGER NOT NULL,
-    comment TEXT NOT NULL, time TEXT NOT NULL, PRIMARY KEY (export_id, seq));
-CREATE TABLE IF NOT EXISTS export_hits (
-    member TEXT NOT NULL, time TEXT NOT NULL, export_id TEXT NOT NULL,
-    revision INTEGER NOT NULL, strong INTEGER NOT NULL, weak INTEGER NOT NULL,
-    seq INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS export_hits_by_member ON export_hits (member, time);
-"""
 _COLUMNS = ("id", "workspace", "requester", "request_id", "title", "purpose", "state",
             "revision", "policy_id", "policy_version", "policy_hash", "approvals_required",
             "min_group_count", "report", "fingerprint", "created", "updated", "released_seq",
@@ -56,13 +33,10 @@ class ExportRecords:
     def __init__(self, state: Any) -> None:
         self.state = state
         if state.signer is not None:  # a read-only state (auditor's copy) is only read
-            with state.transaction() as con:  # not executescript: it would commit others' work
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        con.execute(stmt)
+            with state.transaction() as con:
                 self._drop_stale(con)
 
-    def _drop_stale(self, con: sqlite3.Connection) -> None:
+    def _drop_stale(self, con: Connection) -> None:
         """Content of withdrawn and rejected requests that earlier versions kept."""
         marks = ", ".join("?" * len(DROPPED))
         for (export_id,) in con.execute(
@@ -72,7 +46,7 @@ class ExportRecords:
             self._drop_content(con, export_id)
 
     # -- reading ---------------------------------------------------------------------------
-    def _row(self, con: sqlite3.Connection, export_id: str) -> dict[str, Any]:
+    def _row(self, con: Connection, export_id: str) -> dict[str, Any]:
         row = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM export_requests WHERE id = ?",
                           (export_id,)).fetchone()
         if row is None:
@@ -80,7 +54,7 @@ class ExportRecords:
                                       "list the export requests to find its id")
         return dict(zip(_COLUMNS, row, strict=True))
 
-    def _load(self, con: sqlite3.Connection, export_id: str) -> ExportRequest:
+    def _load(self, con: Connection, export_id: str) -> ExportRequest:
         r = self._row(con, export_id)
         items = tuple(StoredItem(p, n, k, m, s, h, kept == 1, json.loads(meta))
                       for p, n, k, m, s, h, kept, meta in con.execute(
@@ -148,7 +122,7 @@ class ExportRecords:
         return tuple(Fingerprint.from_dict(json.loads(f)) for (f,) in rows)
 
     # -- writing helpers --------------------------------------------------------------------
-    def _event(self, con: sqlite3.Connection, req: dict[str, Any], event: str, actor: str,
+    def _event(self, con: Connection, req: dict[str, Any], event: str, actor: str,
                **fields: Any) -> int:
         """Append ``export.<event>`` and keep it with the request (same transaction)."""
         seq = self.state.append(con, f"export.{event}", workspace=req["workspace"],
@@ -160,7 +134,7 @@ class ExportRecords:
                      when))
         return seq
 
-    def _set(self, con: sqlite3.Connection, export_id: str, **cols: Any) -> None:
+    def _set(self, con: Connection, export_id: str, **cols: Any) -> None:
         cols["updated"] = audit.now_iso()
         con.execute(f"UPDATE export_requests SET {', '.join(f'{k} = ?' for k in cols)} "
                     "WHERE id = ?", (*cols.values(), export_id))
@@ -180,7 +154,7 @@ class ExportRecords:
                 f"{' or '.join(allowed)}",
                 "reload the request to see its current state")
 
-    def _store_items(self, con: sqlite3.Connection, export_id: str, revision: int,
+    def _store_items(self, con: Connection, export_id: str, revision: int,
                      items: Sequence[ExportItem]) -> list[dict[str, Any]]:
         summary = []
         for pos, it in enumerate(items):
@@ -198,14 +172,16 @@ class ExportRecords:
         return summary
 
     @staticmethod
-    def _drop_content(con: sqlite3.Connection, export_id: str,
+    def _drop_content(con: Connection, export_id: str,
                       revision: int | None = None) -> None:
         """Keep names, sizes and hashes; drop the bytes and the column names (a header
         can be an identifier too) of one revision, or (``revision`` None: a withdrawn or
         rejected request) of every revision, and the bundle (its hash stays)."""
-        rows = con.execute("SELECT revision, position, meta FROM export_items WHERE "
-                           "export_id = ? AND (? IS NULL OR revision = ?)",
-                           (export_id, revision, revision)).fetchall()
+        sql, args = ("SELECT revision, position, meta FROM export_items WHERE "
+                     "export_id = ?"), (export_id,)
+        if revision is not None:
+            sql, args = sql + " AND revision = ?", (export_id, revision)
+        rows = con.execute(sql, args).fetchall()
         for rev, pos, meta in rows:
             m = json.loads(meta)
             if isinstance(m.get("columns"), list):

@@ -10,12 +10,12 @@ it touches no data.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import SandboxError
 from ..ledger_state import ReleasedAnswer, released_answer, released_answers
+from ..statedb import Connection
 from .checks import CheckContext, IdentifierLookup, Limits, ReleaseRecord
 
 CountColumns = Callable[[str], Sequence[str]]  # SQL -> names of its noisy-count columns
@@ -42,7 +42,7 @@ def gate_count_columns(gate: Any) -> CountColumns:
 class StateReleases:
     """The releases of one workspace, read from the state database."""
 
-    def __init__(self, con: sqlite3.Connection, workspace: str,
+    def __init__(self, con: Connection, workspace: str,
                  count_columns: CountColumns | None = None) -> None:
         self.con, self.workspace, self.count_columns = con, workspace, count_columns
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import sqlite3
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
@@ -42,6 +41,7 @@ from typing import Any
 
 from .. import audit
 from ..policy import Policy
+from ..statedb import Connection, IntegrityError
 from . import bundle as bundlemod
 from .checks import CheckContext, CheckReport, run_checks
 from .errors import (
@@ -100,7 +100,7 @@ class ExportStore(ExportRecords):
         start = _utcnow() - dt.timedelta(seconds=self.hit_window_s)
         return start.isoformat(timespec="microseconds")
 
-    def recent_hits(self, member: str, con: sqlite3.Connection | None = None) -> int:
+    def recent_hits(self, member: str, con: Connection | None = None) -> int:
         """Requests (revisions) of ``member`` the identifier scan blocked, in the window."""
         (n,) = (con or self.state.con).execute(
             "SELECT count(*) FROM export_hits WHERE member = ? AND time >= ? AND strong > 0",
@@ -122,7 +122,7 @@ class ExportStore(ExportRecords):
         raise ExportHeldError(HELD_MESSAGE, "an auditor will look at them with you")
 
     # -- the storage quota -----------------------------------------------------------------
-    def quota_used(self, member: str, con: sqlite3.Connection | None = None) -> int:
+    def quota_used(self, member: str, con: Connection | None = None) -> int:
         """Bytes counted to ``member``'s quota: the sizes of the items of every revision of
         their requests awaiting a decision, and any bundle of those, in all workspaces.
         Sizes count whether or not the content was kept (see the module's docstring)."""
@@ -134,7 +134,7 @@ class ExportStore(ExportRecords):
             f"AND state IN ({marks})), 0)", (member, *AWAITING, member, *AWAITING)).fetchone()
         return int(n)
 
-    def _quota_refusal(self, con: sqlite3.Connection, workspace: str, requester: str,
+    def _quota_refusal(self, con: Connection, workspace: str, requester: str,
                        need: int, endpoint: str | None) -> ExportQuotaError | None:
         """None when ``need`` more bytes fit; else a ``limits.exceeded`` record (in ``con``'s
         transaction) and the error to raise once it is committed."""
@@ -160,7 +160,7 @@ class ExportStore(ExportRecords):
         if refused is not None:
             raise refused
 
-    def _flag(self, con: sqlite3.Connection, req: dict[str, Any],
+    def _flag(self, con: Connection, req: dict[str, Any],
               report: CheckReport) -> None:
         """An identifier hit: an ``export.flagged`` record (reviewers only), counted
         towards the member's hold."""
@@ -175,7 +175,7 @@ class ExportStore(ExportRecords):
         con.execute("INSERT INTO export_hits VALUES (?,?,?,?,?,?,?)",
                     (req["requester"], when, req["id"], req["revision"], strong, weak, seq))
 
-    def _checked(self, con: sqlite3.Connection, req: dict[str, Any],
+    def _checked(self, con: Connection, req: dict[str, Any],
                  report: CheckReport) -> None:
         """Record the check report. Blocked by a rule the requester may see (limits,
         types): rejected at once, content dropped. Blocked by a confidential rule only (an
@@ -252,7 +252,7 @@ class ExportStore(ExportRecords):
                                  policy.content_hash, policy.export.approvals,
                                  policy.export.min_group_count, None, None, now, now, None,
                                  None))
-                except sqlite3.IntegrityError:
+                except IntegrityError:
                     raise ExportStateError(f"request {request_id} was just submitted",
                                            "fetch it again") from None
                 summary = self._store_items(con, export_id, 1, items)
