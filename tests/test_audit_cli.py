@@ -354,7 +354,7 @@ def test_budget_changes_refuse_bad_amounts(sandbox: Home) -> None:
          "input.invalid", "invalid member name 'a b'"),
         (["budget", "set", "--workspace", WS, "--member", "", "--epsilon", "1"],
          "input.invalid", "invalid member name"),
-        (["budget", "show", "--member", "x" * 65], "input.invalid", "1 to 64 printable"),
+        (["budget", "show", "--member", "x" * 65], "input.invalid", "at most 32"),
         (["audit", "log", "--member", "tab\there"], "input.invalid", "invalid member name"),
         (["query", "--policy", POLICY, "--member", "a\x1b[31m", "SELECT COUNT(*) FROM persons"],
          "input.invalid", "invalid member name"),
@@ -635,7 +635,7 @@ def _this_month() -> str:
 
 
 def test_report_is_a_self_contained_escaped_page(sandbox: Home, tmp_path: pathlib.Path) -> None:
-    sandbox.ok("budget", "set", "--workspace", WS, "--member", XSS, "--epsilon", "3")
+    sandbox.ok("budget", "set", "--workspace", WS, "--member", "eve", "--epsilon", "3")
     out_file = tmp_path / "report.html"
     out = sandbox.ok("audit", "report", "--workspace", WS, "--period", _this_month(), "--out",
                      str(out_file))
@@ -656,8 +656,8 @@ def test_report_is_a_self_contained_escaped_page(sandbox: Home, tmp_path: pathli
     lowered = page.lower()
     assert "http://" not in lowered and "https://" not in lowered
     assert "<script" not in lowered and "<link" not in lowered and "@import" not in lowered
-    assert html.escape(XSS) in page  # the member (budget change) ...
-    assert "district = &#39;&lt;script&gt;alert(1)&lt;/script&gt;&#39;" in page  # ... and SQL
+    # member names cannot hold markup (workspaces.check_member); the SQL can, escaped:
+    assert "district = &#39;&lt;script&gt;alert(1)&lt;/script&gt;&#39;" in page
 
     (read,) = [r for r in sandbox.log("--kind", "audit.read") if r["what"] == "report"]
     assert (read["workspace"], read["actor"]) == (WS, getpass.getuser())

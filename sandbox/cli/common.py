@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +28,7 @@ from ..fsutil import atomic_write_bytes
 from ..hubsync import HubClient, operator
 from ..keys import FileKeyStore, Kms, load_kms
 from ..settings import Paths
+from ..workspaces import check_member
 
 EXIT_ERROR = 2
 EXIT_INTERNAL = 70
@@ -37,6 +39,21 @@ class Context:
     """The home and key store one invocation works on; opened lazily per command."""
 
     paths: Paths
+    home_source: str = "the default"  # where the home came from: --home, SANDBOX_HOME
+
+    def dataset_names(self) -> list[str]:
+        """The datasets of this home, without creating anything (none: no catalog yet)."""
+        if not self.paths.catalog_db.is_file():
+            return []
+        catalog = Catalog(self.paths.catalog_db, self.paths.vault_dir)
+        try:
+            return catalog.names()
+        finally:
+            catalog.close()
+
+    def home_note(self) -> str:
+        """Which home is in use and where that came from, for messages."""
+        return f"the home {self.paths.home} (from {self.home_source})"
 
     def catalog(self) -> Catalog:
         self.paths.ensure_home()
@@ -59,6 +76,41 @@ class Context:
         return kms
 
 
+def home_source(option: Path | None) -> str:
+    """Where the home of this invocation comes from (see ``Paths.resolve``)."""
+    if option:
+        return "--home"
+    if os.environ.get("SANDBOX_HOME"):
+        return "SANDBOX_HOME"
+    return "the default, as neither --home nor SANDBOX_HOME is set"
+
+
+_MISSING = re.compile(r"dataset '([^']+)'(?: version \d+)? is not in the catalog")
+
+
+def about_home(c: Context | None, exc: SandboxError) -> SandboxError:
+    """A dataset missing from the catalog may mean the wrong home (an empty default one
+    when SANDBOX_HOME is not set): say which home was used and what it holds."""
+    if c is None or exc.code not in ("catalog.not_found", "policy.invalid"):
+        return exc
+    texts = [exc.message, *(getattr(exc, "problems", None) or [])]
+    missing = {m for t in texts for m in _MISSING.findall(t)}
+    try:
+        names = c.dataset_names() if missing else []
+    except (SandboxError, OSError):
+        return exc
+    if not missing or missing <= set(names):  # only a version is missing: the home is right
+        return exc
+    held = (f"holds {len(names)} dataset(s): {', '.join(names[:10])}"
+            f"{', ...' if len(names) > 10 else ''}" if names else "is empty (no datasets)")
+    fix = ("set SANDBOX_HOME or pass --home to use the home that holds your data"
+           if c.home_source.startswith("the default")
+           else "check that this is the home that holds your data")
+    exc.hint = f"this command used {c.home_note()}, which {held}; {fix}" + (
+        f"; {exc.hint}" if names and exc.hint else "")
+    return exc
+
+
 pass_ctx = click.make_pass_decorator(Context)
 
 
@@ -69,7 +121,7 @@ class SandboxGroup(click.Group):
         try:
             return super().invoke(ctx)
         except SandboxError as exc:
-            echo_error(exc)
+            echo_error(about_home(ctx.find_object(Context), exc))
             ctx.exit(EXIT_ERROR)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
@@ -178,19 +230,6 @@ def record_action(c: Context, kind: str, **fields: Any) -> int:
 
 
 # -- members -----------------------------------------------------------------------
-MEMBER_MAX = 64
-
-
-def check_member(name: str) -> str:
-    """A member name: 1-64 printable characters, no whitespace."""
-    if (not name or len(name) > MEMBER_MAX or not name.isprintable()
-            or any(ch.isspace() for ch in name)):
-        raise InputError(f"invalid member name {name[:MEMBER_MAX + 8]!r}",
-                         f"a member name is 1 to {MEMBER_MAX} printable characters without "
-                         "spaces, e.g. alice or zhang.san")
-    return name
-
-
 def member_option(required: bool, help: str) -> Callable[[Any], Any]:
     """``--member``, checked as it is parsed (before any state is opened)."""
     def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -10,10 +10,11 @@ on the vault (``CONFIDENTIAL_RULES``) and the details that would locate an ident
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from ..audit import canonical
 
 RULES_VERSION = "2026.12-1"
 PASS, REVIEW, BLOCK = "pass", "review", "block"
@@ -218,14 +219,9 @@ class CheckReport:
         return [{"rule": r.rule, "outcome": r.outcome} for r in self.results]
 
     def digest(self) -> str:
-        return hashlib.sha256(_canonical(self.to_dict())).hexdigest()
+        return hashlib.sha256(canonical(self.to_dict())).hexdigest()
 
 
 def _outcome(results: Iterable[RuleResult]) -> str:
     outcomes = {r.outcome for r in results}
     return "blocked" if BLOCK in outcomes else "review" if REVIEW in outcomes else "pass"
-
-
-def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False, default=str).encode()
