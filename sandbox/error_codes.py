@@ -131,14 +131,22 @@ CODES: dict[str, Code] = {
     "ingest.failed": Code(None, "A dataset could not be ingested."),
     "ingest.malformed_row": Code(None, "A source row is malformed."),
     "ingest.type_mismatch": Code(None, "A source value does not have its column's type."),
+    "ingest.empty_unit": Code(None, "Source rows have no privacy unit value (empty or null); "
+                                    "they would all count as one unit."),
+    "input.confirmation_required": Code(None, "A destructive command was not confirmed (no "
+                                              "terminal to ask on: pass --yes)."),
     "keys.error": Code(None, "The key store failed."),
     "keys.not_initialised": Code(None, "No key store at the configured path."),
     "keys.not_found": Code(None, "A key is not in the key store."),
     "keys.destroyed": Code(None, "A key was destroyed (its data can no longer be read)."),
+    "keys.in_use": Code(None, "A master key still wraps keys in use (data keys, the "
+                              "identifier index key); rotate before destroying it."),
     "keys.unwrap_failed": Code(None, "A data key could not be unwrapped (wrong master key or "
                                      "altered catalog)."),
     "vault.error": Code(None, "The encrypted vault failed."),
     "vault.integrity": Code(None, "A vault file does not match its recorded digest."),
+    "vault.verify_failed": Code(None, "`dataset verify` found damaged, missing or unreadable "
+                                      "files (each one named)."),
     "catalog.error": Code(None, "The catalog failed."),
     "catalog.not_found": Code(None, "No dataset (version) of that name in the catalog."),
     "catalog.corrupt": Code(None, "The catalog database is damaged."),

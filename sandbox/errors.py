@@ -8,16 +8,20 @@ never contain data values, key material or engine internals.
     ├── ConfigError                   config.invalid
     ├── InputError                    input.invalid
     │   ├── SpecError                 spec.invalid
+    │   ├── ConfirmationRequiredError input.confirmation_required
     │   └── IngestError               ingest.failed
     │       ├── MalformedRowError     ingest.malformed_row
-    │       └── TypeMismatchError     ingest.type_mismatch
+    │       ├── TypeMismatchError     ingest.type_mismatch
+    │       └── EmptyUnitError        ingest.empty_unit
     ├── KeyStoreError                 keys.error
     │   ├── KeyStoreMissingError      keys.not_initialised
     │   ├── KeyNotFoundError          keys.not_found
     │   ├── KeyDestroyedError         keys.destroyed
+    │   ├── KeyInUseError             keys.in_use
     │   └── KeyUnwrapError            keys.unwrap_failed
     ├── VaultError                    vault.error
-    │   └── IntegrityError            vault.integrity
+    │   ├── IntegrityError            vault.integrity
+    │   └── VerifyFailedError         vault.verify_failed
     ├── CatalogError                  catalog.error
     │   ├── DatasetNotFoundError      catalog.not_found
     │   └── CatalogCorruptError       catalog.corrupt
@@ -44,7 +48,7 @@ class SandboxError(Exception):
         self.message = message
         self.hint = hint
 
-    def to_dict(self) -> dict[str, str | None]:
+    def to_dict(self) -> dict[str, object]:
         return {"code": self.code, "message": self.message, "hint": self.hint}
 
     def __str__(self) -> str:
@@ -69,6 +73,12 @@ class SpecError(InputError):
         self.problems = problems or [message]
 
 
+class ConfirmationRequiredError(InputError):
+    """A destructive command was not confirmed (no terminal to ask on, or the answer was no)."""
+
+    code = "input.confirmation_required"
+
+
 class IngestError(InputError):
     code = "ingest.failed"
 
@@ -79,6 +89,12 @@ class MalformedRowError(IngestError):
 
 class TypeMismatchError(IngestError):
     code = "ingest.type_mismatch"
+
+
+class EmptyUnitError(IngestError):
+    """Rows without a privacy unit: they would all count as one person."""
+
+    code = "ingest.empty_unit"
 
 
 class KeyStoreError(SandboxError):
@@ -97,6 +113,12 @@ class KeyDestroyedError(KeyStoreError):
     code = "keys.destroyed"
 
 
+class KeyInUseError(KeyStoreError):
+    """A master key still wraps keys in use, so destroying it would lose them."""
+
+    code = "keys.in_use"
+
+
 class KeyUnwrapError(KeyStoreError):
     code = "keys.unwrap_failed"
 
@@ -107,6 +129,12 @@ class VaultError(SandboxError):
 
 class IntegrityError(VaultError):
     code = "vault.integrity"
+
+
+class VerifyFailedError(VaultError):
+    """`dataset verify` found problems; the hint follows their cause."""
+
+    code = "vault.verify_failed"
 
 
 class CatalogError(SandboxError):
@@ -144,9 +172,13 @@ def error_lines(exc: SandboxError, sql: str | None = None) -> list[str]:
     entry point (the `sandbox` command, the service's start-up), so they cannot drift."""
     where = getattr(exc, "position", None)
     at = f" (line {where[0]}, column {where[1]})" if where else ""
-    lines = [f"error [{exc.code}]: {printable(exc.message)}{at}"]
-    if isinstance(exc, SpecError) and len(exc.problems) > 1:
-        lines += [f"  - {p}" for p in exc.problems]
+    problems = getattr(exc, "problems", None) or []  # a spec's or a policy's
+    problems = problems if len(problems) > 1 else []
+    message = exc.message
+    if problems and message.endswith(joined := "; ".join(problems)):
+        message = message.removesuffix(joined).rstrip(": ")  # listed below, once
+    lines = [f"error [{exc.code}]: {printable(message)}{at}"]
+    lines += [f"  - {printable(p)}" for p in problems]
     if where and sql is not None:
         lines += [f"  {line}" for line in caret(sql, *where)]
     if exc.hint:

@@ -24,7 +24,7 @@ from sqlglot import exp
 from .audit import values_digest
 from .errors import EngineError, SandboxError
 from .ledger import Ledger, replay_key
-from .policy import Policy
+from .policy import EPSILON_FLOOR, Policy
 from .sql import allowlist, per_unit, shortcuts
 from .sql.analyse import Analysis, analyse
 from .sql.normalise import normalise
@@ -207,10 +207,9 @@ def output_names(tree: exp.Select) -> list[str]:
     return names
 
 
-# The range of epsilon any query may ask for, whatever the policy says. Below the floor the
-# noise scales overflow the engine's 64-bit sums (a count at 1e-300 came back as 2^63 - 1);
-# above the ceiling a "private" answer is the exact one.
-EPSILON_FLOOR = 1e-6
+# The range of epsilon any query may ask for, whatever the policy says: the floor (and why)
+# is policy.EPSILON_FLOOR, which policies are held to as well; above the ceiling a
+# "private" answer is the exact one.
 EPSILON_CEILING = 1e4
 
 
@@ -227,9 +226,12 @@ class Gate:
         if isinstance(epsilon, bool) or not isinstance(epsilon, int | float) or \
                 not (isinstance(epsilon, int) or math.isfinite(epsilon)) or \
                 not EPSILON_FLOOR <= epsilon <= top:
+            low = isinstance(epsilon, int | float) and epsilon < EPSILON_FLOOR
             raise Refusal("gate.epsilon", f"epsilon must be a number from {EPSILON_FLOOR:g} to "
                           f"{top:g} in this scenario",
-                          f"omit it to use the default {p.epsilon_default}")
+                          (f"{EPSILON_FLOOR:g} is the floor in every scenario (noise for a "
+                           "smaller epsilon overflows the engine's sums and says nothing); "
+                           if low else "") + f"omit it to use the default {p.epsilon_default}")
         return float(epsilon)
 
     def _analyse(self, sql: str) -> tuple[Analysis, list[str]]:

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .catalog import Catalog, DatasetVersion
-from .errors import SandboxError
+from .errors import KeyDestroyedError, SandboxError
 from .exports.errors import IdentifierIndexError
 from .exports.identifiers import MAX_CANDIDATE, cell_text, indexable, normalise
 from .fsutil import atomic_write_bytes, fsync_dir, sha256_file
@@ -74,29 +74,69 @@ def _exports_dir(home: Path) -> Path:
     return path
 
 
+def key_path(home: Path) -> Path:
+    return home / EXPORTS_DIR / KEY_FILE
+
+
 def index_key(home: Path, kms: Kms) -> bytes:
     """The HMAC key: 32 random bytes made on first use, kept wrapped by the KMS in the home.
 
-    A key wrapped under a master key that is no longer the active one is re-wrapped, so
-    that a key rotation followed by destroying the old master key does not lose it.
+    `sandbox keys rotate` re-wraps it with the data keys (``rewrap_key``) and `keys destroy`
+    refuses while it is wrapped under the key to destroy. A key found wrapped under an
+    older master key is re-wrapped too. One whose master key was destroyed anyway (a home
+    from before rotation covered this key) is replaced by a new key: the indexes made with
+    the old one are rebuilt by ``ensure_indexes`` (the service does that at start), and
+    without this every later ingest would fail.
     """
     path = _exports_dir(home) / KEY_FILE
     if not path.exists():
-        tmp = _staged(path, kms.wrap(secrets.token_bytes(32), KEY_AAD))
-        try:
-            os.link(tmp, path)  # exactly one process or thread creates the key
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
-        fsync_dir(path.parent)
+        _create(path, kms)
     wrapped = path.read_text(encoding="ascii", errors="replace").strip()
-    key = kms.unwrap(wrapped, KEY_AAD)
+    try:
+        key = kms.unwrap(wrapped, KEY_AAD)
+    except KeyDestroyedError:
+        key = secrets.token_bytes(32)
+        os.replace(_staged(path, kms.wrap(key, KEY_AAD)), path)
+        fsync_dir(path.parent)
+        return key
     with contextlib.suppress(SandboxError, OSError):  # best effort: the key still works
         if wrapped_key_id(wrapped) != kms.active_key_id():
             os.replace(_staged(path, kms.wrap(key, KEY_AAD)), path)
             fsync_dir(path.parent)
     return key
+
+
+def _create(path: Path, kms: Kms) -> None:
+    tmp = _staged(path, kms.wrap(secrets.token_bytes(32), KEY_AAD))
+    try:
+        os.link(tmp, path)  # exactly one process or thread creates the key
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def key_wrapped_by(home: Path) -> str | None:
+    """The id of the master key wrapping the index key (None: no key made yet)."""
+    try:
+        wrapped = key_path(home).read_text(encoding="ascii", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    return wrapped_key_id(wrapped)
+
+
+def rewrap_key(home: Path, kms: Kms, key_id: str) -> bool:
+    """Wrap the index key under master key ``key_id`` (a rotation's new key, still pending);
+    True if it was re-wrapped, False if it already was or none exists yet."""
+    path = key_path(home)
+    current = key_wrapped_by(home)
+    if current is None or current == key_id:
+        return False
+    key = kms.unwrap(path.read_text(encoding="ascii", errors="replace").strip(), KEY_AAD)
+    os.replace(_staged(path, kms.wrap(key, KEY_AAD, key_id=key_id)), path)
+    fsync_dir(path.parent)
+    return True
 
 
 def _staged(path: Path, wrapped: str) -> Path:

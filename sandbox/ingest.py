@@ -19,11 +19,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .catalog import Catalog, DatasetVersion
-from .errors import IngestError, MalformedRowError, TypeMismatchError
+from .errors import EmptyUnitError, IngestError, MalformedRowError, TypeMismatchError
 from .fsutil import fsync_dir
 from .identifier_index import home_of, index_path, writer_for
 from .keys import Kms
@@ -105,12 +106,55 @@ def _source_batches(source: Path, spec: DatasetSpec,
                     progress: Progress | None) -> Iterator[pa.RecordBatch]:
     suffix = source.suffix.lower()
     if suffix in CSV_SUFFIXES:
-        yield from _csv_batches(source, spec, progress)
+        batches = _csv_batches(source, spec, progress)
     elif suffix in PARQUET_SUFFIXES:
-        yield from _parquet_batches(source, spec, progress)
+        batches = _parquet_batches(source, spec, progress)
     else:
         raise IngestError(f"unsupported source type '{suffix}' for {source}",
                           "provide a .csv or .parquet file")
+    unit = spec.privacy_unit
+    for batch in batches:
+        if unit is not None and _empty_units(batch.column(unit)):
+            raise _empty_unit_error(source, spec, unit)
+        yield batch
+
+
+def _empty_units(col: pa.Array) -> int:
+    """Rows without a privacy unit: null, or text that is empty or only blanks. Each would
+    be one more row of a single, shared unit, so bounds per unit would be wrong."""
+    empty = col.null_count
+    if pa.types.is_string(col.type):
+        blank = pc.equal(pc.utf8_trim_whitespace(col), "")
+        empty += pc.sum(pc.fill_null(blank, False)).as_py() or 0
+    return empty
+
+
+def _empty_unit_error(source: Path, spec: DatasetSpec, unit: str) -> EmptyUnitError:
+    """Where the first row without a unit is and how many there are (a second pass over
+    the unit column only, on the failure path)."""
+    if source.suffix.lower() in CSV_SUFFIXES:
+        total, first = 0, None
+        with open(source, encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh)
+            header = [h.strip() for h in next(reader)]
+            at = header.index(unit)
+            for row in reader:
+                if row and len(row) > at and not row[at].strip():
+                    total += 1
+                    first = first or reader.line_num
+        where = f"{source}:{first}"
+    else:
+        column = pq.read_table(str(source), columns=[unit]).column(unit).combine_chunks()
+        total = _empty_units(column)
+        blank = pc.or_kleene(pc.is_null(column), pc.equal(pc.utf8_trim_whitespace(column), "")) \
+            if pa.types.is_string(column.type) else pc.is_null(column)
+        first_row = pc.index(pc.fill_null(blank, True), True).as_py() + 1
+        where = f"{source}: row {first_row}"
+    more = f" ({total - 1:,} more row(s) like it)" if total > 1 else ""
+    return EmptyUnitError(
+        f"{where}: the privacy unit '{unit}' is empty{more}; rows without a unit would all "
+        "count as one person or entity",
+        f"fill in '{unit}' for every row, or remove the rows that have none, and ingest again")
 
 
 def _check_columns(source: Path, names: list[str], spec: DatasetSpec) -> None:
@@ -172,7 +216,8 @@ def _parquet_batches(source: Path, spec: DatasetSpec,
 def _csv_batches(source: Path, spec: DatasetSpec,
                  progress: Progress | None) -> Iterator[pa.RecordBatch]:
     try:
-        with open(source, encoding="utf-8", newline="") as fh:
+        # utf-8-sig: spreadsheet programs start "CSV UTF-8" with a byte-order mark
+        with open(source, encoding="utf-8-sig", newline="") as fh:
             header = next(csv.reader(fh), None)
     except UnicodeDecodeError:
         raise IngestError(f"{source}:1: the file is not UTF-8 text",
@@ -208,7 +253,7 @@ def _diagnose_csv(source: Path, spec: DatasetSpec) -> IngestError:
         "bool": _parse_bool, "date": dt.date.fromisoformat, "timestamp": dt.datetime.fromisoformat,
         "string": str,
     }
-    with open(source, encoding="utf-8", newline="") as fh:
+    with open(source, encoding="utf-8-sig", newline="") as fh:
         reader = csv.reader(fh)
         header = [h.strip() for h in next(reader)]
         ranges = {"int16": 2**15, "int32": 2**31, "int64": 2**63}

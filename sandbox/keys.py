@@ -313,6 +313,11 @@ class FileKeyStore(Kms):
             self._save(keys)
 
     # -- use -----------------------------------------------------------------
+    def get(self, key_id: str) -> MasterKeyInfo:
+        """One key's public facts; KeyNotFoundError for an unknown id."""
+        k = self._find(self._load(), key_id)
+        return MasterKeyInfo(str(k["id"]), str(k["state"]), str(k["created"]), str(k["changed"]))
+
     @staticmethod
     def _find(keys: list[dict[str, str | None]], key_id: str) -> dict[str, str | None]:
         for k in keys:

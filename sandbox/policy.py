@@ -45,6 +45,12 @@ REVIEW_KEYS = {"reviewer", "reference", "date"}
 EXPORT_KEYS = {"min_group_count", "approvals"}
 EXPORT_APPROVALS = (1, 2)
 MIN_GROUP_COUNT_LIMIT = 1_000_000
+# The smallest epsilon any query may spend, in every scenario (the gate refuses a smaller
+# one; a policy's epsilon_default and epsilon_max may not be smaller). Below it the noise
+# scales overflow the engine's 64-bit sums (a count at 1e-300 came back as 2^63 - 1), and an
+# answer that noisy says nothing anyway: at 1e-6 a count's 95% interval is about +-3.7
+# million.
+EPSILON_FLOOR = 1e-6
 
 # (dataset, version or None for latest) -> (spec, resolved version), or None if unknown
 DatasetResolver = Callable[[str, int | None], tuple[DatasetSpec, int] | None]
@@ -144,11 +150,23 @@ class Policy:
 
 
 class _Problems:
+    """Every problem of one policy file, and what is broken by them: a later check that
+    would only repeat an earlier problem (a join to a table whose dataset is missing, a
+    comparison with an invalid value) is left out, so each problem is reported once."""
+
     def __init__(self, path: Path) -> None:
-        self.path, self.items = path, []
+        self.path = path
+        self._found: list[tuple[int, str]] = []
+        self.broken: set[str] = set()  # table aliases and alias.column names already reported
 
     def add(self, line: int, msg: str) -> None:
-        self.items.append(f"{self.path}:{line}: {msg}")
+        self._found.append((line, msg))
+
+    @property
+    def items(self) -> list[str]:
+        """``file:line: problem``, sorted by line (stable: same line, order found)."""
+        return [f"{self.path}:{line}: {msg}"
+                for line, msg in sorted(self._found, key=lambda x: x[0])]
 
     def unknown_keys(self, doc: LineDict, allowed: set[str], where: str) -> None:
         for key in doc:
@@ -172,15 +190,19 @@ def _got(value: Any) -> str:
     return ""
 
 
-def _mapping(doc: Any, key: str, p: _Problems, parent: LineDict, required: bool) -> LineDict:
+def _mapping(doc: Any, key: str, p: _Problems, parent: LineDict,
+             required: bool) -> LineDict | None:
+    """The section ``key``: an empty one when absent and optional, None (reported) when it
+    is missing or not a mapping, so that its keys are not reported missing one by one."""
     value = doc.get(key) if isinstance(doc, dict) else None
     if value is None:
         if required:
             p.add(parent.line, f"missing '{key}' section")
+            return None
         return LineDict()
     if not isinstance(value, LineDict):
         p.add(line_of(parent, key), f"'{key}' must be a mapping")
-        return LineDict()
+        return None
     return value
 
 
@@ -205,21 +227,25 @@ def load_policy(path: Path, resolve: DatasetResolver) -> Policy:
     if not isinstance(purpose, str):
         p.add(line_of(doc, "purpose"), "'purpose' must be text")
 
-    review = _mapping(doc, "review", p, doc, required=False)
+    review = _mapping(doc, "review", p, doc, required=False) or LineDict()
     p.unknown_keys(review, REVIEW_KEYS, "review")
 
     tables: dict[str, TablePolicy] = {}
     tables_doc = _mapping(doc, "tables", p, doc, required=True)
-    if "tables" in doc and not tables_doc:
+    if tables_doc is None:
+        tables_doc = LineDict()
+    elif not tables_doc:
         p.add(line_of(doc, "tables"), "'tables' must expose at least one table")
     for alias, tdoc in tables_doc.items():
         table = _load_table(alias, tdoc, tables_doc, p, resolve)
         if table is not None:
             tables[alias] = table
+        else:
+            p.broken.add(alias)
 
     joins = _load_joins(doc, tables, p)
-    privacy = _load_privacy(doc, p)
-    budget = _load_budget(doc, p, privacy)
+    privacy, checked = _load_privacy(doc, p)
+    budget = _load_budget(doc, p, checked)
     export = _load_export(doc, p)
 
     if p.items:
@@ -257,6 +283,13 @@ def _load_table(alias: str, tdoc: Any, parent: LineDict, p: _Problems,
         p.add(line_of(tdoc, "dataset"), f"table '{alias}': missing 'dataset' (a catalog name)")
         return None
     resolved = resolve(dataset, version)
+    if resolved is None and version is not None and (latest := resolve(dataset, None)):
+        # a version the catalog does not hold: reported; the columns are still checked,
+        # against the latest version
+        p.add(line_of(tdoc, "version"), f"table '{alias}': dataset '{dataset}' version "
+              f"{version} is not in the catalog (the latest is version {latest[1]}; see "
+              "`sandbox dataset list`)")
+        resolved, bad_version = latest, True
     if resolved is None:
         what = f"dataset '{dataset}'" + (f" version {version}" if version else "")
         p.add(line_of(tdoc, "dataset"), f"table '{alias}': {what} is not in the catalog "
@@ -290,6 +323,8 @@ def _load_table(alias: str, tdoc: Any, parent: LineDict, p: _Problems,
         col = _load_column(alias, cname, cdoc, cols_doc, spec, p)
         if col is not None:
             columns[cname] = col
+        elif spec.privacy_unit != cname:
+            p.broken.add(f"{alias}.{cname}")
     if not spec.public and spec.privacy_unit and unit == spec.privacy_unit:
         if spec.privacy_unit in cols_doc:
             p.add(line_of(cols_doc, spec.privacy_unit), f"table '{alias}': the privacy unit "
@@ -385,6 +420,8 @@ def _load_joins(doc: LineDict, tables: dict[str, TablePolicy],
         if not (isinstance(j, list) and len(j) == 2 and all(isinstance(x, str) for x in j)):
             p.add(line, "a join is a pair: [table.column, table.column]")
             continue
+        if any(ref in p.broken or ref.partition(".")[0] in p.broken for ref in j):
+            continue  # its table or column has a problem of its own, reported above
         sides = []
         for ref in j:
             t, _, c = ref.partition(".")
@@ -423,28 +460,46 @@ def _load_joins(doc: LineDict, tables: dict[str, TablePolicy],
     return tuple(out)
 
 
-def _positive(doc: LineDict, key: str, p: _Problems, where: str, default: Any = None) -> float:
-    raw = doc.get(key, default)
+def _positive(doc: LineDict, key: str, p: _Problems, where: str,
+              floor: float | None = None) -> float | None:
+    """A positive number (at least ``floor``), or None once the problem is reported."""
+    raw = doc.get(key)
     value = number(raw)
     if value is None or value <= 0:
         p.add(line_of(doc, key), f"{where}.{key} must be a positive number{_got(raw)}")
-        return 1.0
+        return None
+    if floor is not None and value < floor:
+        p.add(line_of(doc, key), f"{where}.{key} is {value:g}, below the floor of {floor:g}: "
+              "noise that large overflows the engine's sums and says nothing; write at least "
+              f"{floor:g}")
+        return None
     return value
 
 
-def _load_privacy(doc: LineDict, p: _Problems) -> PrivacyParams:
+@dataclass(frozen=True)
+class _Checked:
+    """The privacy values that passed their own checks (None: invalid, already reported),
+    for the budget's comparisons."""
+
+    epsilon_default: float | None
+    delta: float | None
+
+
+def _load_privacy(doc: LineDict, p: _Problems) -> tuple[PrivacyParams | None, _Checked]:
     pd = _mapping(doc, "privacy", p, doc, required=True)
+    if pd is None:
+        return None, _Checked(None, None)
     p.unknown_keys(pd, PRIVACY_KEYS, "privacy")
-    eps_default = _positive(pd, "epsilon_default", p, "privacy")
-    eps_max = _positive(pd, "epsilon_max", p, "privacy")
-    if eps_default > eps_max:
+    eps_default = _positive(pd, "epsilon_default", p, "privacy", EPSILON_FLOOR)
+    eps_max = _positive(pd, "epsilon_max", p, "privacy", EPSILON_FLOOR)
+    if eps_default is not None and eps_max is not None and eps_default > eps_max:
         p.add(line_of(pd, "epsilon_default"), "privacy.epsilon_default is larger than "
               "privacy.epsilon_max")
     delta = number(pd.get("delta", 1e-6))
     if delta is None or not 0 < delta <= 1e-3:
         p.add(line_of(pd, "delta"), "privacy.delta must be a number above 0 and at most 0.001 "
               f"(private group keys and Gaussian noise need it){_got(pd.get('delta'))}")
-        delta = 1e-6
+        delta = None
     mgpu = pd.get("max_groups_per_unit", 1)
     if not isinstance(mgpu, int) or isinstance(mgpu, bool) or not 1 <= mgpu <= 1000:
         p.add(line_of(pd, "max_groups_per_unit"), "privacy.max_groups_per_unit must be an "
@@ -455,32 +510,42 @@ def _load_privacy(doc: LineDict, p: _Problems) -> PrivacyParams:
         p.add(line_of(pd, "mechanism"), f"privacy.mechanism must be one of "
               f"{', '.join(MECHANISMS)}")
         mech = "laplace"
-    return PrivacyParams(eps_default, eps_max, float(delta), int(mgpu), str(mech))
+    checked = _Checked(eps_default, delta)
+    if eps_default is None or eps_max is None or delta is None:
+        return None, checked
+    return PrivacyParams(eps_default, eps_max, float(delta), int(mgpu), str(mech)), checked
 
 
-def _load_budget(doc: LineDict, p: _Problems, privacy: PrivacyParams) -> BudgetPolicy:
+def _load_budget(doc: LineDict, p: _Problems, privacy: _Checked) -> BudgetPolicy | None:
     bd = _mapping(doc, "budget", p, doc, required=True)
+    if bd is None:
+        return None
     p.unknown_keys(bd, BUDGET_KEYS, "budget")
     eps = _positive(bd, "epsilon", p, "budget")
-    if eps < privacy.epsilon_default:
+    if eps is not None and privacy.epsilon_default is not None and \
+            eps < privacy.epsilon_default:
         p.add(line_of(bd, "epsilon"), "budget.epsilon is smaller than one query's "
               "privacy.epsilon_default")
     delta = number(bd.get("delta", DEFAULT_BUDGET_DELTA))
     if delta is None or not 0 <= delta < 1:
         p.add(line_of(bd, "delta"), f"budget.delta must be a number from 0 to 1"
               f"{_got(bd.get('delta'))}")
-        delta = 0.0
-    if delta is not None and delta < privacy.delta:
+        delta = None
+    elif privacy.delta is not None and delta < privacy.delta:
         p.add(line_of(bd, "delta"), "budget.delta is smaller than one query's privacy.delta")
     refresh = bd.get("refresh", DEFAULT_REFRESH)
     if refresh not in REFRESH:
         p.add(line_of(bd, "refresh"), f"budget.refresh must be one of {', '.join(REFRESH)}")
         refresh = "none"
+    if eps is None or delta is None:
+        return None
     return BudgetPolicy(eps, float(delta), str(refresh))
 
 
 def _load_export(doc: LineDict, p: _Problems) -> ExportParams:
     ed = _mapping(doc, "export", p, doc, required=False)
+    if ed is None:
+        return ExportParams()
     p.unknown_keys(ed, EXPORT_KEYS, "export")
     default = ExportParams()
     mgc = ed.get("min_group_count", default.min_group_count)

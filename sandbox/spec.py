@@ -102,6 +102,16 @@ def validate_name(name: str, what: str = "dataset name") -> None:
         )
 
 
+def _comma_note(col: LineDict, key: str) -> str:
+    """An unknown key on the same line as the others is most likely the rest of a text cut
+    at a comma: in a flow mapping ``{name: x, description: a, b}`` a comma ends the value."""
+    line = line_of(col, key)
+    if not any(line_of(col, k) == line for k in col if k != key):
+        return ""
+    return ("; it looks like the rest of a text cut at a comma: inside { } a comma ends the "
+            "value, so quote text that holds commas, e.g. description: \"a, b\"")
+
+
 def load_spec(path: Path, name_override: str | None = None) -> DatasetSpec:
     """Load and validate a spec file; report every problem at once, each with file:line."""
     doc = load_yaml(path, "dataset spec")
@@ -146,7 +156,7 @@ def load_spec(path: Path, name_override: str | None = None) -> DatasetSpec:
         for key in col:
             if key not in COLUMN_KEYS:
                 bad(line_of(col, key), f"unknown column key '{key}' (allowed: "
-                    f"{', '.join(sorted(COLUMN_KEYS))})")
+                    f"{', '.join(sorted(COLUMN_KEYS))}){_comma_note(col, key)}")
         cname = col.get("name")
         if not isinstance(cname, str) or not NAME_RE.match(cname):
             bad(line_of(col, "name"), f"invalid column name {cname!r}")

@@ -185,3 +185,7 @@ def cli_env(paths: Paths) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOX_")}
     env.update(SANDBOX_HOME=str(paths.home), SANDBOX_KEYSTORE=str(paths.keystore))
     return env
+
+
+# A real PostgreSQL server for the state database's second back end (tests/pgkit.py).
+from pgkit import pg_server, pg_url, state_location  # noqa: E402, F401

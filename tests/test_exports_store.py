@@ -77,13 +77,14 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path, tiny_vault, engine, index) -> World:  # type: ignore[no-untyped-def]
-    return World(tmp_path / "state.sqlite", tiny_vault, engine, index)
+def world(state_location, tiny_vault, engine, index) -> World:  # type: ignore[no-untyped-def]
+    """On both back ends of the state database (SQLite, PostgreSQL: tests/pgkit.py)."""
+    return World(state_location, tiny_vault, engine, index)
 
 
 @pytest.fixture
-def world2(tmp_path, tiny_vault, engine, index) -> World:  # type: ignore[no-untyped-def]
-    return World(tmp_path / "state.sqlite", tiny_vault, engine, index, approvals=2)
+def world2(state_location, tiny_vault, engine, index) -> World:  # type: ignore[no-untyped-def]
+    return World(state_location, tiny_vault, engine, index, approvals=2)
 
 
 def test_submit_checks_and_records(world: World) -> None:
@@ -344,8 +345,9 @@ def test_an_identifier_hit_can_only_be_rejected_and_its_content_is_not_kept(  # 
             flag["held"]) == (2, 0, ["leak.csv"], 1, 3, False)
     assert [e.event for e in req.events] == ["submitted", "checked", "flagged"]
     assert "flagged" not in [e["event"] for e in req.to_dict("requester")["events"]]
-    dump = world.state.con.execute("SELECT group_concat(CAST(data AS TEXT)) || "
-                                   "group_concat(meta) FROM export_items").fetchone()[0] or ""
+    rows = world.state.con.execute("SELECT data, meta FROM export_items").fetchall()
+    dump = "".join(bytes(d).decode(errors="replace") for d, _ in rows if d is not None) + \
+        "".join(m for _, m in rows)
     log = "".join(json.dumps(r, ensure_ascii=False) for r in world.state.records())
     requester_view = json.dumps(req.to_dict("requester"), ensure_ascii=False)
     reviewer_view = json.dumps(req.to_dict("reviewer"), ensure_ascii=False)

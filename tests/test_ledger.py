@@ -377,8 +377,9 @@ TestSqliteLedger.settings = MACHINE_SETTINGS
 
 # -- unit tests ---------------------------------------------------------------------------------
 @pytest.fixture
-def state(tmp_path: Path):  # type: ignore[no-untyped-def]
-    s = State(tmp_path / "state.db", KEY)
+def state(state_location: Path | str):  # type: ignore[no-untyped-def]
+    """On both back ends: a SQLite file, a PostgreSQL database (tests/pgkit.py)."""
+    s = State(state_location, KEY)
     yield s
     s.close()
 
@@ -647,7 +648,7 @@ def test_records_written_before_the_sql_hash_still_read_and_verify(
         state: State, monkeypatch: pytest.MonkeyPatch) -> None:
     """Records of the older schema have no sql_sha256 or sql_length: they verify, and the
     readers (audit log summary, report, console) show them as before."""
-    from sandbox import report
+    from sandbox import audit_pages, report
     from sandbox.cli.audit import summary
     from sandbox.service import console
 
@@ -673,10 +674,11 @@ def test_records_written_before_the_sql_hash_still_read_and_verify(
     assert by_charge["c-old"] == "SELECT count(*) FROM persons"
     assert by_charge[new.id].endswith(TRUNCATED)
     recs = [r for r in records if r["kind"].startswith("query.")]
+    pg = audit_pages.Page(recs, None, None, len(recs), False)
     page = console.show_page("console/queries.html", "/p/", "Query log", "r", names=[],
-                             recs=recs, total=len(recs), sql=by_charge, kinds=[],
-                             rewritten=[""] * len(recs), workspace="", member="", kind="",
-                             since="", until="")
+                             **console.log_context("/p/console/", {}, pg,
+                                                   audit_pages.charge_records(state.con, recs)))
     rows = page.split("<tbody>")[1].split("<tr>")[1:]
     assert "SELECT * FROM persons" in rows[0] and "SELECT count(*) FROM persons" in rows[1]
-    assert TRUNCATED in rows[2] and TRUNCATED in rows[3]  # the new charge and its answer
+    folded = f"({len(by_charge[new.id]):,} characters)"  # the list folds the long SQL
+    assert folded in rows[2] and folded in rows[3]  # the new charge and its answer

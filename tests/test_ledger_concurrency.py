@@ -4,6 +4,7 @@ One member's budget admits exactly ``N`` queries of epsilon 0.1. Many processes 
 with 'spawn', each with its own ``State`` connection) or threads (each with its own
 connection) try to reserve far more than that at the same time. Exactly ``N`` must
 succeed, every success and every refusal must be in the log, and the log must verify.
+Each test runs on both back ends of the state database (SQLite, PostgreSQL).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _raw(key: Ed25519PrivateKey) -> bytes:
     return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
 
-def _setup(path: Path, key: Ed25519PrivateKey) -> None:
+def _setup(path: Path | str, key: Ed25519PrivateKey) -> None:
     state = State(path, key)
     try:
         ledger = SqliteLedger.open(state, "ws", "credit_underwriting",
@@ -47,7 +48,7 @@ def _setup(path: Path, key: Ed25519PrivateKey) -> None:
 
 def hammer(path: str, key_raw: bytes, worker: int, attempts: int, go, results) -> None:  # type: ignore[no-untyped-def]
     """One process or thread: its own connection, many reservations, closed in turn."""
-    state = State(Path(path), Ed25519PrivateKey.from_private_bytes(key_raw))
+    state = State(path, Ed25519PrivateKey.from_private_bytes(key_raw))
     try:
         ledger = SqliteLedger.existing(state, "ws")
         go.wait()
@@ -73,7 +74,7 @@ def hammer(path: str, key_raw: bytes, worker: int, attempts: int, go, results) -
         state.close()
 
 
-def _check(path: Path, key: Ed25519PrivateKey, outcomes: list, attempts: int) -> None:  # type: ignore[type-arg]
+def _check(path: Path | str, key: Ed25519PrivateKey, outcomes: list, attempts: int) -> None:  # type: ignore[type-arg]
     for _, ok, refused in outcomes:
         assert ok is not None, f"a worker crashed: {refused}"
     successes = [cid for _, ok, _ in outcomes for cid in ok]
@@ -115,9 +116,9 @@ def _check(path: Path, key: Ed25519PrivateKey, outcomes: list, attempts: int) ->
 
 
 @pytest.mark.slow
-def test_processes_never_overspend(tmp_path: Path) -> None:
+def test_processes_never_overspend(state_location: Path | str) -> None:
     key = Ed25519PrivateKey.generate()
-    path = tmp_path / "state.db"
+    path = state_location  # a SQLite file, or a PostgreSQL database (tests/pgkit.py)
     _setup(path, key)
     ctx = multiprocessing.get_context("spawn")
     go, results = ctx.Event(), ctx.Queue()
@@ -138,11 +139,11 @@ def test_processes_never_overspend(tmp_path: Path) -> None:
     _check(path, key, outcomes, alice_attempts)
 
 
-def test_threads_never_overspend(tmp_path: Path) -> None:
+def test_threads_never_overspend(state_location: Path | str) -> None:
     import queue
 
     key = Ed25519PrivateKey.generate()
-    path = tmp_path / "state.db"
+    path = state_location  # a SQLite file, or a PostgreSQL database (tests/pgkit.py)
     _setup(path, key)
     go, results = threading.Event(), queue.Queue()  # type: ignore[var-annotated]
     threads = [threading.Thread(target=hammer, args=(str(path), _raw(key), w, THREAD_ATTEMPTS,
@@ -159,10 +160,10 @@ def test_threads_never_overspend(tmp_path: Path) -> None:
     _check(path, key, outcomes, alice_attempts)
 
 
-def test_threads_with_cancellations_stay_within_budget(tmp_path: Path) -> None:
+def test_threads_with_cancellations_stay_within_budget(state_location: Path | str) -> None:
     """Refunds race with reservations: whatever the interleaving, never over budget."""
     key = Ed25519PrivateKey.generate()
-    path = tmp_path / "state.db"
+    path = state_location  # a SQLite file, or a PostgreSQL database (tests/pgkit.py)
     _setup(path, key)
     errors: list[BaseException] = []
     go = threading.Event()

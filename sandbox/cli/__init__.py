@@ -16,7 +16,7 @@ from .. import __version__
 from ..errors import SandboxError
 from ..settings import Paths
 from . import audit, budget, datasets, demo, exports, keys, query, scenarios, workspaces
-from .common import EXIT_ERROR, Context, SandboxGroup, echo_error
+from .common import EXIT_ERROR, Context, SandboxGroup, echo_error, home_source
 
 __all__ = ["main"]
 
@@ -33,7 +33,7 @@ __all__ = ["main"]
 def main(ctx: click.Context, home: Path | None, keystore: Path | None) -> None:
     """Privacy-preserving data sandbox (数据沙箱): usable but invisible data (可用不可见)."""
     try:
-        ctx.obj = Context(Paths.resolve(home, keystore))
+        ctx.obj = Context(Paths.resolve(home, keystore), home_source(home))
     except SandboxError as exc:
         echo_error(exc)
         ctx.exit(EXIT_ERROR)

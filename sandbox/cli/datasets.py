@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ..errors import SandboxError
+from ..errors import ConfirmationRequiredError, VerifyFailedError
 from .common import Context, emit, format_option, pass_ctx, print_table, record_action
 
 
@@ -80,6 +80,8 @@ def dataset_list(c: Context, fmt: str) -> None:
                      "columns": len(dv.spec.columns), "public": dv.spec.public,
                      "title": dv.spec.title, "owner": dv.spec.owner})
     emit(rows, ["name", "version", "rows", "columns", "public", "title", "owner"], fmt)
+    if not rows:
+        click.echo(f"no datasets in {c.home_note()}", err=True)
 
 
 @dataset.command("show")
@@ -117,8 +119,9 @@ def dataset_verify(c: Context, name: str | None, version: int | None) -> None:
     from ..operations import verify_dataset
 
     catalog, kms = c.catalog(), c.kms()
+    kms.active_key_id()  # a key store that cannot be used is its own error, not the data's
     targets = [catalog.get(name, version)] if name else catalog.all_versions()
-    bad = 0
+    bad = key_only = 0
     for dv in targets:
         result = verify_dataset(catalog, kms, dv)
         status = "ok" if result.ok else "FAILED"
@@ -126,12 +129,18 @@ def dataset_verify(c: Context, name: str | None, version: int | None) -> None:
         for p in result.problems:
             click.echo(f"  - {p}")
         bad += not result.ok
+        key_only += not result.ok and result.key_problems == len(result.problems)
     if not name:
         for orphan in gc_orphans(catalog):
             click.echo(f"removed leftover of an interrupted ingest: {orphan}")
     if bad:
-        raise SandboxError(f"{bad} dataset version(s) failed verification",
-                           "restore the named files from a backup or ingest the dataset again")
+        if key_only == bad:
+            hint = ("the files are intact but their master key is destroyed or not in this key "
+                    f"store ({c.paths.keystore}): check SANDBOX_KEYSTORE or --keystore; data "
+                    "under a destroyed key cannot be recovered: ingest it again from its source")
+        else:
+            hint = "restore the named files from a backup or ingest the dataset again"
+        raise VerifyFailedError(f"{bad} dataset version(s) failed verification", hint)
 
 
 @dataset.command("remove")
@@ -147,8 +156,19 @@ def dataset_remove(c: Context, name: str, version: int | None, yes: bool) -> Non
     catalog = c.catalog()
     catalog.get(name, version)
     what = f"{name} version {version}" if version else f"every version of {name}"
-    if not yes and not click.confirm(f"remove {what}?", default=False):
-        raise SandboxError("nothing removed", "pass --yes to confirm without a prompt")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfirmationRequiredError(
+                f"removing {what} needs confirmation, and there is no terminal to ask on",
+                f"to remove it from a script, pass --yes: sandbox dataset remove {name}"
+                + (f" --version {version}" if version else "") + " --yes")
+        try:
+            confirmed = click.confirm(f"remove {what}?", default=False)
+        except click.Abort:  # Ctrl-D or Ctrl-C at the prompt
+            confirmed = False
+        if not confirmed:
+            raise ConfirmationRequiredError(f"nothing removed: removing {what} was not "
+                                            "confirmed", "answer y, or pass --yes")
     removed = remove_dataset(catalog, name, version)
     record_action(c, "dataset.removed", dataset=name, versions=removed)
     click.echo(f"removed {name} version(s) {', '.join(map(str, removed))}")
