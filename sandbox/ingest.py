@@ -122,10 +122,10 @@ def _source_batches(source: Path, spec: DatasetSpec,
 def _empty_units(col: pa.Array) -> int:
     """Rows without a privacy unit: null, or text that is empty or only blanks. Each would
     be one more row of a single, shared unit, so bounds per unit would be wrong."""
-    empty = col.null_count
+    empty = int(col.null_count)
     if pa.types.is_string(col.type):
         blank = pc.equal(pc.utf8_trim_whitespace(col), "")
-        empty += pc.sum(pc.fill_null(blank, False)).as_py() or 0
+        empty += int(pc.sum(pc.fill_null(blank, False)).as_py() or 0)
     return empty
 
 
