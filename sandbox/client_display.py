@@ -38,12 +38,12 @@ def to_frame(release: dict[str, Any]) -> pd.DataFrame:
     return df
 
 
-class Budget(dict):  # type: ignore[type-arg]
+class Budget(dict[str, Any]):
     def _repr_html_(self) -> str:
         return _budget_bar(self)
 
 
-class ExportStatus(dict):  # type: ignore[type-arg]
+class ExportStatus(dict[str, Any]):
     """An export request as the service reports it to its requester."""
 
     def _repr_html_(self) -> str:
@@ -60,7 +60,7 @@ class ExportStatus(dict):  # type: ignore[type-arg]
                 f"<table>{rows}</table></div>")
 
 
-class Explanation(dict):  # type: ignore[type-arg]
+class Explanation(dict[str, Any]):
     def _repr_html_(self) -> str:
         cost = self.get("cost", {})
         acc = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>"
@@ -182,7 +182,7 @@ def render(df: pd.DataFrame) -> str:
 
 def render_text(df: pd.DataFrame) -> str:
     """Plain-text display of a result: a DUMMY banner above dummy results."""
-    text = df.to_string()
+    text = str(df.to_string())
     if df.attrs.get("dummy"):
         return f"*** DUMMY DATA (not real, free, cannot be exported) ***\n{text}"
     return text
@@ -191,7 +191,8 @@ def render_text(df: pd.DataFrame) -> str:
 def _html_formatter(df: Any) -> str | None:
     if isinstance(getattr(df, "attrs", None), dict) and df.attrs.get("noisy"):
         return render(df)
-    return df._repr_html_()  # type: ignore[no-any-return]
+    html_text: str | None = df._repr_html_()
+    return html_text
 
 
 def _text_formatter(df: Any, p: Any, cycle: bool) -> None:

@@ -49,7 +49,7 @@ from .dp import Cost
 from .errors import SandboxError
 from .exports.items import DUMMY_PREFIX
 from .gate import Executor, Gate, Release
-from .ledger import Balance, Reservation
+from .ledger import Balance, Ledger, Reservation
 from .policy import ColumnPolicy, Policy, TablePolicy
 from .spec import ARROW_TYPES
 
@@ -307,7 +307,7 @@ class DummyLedger:
 
     workspace: str
     state: Any = None
-    real: Any = None
+    real: Ledger | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     _asked: dict[str, tuple[str, Cost]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -321,7 +321,7 @@ class DummyLedger:
     def balance(self, member: str) -> Balance:
         if self.real is None:
             raise SandboxError("no budget to report for dummy data alone")
-        return self.real.balance(member)  # type: ignore[no-any-return]
+        return self.real.balance(member)
 
     def replay(self, member: str, replay_key: str, **_: object) -> dict[str, Any] | None:
         return None  # every dummy question is answered afresh, free

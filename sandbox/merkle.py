@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 
@@ -42,10 +43,10 @@ class Frontier:
         return [[h, node.hex()] for h, node in self._nodes]
 
     @classmethod
-    def from_list(cls, size: int, nodes: list[list[object]]) -> Frontier:
+    def from_list(cls, size: int, nodes: list[list[Any]]) -> Frontier:
         f = cls()
         f.size = size
-        f._nodes = [(int(h), bytes.fromhex(str(node))) for h, node in nodes]  # type: ignore[call-overload]
+        f._nodes = [(int(h), bytes.fromhex(str(node))) for h, node in nodes]
         return f
 
     def root(self) -> bytes:

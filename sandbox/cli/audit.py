@@ -223,7 +223,7 @@ def _failed(report: auditlog.VerifyReport) -> AuditFailedError:
 
 def _verified(state: Any) -> auditlog.VerifyReport:
     """Verify before signing anything: never sign the head of a log that fails."""
-    report = state.verify()
+    report: auditlog.VerifyReport = state.verify()
     if not report.ok:
         _print_verification(report, auditlog.public_hex(state.public_key), None)
         raise _failed(report)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -29,6 +29,9 @@ from ..hubsync import HubClient, operator
 from ..keys import FileKeyStore, Kms, load_kms
 from ..settings import Paths
 from ..workspaces import check_member
+
+if TYPE_CHECKING:
+    from ..state import State
 
 EXIT_ERROR = 2
 EXIT_INTERNAL = 70
@@ -62,7 +65,7 @@ class Context:
     def kms(self) -> Kms:
         return load_kms(self.paths.keystore)
 
-    def state(self):  # type: ignore[no-untyped-def]
+    def state(self) -> State:
         """The state database (audit log and ledger), signing with the key store's key."""
         from ..state import State
 

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import InputError
 from ..hubsync import REVIEW_SCOPE, HubClient, operator
+
+if TYPE_CHECKING:
+    from ..exports import ExportStore
+    from ..state import State
+
 from .common import (
     Context,
     clean,
@@ -31,7 +37,7 @@ def export_group() -> None:
     """Review export requests (the only way results leave) and verify signed bundles."""
 
 
-def _store(state):  # type: ignore[no-untyped-def]
+def _store(state: State) -> ExportStore:
     from ..exports import ExportStore
 
     return ExportStore(state)

@@ -15,10 +15,15 @@ from .common import EXIT_ERROR, Context, echo_error, member_option, pass_ctx
 from .release import print_release
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..engine import Engine
+    from ..gate import Release
+    from ..ledger import Ledger
     from ..policy import Policy
 
 
-def load_policy_of(c: Context, path: Path):  # type: ignore[no-untyped-def]
+def load_policy_of(c: Context, path: Path) -> Policy:
     """A policy file, its tables resolved against this home's catalog."""
     from ..policy import load_policy
 
@@ -200,6 +205,7 @@ def query_cmd(c: Context, policy_path: Path, member: str, workspace: str | None,
             if isinstance(exc, Refusal):
                 ledger.refused(member, sql, exc.code, exc.message)
             fail(exc)
+    answer: Callable[..., Release]
     if dummy:
         engine = Engine.from_arrow([(t.engine_table, t.table, t.privacy_unit)
                                     for t in dummymod.dummy_tables(pol)])
@@ -263,7 +269,7 @@ def _batch_request(raw: bytes, line_no: int) -> dict[str, Any] | None:
     return req
 
 
-def _batch_one(answer, engine, ledger, member: str,  # type: ignore[no-untyped-def]
+def _batch_one(answer: Callable[..., Release], engine: Engine, ledger: Ledger, member: str,
                raw: bytes, line_no: int, epsilon: float | None) -> dict[str, Any] | None:
     """The JSON line answering one batch line: ``input_line``, the caller's ``id`` when
     given, then the release or ``error``; None for a blank or comment line. A line's own

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .common import print_table
+
+if TYPE_CHECKING:
+    from ..gate import Release
 
 
 def _key_columns(d: dict[str, Any]) -> set[str]:
@@ -25,7 +28,7 @@ def _suppressed_text(d: dict[str, Any]) -> str:
     return f"{d['suppressed_groups']:,}" + ("" if ci is None else f" ± {ci:,.0f}")
 
 
-def print_release(release, fmt: str) -> None:  # type: ignore[no-untyped-def]
+def print_release(release: Release, fmt: str) -> None:
     """A release as `--format` asks: the service's JSON, CSV, or a table with a footer
     saying what the numbers are (noise, cost, suppressed groups, bounding)."""
     d = release.to_dict()
@@ -53,8 +56,8 @@ def print_release(release, fmt: str) -> None:  # type: ignore[no-untyped-def]
                f"suppressed {_suppressed_text(d)}; release {d['release_id']}")
     bounding = d.get("bounding") or {}
     if bounding.get("units_cut") is not None:
-        rows = ", ".join(f"{k} rows of {t}" for t, k in bounding["rows_per_unit"].items())
-        click.echo(f"bounding: each unit keeps at most {rows}; about "
+        kept = ", ".join(f"{k} rows of {t}" for t, k in bounding["rows_per_unit"].items())
+        click.echo(f"bounding: each unit keeps at most {kept}; about "
                    f"{max(bounding['units_cut'], 0):,} (± {bounding['units_cut_ci95']:,.0f}) "
                    "units had matching rows left out, so counts and sums can be low")
 

@@ -183,7 +183,7 @@ def _simple(command: str, help_text: str, action: str, verb: str,
     @hub_url_option
     @hub_token_option
     @pass_ctx
-    def cmd(c: Context, name: str, hub_url: str | None, hub_token_file: Path | None,
+    def cmd(c: Context, /, name: str, hub_url: str | None, hub_token_file: Path | None,
             **kwargs: Any) -> None:
         hub, actor = hub_operator(hub_url, hub_token_file)
         with opened_state(c) as state:

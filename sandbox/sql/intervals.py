@@ -88,14 +88,9 @@ def _bounds(node: exp.Expression, lookup: ColumnLookup) -> Bounds | None:
         return (min(ends), max(ends))
     if isinstance(node, exp.Case):
         parts = [_bounds(i.args["true"], lookup) for i in node.args.get("ifs", [])]
-        if node.args.get("default") is not None:
-            parts.append(_null_or_bounds(node.args["default"], lookup))
-        return _hull([p for p in parts if p != "null"])  # type: ignore[comparison-overlap]
+        return _hull(parts + _value_bounds([node.args.get("default")], lookup))
     if isinstance(node, exp.If):
-        parts = [_null_or_bounds(node.args["true"], lookup)]
-        if node.args.get("false") is not None:
-            parts.append(_null_or_bounds(node.args["false"], lookup))
-        return _hull([p for p in parts if p != "null"])  # type: ignore[comparison-overlap]
+        return _hull(_value_bounds([node.args["true"], node.args.get("false")], lookup))
     if isinstance(node, exp.Coalesce):
         return _hull([_bounds(e, lookup) for e in [node.this, *node.expressions]])
     if isinstance(node, exp.Least | exp.Greatest):
@@ -131,17 +126,24 @@ def _half(node: exp.Expression, lookup: ColumnLookup) -> tuple[float | None, flo
         los, his = [p[0] for p in parts], [p[1] for p in parts]
         if isinstance(node, exp.Least):
             known_hi = [h for h in his if h is not None]
-            return (None if None in los else min(los),  # type: ignore[type-var]
-                    min(known_hi) if known_hi else None)
+            return (_least(los), min(known_hi) if known_hi else None)
         known_lo = [lo for lo in los if lo is not None]
-        return (max(known_lo) if known_lo else None,
-                None if None in his else max(his))  # type: ignore[type-var]
+        return (max(known_lo) if known_lo else None, _greatest(his))
     b = _bounds(node, lookup)
     return (None, None) if b is None else b
 
 
-def _null_or_bounds(node: exp.Expression, lookup: ColumnLookup) -> Any:
-    return "null" if isinstance(node, exp.Null) else _bounds(node, lookup)
+def _value_bounds(nodes: list[exp.Expression | None], lookup: ColumnLookup) -> list[Bounds | None]:
+    """Bounds of the branches that give a value: a missing or NULL branch adds none."""
+    return [_bounds(n, lookup) for n in nodes if n is not None and not isinstance(n, exp.Null)]
+
+
+def _least(values: list[float | None]) -> float | None:
+    return None if None in values else min(v for v in values if v is not None)
+
+
+def _greatest(values: list[float | None]) -> float | None:
+    return None if None in values else max(v for v in values if v is not None)
 
 
 def integral(node: exp.Expression, lookup: ColumnLookup) -> bool:
@@ -292,12 +294,12 @@ def key_domain(node: exp.Expression, lookup: ColumnLookup
         return list(dict.fromkeys(r.this for r in results)), KEY_TYPES["text"]
     if any(r.is_string for r in results):
         return None, None
-    numbers = [_literal_number(r) for r in results]
-    if any(v is None for v in numbers):
+    numbers = [v for v in (_literal_number(r) for r in results) if v is not None]
+    if len(numbers) < len(results):
         return None, None
-    if all(float(v).is_integer() and abs(v) < 2**53 for v in numbers):  # type: ignore[arg-type]
-        return list(dict.fromkeys(int(v) for v in numbers)), KEY_TYPES["integer"]  # type: ignore[arg-type]
-    return list(dict.fromkeys(float(v) for v in numbers)), KEY_TYPES["number"]  # type: ignore[arg-type]
+    if all(float(v).is_integer() and abs(v) < 2**53 for v in numbers):
+        return list(dict.fromkeys(int(v) for v in numbers)), KEY_TYPES["integer"]
+    return list(dict.fromkeys(float(v) for v in numbers)), KEY_TYPES["number"]
 
 
 # Bins of a bounded expression with more values than this are private keys (thresholded).

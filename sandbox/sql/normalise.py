@@ -140,14 +140,14 @@ def _flatten_aggregating_source(outer: exp.Select) -> exp.Select:
     if inner is None or not isinstance(inner, exp.Select) or not _aggregating(inner) or \
             any(inner.args.get(a) for a in ("order", "limit", "offset", "distinct")):
         return outer
-    outputs = {e.alias_or_name: e.unalias() for e in inner.expressions}
+    outputs: dict[str, exp.Expr] = {e.alias_or_name: e.unalias() for e in inner.expressions}
     if len(outputs) != len(inner.expressions) or "" in outputs:
         return outer  # unnamed or repeated outputs: nothing to refer to safely
     name = source.this.alias_or_name
 
     def substitute(node: exp.Expr) -> exp.Expr:
         if isinstance(node, exp.Column) and node.table in ("", name) and node.name in outputs:
-            return outputs[node.name].copy()  # type: ignore[no-any-return]  # an Expression
+            return outputs[node.name].copy()
         return node
 
     merged = inner.copy()

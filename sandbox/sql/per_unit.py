@@ -26,7 +26,7 @@ from sqlglot import exp
 from ..policy import UNIT, ColumnPolicy, Policy, TablePolicy
 from . import allowlist
 from .analyse import UNIT_HINT, Analysis, _check_joins, _check_kinds, _check_row_expr, conjuncts
-from .intervals import bounds
+from .intervals import ColumnLookup, bounds
 from .refusal import Refusal
 from .resolve import Sources, resolve
 from .rewrite.bound_rows import bound_rows
@@ -175,7 +175,7 @@ def _derive(alias: str, query: exp.Select, policy: Policy) -> Derived:
                     if t.max_rows_per_unit > 1}, origin)
 
 
-def _measure(name: str, node: exp.Expression, lookup: object, rows: int,
+def _measure(name: str, node: exp.Expression, lookup: ColumnLookup, rows: int,
              item: exp.Expression) -> ColumnPolicy:
     if not isinstance(node, INNER_AGGREGATES):
         raise Refusal("gate.subquery", "a per-unit query may output the unit, its group "
@@ -190,7 +190,7 @@ def _measure(name: str, node: exp.Expression, lookup: object, rows: int,
             # as the outer query's COUNT(x): the unit only bare, no mixed kinds, and no row
             # value may make it raise
             for col in arg.find_all(exp.Column):
-                if lookup(col).role == UNIT and arg is not col:  # type: ignore[operator]
+                if lookup(col).role == UNIT and arg is not col:
                     raise Refusal("gate.unit_misuse", "the privacy unit cannot be used in "
                                   "expressions", UNIT_HINT, col)
             _check_kinds(arg, lookup)
@@ -199,7 +199,7 @@ def _measure(name: str, node: exp.Expression, lookup: object, rows: int,
     arg = node.this
     _check_row_expr(arg, lookup, node.sql_name(), allow_filter=False)
     _check_kinds(arg, lookup)
-    b = bounds(arg, lookup)  # type: ignore[arg-type]
+    b = bounds(arg, lookup)
     if b is None:
         raise Refusal("gate.unbounded_measure", f"the bounds of {arg.sql('duckdb')} are not "
                       "known, so the per-unit value cannot be bounded",

@@ -98,8 +98,8 @@ class Refusal(SandboxError):
         self.code = rule
         self.position = position(node) if node is not None else at
 
-    def to_dict(self) -> dict[str, object]:  # type: ignore[override]  # adds int line/column
-        d: dict[str, object] = dict(super().to_dict())
+    def to_dict(self) -> dict[str, object]:  # adds int line/column
+        d = super().to_dict()
         if self.position:
             d["line"], d["column"] = self.position
         return d

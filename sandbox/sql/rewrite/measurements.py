@@ -14,6 +14,7 @@ row may take anyway, so this changes nothing the sensitivity does not cover.
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 from sqlglot import exp
 
@@ -37,6 +38,14 @@ TOTAL = (exp.Column, exp.Identifier, exp.Literal, exp.Boolean, exp.Null, exp.Par
          exp.Between, exp.Like, exp.ILike, exp.Lower, exp.Upper, exp.Length, exp.Year,
          exp.Month, exp.Quarter, exp.DayOfWeek, exp.Extract, exp.Var)
 
+
+
+class AddMeasurement(Protocol):
+    """Adds one measurement (or finds the same one) and returns its column name."""
+
+    def __call__(self, kind: str, value: exp.Expression, sensitivity: float,
+                 scale: float = 1.0, bounds: tuple[float, float] | None = None, bins: int = 0,
+                 hidden: bool = False, fraction: float | None = None) -> str: ...
 
 def _col(name: str) -> exp.Column:
     return exp.column(name, table=REL)
@@ -212,7 +221,7 @@ def ctx_public(ctx: RewriteContext) -> bool:
     return key_rows(ctx) is not None
 
 
-def _measure(spec: AggSpec, add, rows: int,  # type: ignore[no-untyped-def]
+def _measure(spec: AggSpec, add: AddMeasurement, rows: int,
              sources: Sources) -> list[str]:
     """The measurements of one aggregate, over safe copies of its argument and FILTER."""
     cond = None if spec.condition is None else make_safe(spec.condition.copy(), sources)
