@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .statedb.base import is_url
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,19 @@ SETTINGS: tuple[Setting, ...] = (
         "When set, it replaces the file key store.",
     ),
     Setting(
+        "SANDBOX_STATE",
+        "<home>/state.sqlite",
+        "The state database (privacy ledger, audit log, workspaces, scenarios, exports): a "
+        "SQLite file path, or a postgresql:// URL of a database that several service "
+        "replicas share. The service configuration's `state:` key overrides it.",
+    ),
+    Setting(
+        "SANDBOX_COOKIE_SECRET",
+        "(unset: random per process)",
+        "Secret (at least 32 characters) that signs the console's cookies. Give every "
+        "replica of the service the same one, so a sign-in works on all of them.",
+    ),
+    Setting(
         "SANDBOX_TEMPLATES",
         "notebooks_template/ of the checkout, else <prefix>/share/sandbox/notebooks_template",
         "Directory of the notebook templates; `sandbox workspace create` provisions "
@@ -69,14 +83,18 @@ class Paths:
 
     home: Path
     keystore: Path
+    state: str | None = None  # SANDBOX_STATE or the service's `state:` (None: in the home)
 
     @property
     def catalog_db(self) -> Path:
         return self.home / "catalog.sqlite"
 
     @property
-    def state_db(self) -> Path:
-        return self.home / "state.sqlite"
+    def state_db(self) -> Path | str:
+        """The state database: a SQLite file, or a ``postgresql://`` URL (a str)."""
+        if self.state is None:
+            return self.home / "state.sqlite"
+        return self.state if is_url(self.state) else Path(self.state)
 
     @property
     def vault_dir(self) -> Path:
@@ -84,8 +102,12 @@ class Paths:
 
     @classmethod
     def resolve(cls, home: str | os.PathLike[str] | None = None,
-                keystore: str | os.PathLike[str] | None = None) -> Paths:
+                keystore: str | os.PathLike[str] | None = None,
+                state: str | None = None) -> Paths:
         home_s = home or os.environ.get("SANDBOX_HOME") or "~/.local/share/sandbox"
+        state = state or os.environ.get("SANDBOX_STATE", "").strip() or None
+        if state is not None and not is_url(state):
+            state = os.path.normpath(Path(state).expanduser().absolute())
         ks_s = keystore or os.environ.get("SANDBOX_KEYSTORE") or "~/.config/sandbox/keystore"
         # normpath: a '..' must not hide that the key store lies inside the home
         home_p = Path(os.path.normpath(Path(home_s).expanduser().absolute()))
@@ -96,7 +118,7 @@ class Paths:
                 "keep keys apart from the data they protect: set SANDBOX_KEYSTORE or "
                 "--keystore to a directory outside the home",
             )
-        return cls(home=home_p, keystore=ks_p)
+        return cls(home=home_p, keystore=ks_p, state=state)
 
     def ensure_home(self) -> None:
         """Create the home (0700) and prove it is writable, or fail with a clear error."""

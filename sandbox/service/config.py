@@ -2,6 +2,7 @@
 
     home: /path/home            # else $SANDBOX_HOME
     keystore: /path/keystore    # else $SANDBOX_KEYSTORE
+    state: postgresql://...     # else $SANDBOX_STATE, else <home>/state.sqlite
     limits: {max_sql_chars: 20000, max_body_bytes: 65536, per_member_concurrency: 2,
              query_timeout_s: 30, memory_limit: "4GB"}
 
@@ -14,15 +15,18 @@ operators with `sandbox scenario review` and `sandbox workspace create` (docs/wo
 from __future__ import annotations
 
 import math
+import os
 import re
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, InputError
+from ..statedb.base import is_url
 from ..yamlio import LineDict, line_of, load_yaml
 
-TOP_KEYS = ("home", "keystore", "limits")
+TOP_KEYS = ("home", "keystore", "state", "limits")
 MEMORY_RE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
 
 
@@ -87,7 +91,9 @@ LIMITS: tuple[Limit, ...] = (
     Limit("recover_after_s", 90.0, float,
           "At start, reservations older than this are closed as interrupted (charged, "
           "never refunded). Must exceed the longest query of any other process sharing "
-          "the state database."),
+          "the state database. When it exceeds query_timeout_s, every replica also closes "
+          "such reservations while running (every recover_after_s / 3 seconds, at most 30), "
+          "so those of a replica that died are closed by the others."),
 )
 
 
@@ -97,6 +103,7 @@ class ServiceConfig:
     home: Path | None
     keystore: Path | None
     limits: dict[str, Any] = field(default_factory=dict)
+    state: str | None = None  # a postgresql:// URL or a SQLite file (absolute)
 
     def limit(self, name: str) -> Any:
         return self.limits[name]
@@ -115,6 +122,27 @@ def _path(cfg: Path, doc: LineDict, key: str) -> Path | None:
                     f"e.g. {key}: /srv/sandbox/{key}, or leave it out to use the environment")
     p = Path(value).expanduser()
     return p if p.is_absolute() else (cfg.parent / p)
+
+
+def _state(cfg: Path, doc: LineDict) -> str | None:
+    """The state database: a PostgreSQL URL as written, or a SQLite file (relative to the
+    configuration file)."""
+    value = doc.get("state")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(cfg, line_of(doc, "state"), "'state' must be a postgresql:// URL or a "
+                    "SQLite file path", "e.g. state: postgresql://sandbox@db:5432/sandbox, "
+                    "or leave it out to use $SANDBOX_STATE or <home>/state.sqlite")
+    value = value.strip()
+    if is_url(value):
+        return value
+    if "://" in value:
+        raise _fail(cfg, line_of(doc, "state"), f"'state' names an unknown kind of database "
+                    f"({value.split('://', 1)[0]}://)",
+                    "use a postgresql:// URL, or a SQLite file path")
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (cfg.parent / p))
 
 
 def _limit_value(cfg: Path, doc: LineDict, lim: Limit) -> Any:
@@ -169,7 +197,24 @@ def load_config(path: Path) -> ServiceConfig:
             raise _fail(path, line_of(ldoc, key), f"unknown limit '{key}'",
                         f"known limits: {', '.join(known)}")
         limits[key] = _limit_value(path, ldoc, known[key])
-    return ServiceConfig(path, home, keystore, limits)
+    return ServiceConfig(path, home, keystore, limits, _state(path, doc))
+
+
+COOKIE_SECRET_MIN = 32
+
+
+def cookie_secret() -> bytes:
+    """What signs the console's cookies: $SANDBOX_COOKIE_SECRET, shared by every replica so
+    that a sign-in on one works on all; unset, random per process (a restart signs
+    auditors out, and the hub's OAuth signs them in again)."""
+    text = os.environ.get("SANDBOX_COOKIE_SECRET", "")
+    if not text:
+        return secrets.token_bytes(32)
+    if len(text.strip()) < COOKIE_SECRET_MIN:
+        raise ConfigError(f"SANDBOX_COOKIE_SECRET is shorter than {COOKIE_SECRET_MIN} "
+                          "characters", "generate one with python -c \"import secrets;"
+                          "print(secrets.token_urlsafe(48))\"")
+    return text.strip().encode("utf-8")
 
 
 def limits_table() -> str:

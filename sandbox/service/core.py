@@ -166,6 +166,8 @@ class Service:
         self.active: dict[str, int] = {}  # member -> requests in flight (event loop only)
         self.rates = RateLimiter()  # event loop only
         self.held: dict[str, int] = {}  # member -> rate-limited requests held (event loop)
+        self._stopping = threading.Event()
+        self._sweeper: threading.Thread | None = None
 
     @property
     def identifiers(self) -> IdentifierIndex:
@@ -182,7 +184,7 @@ class Service:
     @classmethod
     def start(cls, config: ServiceConfig) -> Service:
         """Lock an engine holding the data of every open workspace; recover reservations."""
-        paths = Paths.resolve(config.home, config.keystore)
+        paths = Paths.resolve(config.home, config.keystore, config.state)
         paths.ensure_home()
         kms = load_kms(paths.keystore)
         signer = kms.audit_signing_key()
@@ -211,9 +213,39 @@ class Service:
             catalog.close()
         service = cls(config, engine, paths, kms, signer)
         _ = service.identifiers  # builds any missing index now, not at the first export
+        service.start_recovery()
         return service
 
+    def start_recovery(self) -> None:
+        """Keep closing reservations left by a process that died (another replica sharing
+        the state, or an earlier run), as ``query.interrupted``: charged, never refunded.
+
+        A reservation counts as left once older than ``recover_after_s``; that must exceed
+        ``query_timeout_s`` (with room to spare), or a running query could be taken for a
+        dead one: then recovery runs only at start, as before."""
+        after = float(self.limits["recover_after_s"])
+        if after <= float(self.limits["query_timeout_s"]) or self._sweeper is not None:
+            return
+        every = max(1.0, min(30.0, after / 3))
+
+        def sweep() -> None:
+            while not self._stopping.wait(every):
+                try:
+                    closed = self.state().recover(stale_after_s=after)
+                except Exception:  # logged; tried again at the next round
+                    log.exception("closing interrupted reservations failed")
+                    continue
+                if closed:
+                    log.warning("closed %d reservation(s) left by a process that stopped "
+                                "(charged, not refunded)", closed)
+
+        self._sweeper = threading.Thread(target=sweep, name="recover", daemon=True)
+        self._sweeper.start()
+
     def close(self) -> None:
+        self._stopping.set()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=10)
         self.pool.shutdown(wait=True, cancel_futures=True)
         with self._states_lock:
             for s in self._states:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +19,7 @@ from .. import __version__
 from ..errors import SandboxError
 from . import console
 from .bodies import read_body
+from .config import cookie_secret
 from .core import Service, Workspace
 from .errors import (
     PUBLIC_PREFIXES,
@@ -462,9 +462,9 @@ def make_app(service: Service, prefix: str, hub_auth: HubAuth | None) -> web.App
     # The hub checks that a service answers at its prefix: say where the API is.
     handlers.append((re.escape(prefix), HealthHandler, kwargs))
     # Signed cookies (the console's OAuth state, token and XSRF; the JSON API uses none).
-    # Per process: a restart signs auditors out and the hub's OAuth signs them in again.
+    # From SANDBOX_COOKIE_SECRET, so every replica accepts them; else random per process.
     return web.Application(handlers, default_handler_class=NotFoundHandler,
                            default_handler_args=kwargs, sandbox_prefix=prefix,
-                           cookie_secret=secrets.token_bytes(32), xsrf_cookies=False,
+                           cookie_secret=cookie_secret(), xsrf_cookies=False,
                            serve_traceback=False, compress_response=False,
                            log_function=log_request)
