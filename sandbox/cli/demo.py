@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import SandboxError
+from ..errors import InputError
 from ..keys import FileKeyStore
 from .common import Context, pass_ctx
 from .datasets import dataset_list, ingest_progress, record_added
@@ -27,8 +27,8 @@ def demo_data(size: str, out: Path, seed: int) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SandboxError(f"cannot create {out}: {exc.strerror or exc}",
-                           "choose a writable --out directory") from None
+        raise InputError(f"cannot create {out}: {exc.strerror or exc}",
+                         "choose a writable --out directory") from None
     paths = generate(out, size=size, seed=seed)
     for p in paths:
         click.echo(str(p))
