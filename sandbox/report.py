@@ -16,7 +16,7 @@ import json
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ DECISIONS = (
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000",
            "#999933")
 DASHES = ("", "6 3", "2 3")
+REFUSALS_LISTED = 500  # the newest refusals of the period listed with their SQL
 _PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
 Record = dict[str, Any]
@@ -128,17 +129,23 @@ def nice_step(span: float, ticks: int = 4) -> float:
     return 10 * power  # pragma: no cover
 
 
+def text_width(chars: int) -> int:
+    """Pixels ``chars`` characters take in the charts' 12 px monospace (names are never
+    cut: the chart grows instead)."""
+    return round(7.3 * chars)
+
+
 def bar_chart(items: Sequence[tuple[str, int]], title: str) -> dict[str, Any]:
     """Horizontal bars, one row per (label, count): geometry for ``charts.html``."""
-    row, label_w, bar_w, top = 26, 230, 420, 8
+    row, bar_w, top = 26, 420, 8
+    label_w = max(120, text_width(max((len(label) for label, _ in items), default=0)) + 16)
     biggest = max((n for _, n in items), default=1) or 1
     bars = []
     for i, (label, n) in enumerate(items):
         y = top + i * row
         w = max(bar_w * n / biggest, 2)
         bars.append({"y": y + 4, "text_y": y + 17, "w": f"{w:.1f}", "n_x": f"{label_w + w + 6:.1f}",
-                     "label": label, "n": n,
-                     "shown": label if len(label) <= 34 else label[:33] + "…"})
+                     "label": label, "n": n})
     return {"width": label_w + bar_w + 60, "height": top * 2 + row * len(items),
             "title": title, "label_x": label_w - 8, "bar_x": label_w, "bar_h": row - 8,
             "colour": PALETTE[5], "bars": bars}
@@ -165,16 +172,27 @@ def _markers(items: Sequence[Charge], x, y) -> list[dict[str, Any]]:  # type: ig
 
 
 def spend_chart(items: Sequence[Charge], start: dt.datetime, end: dt.datetime,
-                until: dt.datetime) -> dict[str, Any]:
-    """Cumulative epsilon charged per member over the period, one step line each:
-    geometry for ``charts.html``."""
-    left, right, top, bottom, w, h = 64, 200, 14, 40, 640, 260
-    width, height = left + w + right, top + h + bottom
+                until: dt.datetime, ceilings: Mapping[str, float] | None = None
+                ) -> dict[str, Any]:
+    """Cumulative epsilon charged per member over the period, one step line each, and a
+    dashed line at each budget ceiling (``ceilings``: member -> epsilon total) of a
+    member on the chart: geometry for ``charts.html``."""
     by_member: dict[str, list[Charge]] = defaultdict(list)
     for c in items:
         by_member[c.member].append(c)
     order = sorted(by_member, key=lambda m: (-sum(c.epsilon for c in by_member[m]), m))
-    peak = max(sum(c.epsilon for c in v) for v in by_member.values())
+    levels: dict[float, list[str]] = defaultdict(list)
+    for m in order:
+        total = (ceilings or {}).get(m)
+        if total is not None and math.isfinite(total) and total > 0:
+            levels[float(total)].append(m)
+    labels = {t: f"budget {fmt_eps(t)}: " + (", ".join(names) if len(names) <= 3 else
+                                            f"{len(names)} members")
+              for t, names in levels.items()}
+    legend = max([len(m) for m in order] + [len(label) for label in labels.values()])
+    left, right, top, bottom, w, h = 64, text_width(legend) + 56, 14, 40, 640, 260
+    width, height = left + w + right, top + h + bottom
+    peak = max([sum(c.epsilon for c in v) for v in by_member.values()] + list(levels))
     step = nice_step(peak)
     ymax = step * max(math.ceil(peak / step), 1)
     span = (end - start).total_seconds()
@@ -198,11 +216,15 @@ def spend_chart(items: Sequence[Charge], start: dt.datetime, end: dt.datetime,
             "dash": DASHES[i // len(PALETTE) % len(DASHES)],
             "spent": sum(c.epsilon for c in by_member[member]),
             "points": _step_points(by_member[member], x, y, x_end),
-            "marks": _markers(by_member[member], x, y), "legend_y": top + 10 + i * 20,
-            "shown": member if len(member) <= 20 else member[:19] + "…"})
-    return {"width": width, "height": height, "left": left, "right": left + w, "top": top,
-            "bottom": top + h, "mid_x": left + w / 2, "mid_y": top + h / 2,
-            "legend_x": left + w + 16, "grid": grid, "days": days, "members": members}
+            "marks": _markers(by_member[member], x, y), "legend_y": top + 10 + i * 20})
+    base_y = top + 10 + len(members) * 20 + 8
+    limits = [{"y": f"{y(total):.1f}", "total": total, "members": ", ".join(names),
+               "label": labels[total], "legend_y": base_y + i * 20}
+              for i, (total, names) in enumerate(sorted(levels.items()))]
+    return {"width": width, "height": max(height, base_y + 20 * len(limits)), "left": left,
+            "right": left + w, "top": top, "bottom": top + h, "mid_x": left + w / 2,
+            "mid_y": top + h / 2, "legend_x": left + w + 16, "grid": grid, "days": days,
+            "members": members, "limits": limits}
 
 
 # -- the page ------------------------------------------------------------------------------
@@ -213,23 +235,46 @@ def _refusals(records: Sequence[Record]) -> dict[str, Any] | None:
     by_rule = Counter(str(r.get("rule")) for r in refused)
     example = {str(r.get("rule")): str(r.get("message") or "") for r in refused}
     ranked = sorted(by_rule.items(), key=lambda kv: (-kv[1], kv[0]))
+    listed = refused[-REFUSALS_LISTED:][::-1]
     return {"rows": [(rule, n, f"{100 * n / len(refused):.0f}%", example[rule])
                      for rule, n in ranked],
-            "chart": bar_chart(ranked, "Refusals by rule")}
+            "chart": bar_chart(ranked, "Refusals by rule"),
+            "listed": [(r, fold_text(r.get("sql"))) for r in listed],
+            "unlisted": len(refused) - len(listed)}
 
 
-def _spending(spent: Sequence[Charge], period: str,
-              generated_at: dt.datetime) -> dict[str, Any] | None:
-    if not spent:
-        return None
+def fold_text(text: Any, inline: int = 240) -> dict[str, Any]:
+    """Long text for a page to fold: a one-line summary, and all of it behind it."""
+    text = "" if text is None else str(text)
+    summary = " ".join(text[:240].split())[:120].rstrip() + "…" if len(text) > inline else ""
+    return {"text": text, "summary": summary, "length": len(text)}
+
+
+def _spending(spent: Sequence[Charge], period: str, generated_at: dt.datetime,
+              budgets: Mapping[str, Any]) -> dict[str, Any]:
+    """Each member's charges in the period beside their budget and what is left now;
+    the chart when anything was charged."""
     start, end = period_bounds(period)
     per: dict[str, list[Charge]] = defaultdict(list)
     for c in spent:
         per[c.member].append(c)
-    rows = [(m, len(v), fmt_eps(sum(c.epsilon for c in v)), fmt_delta(sum(c.delta for c in v)))
-            for m, v in sorted(per.items(), key=lambda kv: (-sum(c.epsilon for c in kv[1]),
-                                                            kv[0]))]
-    return {"chart": spend_chart(spent, start, end, generated_at), "rows": rows}
+    members = sorted(set(per) | set(budgets),
+                     key=lambda m: (-sum(c.epsilon for c in per.get(m, [])), m))
+    rows = []
+    for m in members:
+        b = budgets.get(m)
+        rows.append({"member": m, "charges": len(per.get(m, [])),
+                     "epsilon": sum(c.epsilon for c in per.get(m, [])),
+                     "delta": sum(c.delta for c in per.get(m, [])),
+                     "budget": None if b is None else b.epsilon_total,
+                     "left": None if b is None else b.epsilon_remaining,
+                     "delta_budget": None if b is None else b.delta_total})
+    total = {"charges": sum(r["charges"] for r in rows),
+             "epsilon": sum(r["epsilon"] for r in rows),
+             "delta": sum(r["delta"] for r in rows)}
+    chart = spend_chart(spent, start, end, generated_at,
+                        {m: b.epsilon_total for m, b in budgets.items()}) if spent else None
+    return {"chart": chart, "rows": rows, "total": total}
 
 
 def operation_summary(r: Record) -> str:
@@ -249,8 +294,11 @@ def operation_summary(r: Record) -> str:
 
 def render(records: Iterable[Record], verification: VerifyReport, workspace: str, period: str,
            *, generated_at: dt.datetime | None = None, public_key: str | None = None,
-           checkpoint: dict[str, Any] | None = None) -> str:
-    """The report as one HTML string (records: the workspace's period, plus platform ops)."""
+           checkpoint: dict[str, Any] | None = None,
+           budgets: Mapping[str, Any] | None = None) -> str:
+    """The report as one HTML string (records: the workspace's period, plus platform ops;
+    ``budgets``: each member's balance now, as the ledger gives it, with
+    ``epsilon_total``, ``epsilon_remaining`` and ``delta_total``)."""
     from .templates import render as render_template
 
     recs = sorted(records, key=lambda r: int(r.get("seq") or 0))
@@ -267,7 +315,7 @@ def render(records: Iterable[Record], verification: VerifyReport, workspace: str
         key=key_fingerprint(public_key) if public_key else None,
         verification=verification, decisions=decisions(recs),
         epsilon_charged=sum(c.epsilon for c in spent), open_charges=len(open_ids),
-        refusals=_refusals(recs), spending=_spending(spent, period, now),
+        refusals=_refusals(recs), spending=_spending(spent, period, now, budgets or {}),
         releases=of_kind(recs, "query.answered"), sql=sql_by_charge(recs),
         exports=of_kind(recs, "export."), budget_changes=of_kind(recs, "budget.changed"),
         platform=[(r, operation_summary(r)) for r in of_kind(recs, "key.", "dataset.")],

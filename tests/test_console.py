@@ -359,6 +359,7 @@ def test_untrusted_text_is_escaped_in_every_piece() -> None:
     """Every template, filled with hostile text, prints it as text."""
     from types import SimpleNamespace
 
+    from sandbox import audit_pages
     from sandbox.exports.model import Event, ExportRequest, StoredItem
     from sandbox.service import console
 
@@ -374,26 +375,34 @@ def test_untrusted_text_is_escaped_in_every_piece() -> None:
                 console.text_preview(json.dumps({"k": EVIL}).encode(), "application/json"),
                 {**console.text_preview(EVIL.encode(), "image/svg+xml"), "kind": "image",
                  "src": EVIL, "alt": EVIL}]
-    recs = [{"kind": k, "sql": EVIL, "member": EVIL, "rule": EVIL, "message": EVIL,
-             "error_code": EVIL, "release_id": EVIL, "workspace": EVIL, "charge_id": EVIL}
-            for k in console.QUERY_KINDS[1:]]
+    recs = [{"kind": k, "sql": EVIL * (1 + 100 * (i % 2)), "member": EVIL, "rule": EVIL,
+             "message": EVIL * (1 + 100 * (i % 2)), "error_code": EVIL, "release_id": EVIL,
+             "workspace": EVIL, "charge_id": EVIL, "actor": EVIL, "seq": i + 1, "time": EVIL,
+             "rewritten_sql": EVIL}
+            for i, k in enumerate(console.QUERY_KINDS[1:])]
+    answered = {"kind": "query.answered", "charge_id": "c", "seq": 99, "member": EVIL}
+    charges = {"c": {"kind": "query.charged", "sql": EVIL, "seq": 98}}
+    form = dict.fromkeys(console.LOG_FORM, EVIL)
     space = {"rec": SimpleNamespace(name=EVIL, effective_state=lambda: EVIL, scenario=EVIL,
                                     scenario_version=EVIL, expires=EVIL, epsilon=1.0,
                                     delta=0.0, refresh=EVIL),
              "balances": [(EVIL, SimpleNamespace(
                  epsilon_spent=1.0, epsilon_total=2.0, epsilon_remaining=1.0, delta_spent=0.0,
                  delta_total=0.0, refreshes_on=EVIL))],
-             "chart": console.budget_chart([(EVIL, 1.0, 2.0)])}
+             "links": [EVIL],
+             "chart": console.budget_chart([(EVIL, 1.0, 2.0)], lambda m: EVIL + m)}
     html = "".join([
         console.show_page("console/error.html", "/p/", EVIL, EVIL, status=400,
                           error={"code": EVIL, "message": EVIL, "hint": EVIL}),
         console.show_page("console/export.html", "/p/", EVIL, EVIL, req=req, checks=checks,
                           detail_texts=[console.detail_text({"x": EVIL})], reviewer="r",
                           items=[(item, p) for p in previews], xsrf="", notice=EVIL),
-        console.show_page("console/queries.html", "/p/", EVIL, EVIL, names=[EVIL], recs=recs,
-                          total=len(recs), sql={}, kinds=[EVIL], workspace=EVIL, member=EVIL,
-                          rewritten=[console.detail_text({"x": EVIL})] * len(recs), kind=EVIL,
-                          since=EVIL, until=EVIL),
+        console.show_page("console/queries.html", "/p/", EVIL, EVIL, names=[EVIL],
+                          **console.log_context(EVIL, form, audit_pages.Page(
+                              [*recs, answered], 3, 5, 9, False), charges)),
+        console.show_page("console/record.html", "/p/", EVIL, EVIL, rec=recs[1],
+                          others=[answered], asked=EVIL, asked_in=EVIL, truncated=True,
+                          rewritten=EVIL, stored=EVIL, log=EVIL),
         console.show_page("console/history.html", "/p/", EVIL, EVIL, names=[EVIL],
                           states=[EVIL], workspace=EVIL, state=EVIL, requester=EVIL,
                           reqs=[req]),

@@ -96,6 +96,7 @@ def _num(x: Any) -> str:
 
 LOG_COLUMNS = (("seq", 6), ("time", 19), ("kind", 17), ("workspace", 20), ("member", 14),
                ("summary", 72))
+UNCUT = ("kind", "workspace", "member")  # names are never cut: a long one pushes its line
 
 
 def _log_table_line(r: dict[str, Any]) -> str:
@@ -104,7 +105,8 @@ def _log_table_line(r: dict[str, Any]) -> str:
     cells = {"seq": r.get("seq"), "time": short_time(r.get("time")), "kind": r.get("kind"),
              "workspace": r.get("workspace") or "-", "member": r.get("member") or "-",
              "summary": summary(r)}
-    return "  ".join(clean(cells[c], w).ljust(w) for c, w in LOG_COLUMNS).rstrip()
+    return "  ".join((clean(cells[c]) if c in UNCUT else clean(cells[c], w)).ljust(w)
+                     for c, w in LOG_COLUMNS).rstrip()
 
 
 def _csv_columns() -> list[str]:
@@ -402,14 +404,16 @@ def audit_report(c: Context, workspace: str, period: str, out: Path) -> None:
     start, end = period_bounds(period)
     since, until = (t.isoformat(timespec="microseconds") for t in (start, end))
     with opened_state(c) as state:
-        SqliteLedger.existing(state, workspace)
+        ledger = SqliteLedger.existing(state, workspace)
+        budgets = {m: ledger.balance(m) for m in ledger.members()}
         records = [*state.records(workspace=workspace, since=since, until=until),
                    *state.records(kind="key.", since=since, until=until),
                    *state.records(kind="dataset.", since=since, until=until)]
         report = state.verify()
         cp = state.checkpoint().to_dict() if report.ok else None  # never sign a bad log
         page = render(records, report, workspace, period,
-                      public_key=auditlog.public_hex(state.public_key), checkpoint=cp)
+                      public_key=auditlog.public_hex(state.public_key), checkpoint=cp,
+                      budgets=budgets)
         write_out(out, page.encode())
         click.echo(f"report of {workspace} for {period} ({len(records)} record(s); log "
                    f"verification {'ok' if report.ok else 'FAILED'}) written to {out}")

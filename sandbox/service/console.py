@@ -13,9 +13,9 @@ service's pool, where each worker thread has its own state connection.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import csv
+import functools
 import io
 import json
 import logging
@@ -35,10 +35,10 @@ from markupsafe import Markup
 from tornado import web
 from tornado.ioloop import IOLoop
 
-from .. import audit
+from .. import audit, audit_pages
 from ..errors import InputError, SandboxError
 from ..exports.store import STATES, ExportRequest, ExportStore, StoredItem
-from ..report import PALETTE, key_fingerprint, sql_by_charge
+from ..report import PALETTE, key_fingerprint
 from ..templates import render
 from ..workspaces import Workspaces
 from .errors import error_body
@@ -51,7 +51,7 @@ PAGE_CSP = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
 IMAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 IMAGES = {"image/png": "png", "image/svg+xml": "svg"}
 QUERY_KINDS = ("query.", *sorted(k for k in audit.KINDS if k.startswith("query.")))
-MAX_PREVIEW_ROWS, MAX_PREVIEW_CHARS, MAX_DETAIL_CHARS, MAX_LOG_ROWS = 200, 20_000, 6_000, 500
+MAX_PREVIEW_ROWS, MAX_PREVIEW_CHARS, MAX_DETAIL_CHARS, MAX_TEXT_FILTER = 200, 20_000, 6_000, 200
 NAV = (("", "Queue"), ("history", "History"), ("queries", "Query log"),
        ("budgets", "Budgets"), ("audit", "Audit log"))
 NOTICES = {"approve": "Your approval was recorded in the audit log.",
@@ -157,9 +157,13 @@ def export_context(base: str, store: ExportStore, req: ExportRequest) -> dict[st
             "items": [(it, preview(base, store, req, it)) for it in req.items]}
 
 
-def budget_chart(rows: Sequence[tuple[str, float, float]]) -> dict[str, Any]:
-    """Horizontal bars: epsilon spent of each member's total (red from 90 %)."""
-    row, label_w, bar_w, top = 26, 200, 420, 8
+def budget_chart(rows: Sequence[tuple[str, float, float]],
+                 link: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """Horizontal bars: epsilon spent of each member's total (red from 90 %); each bar
+    links to the member's queries when ``link`` is given. Names are never cut: the label
+    column is as wide as the longest (member names have at most 32 characters)."""
+    row, bar_w, top = 26, 420, 8
+    label_w = max(120, round(7.3 * max((len(m) for m, _, _ in rows), default=0)) + 16)
     bars = []
     for i, (member, spent, total) in enumerate(rows):
         frac = min(spent / total, 1.0) if total > 0 else 1.0
@@ -167,21 +171,73 @@ def budget_chart(rows: Sequence[tuple[str, float, float]]) -> dict[str, Any]:
                      "w": f"{bar_w * frac:.1f}",
                      "colour": PALETTE[5] if frac >= 0.9 else PALETTE[0],
                      "member": member, "spent": spent, "total": total,
-                     "shown": member if len(member) <= 26 else member[:25] + "…"})
+                     "href": link(member) if link else None})
     return {"width": label_w + bar_w + 190, "height": top * 2 + row * len(rows),
             "label_x": label_w - 8, "bar_x": label_w, "bar_w": bar_w, "bar_h": row - 8,
             "value_x": label_w + bar_w + 8, "bars": bars}
 
 
-def budget_spaces(state: Any) -> list[dict[str, Any]]:
+def queries_link(base: str, workspace: str, member: str) -> str:
+    """The query log narrowed to one member of one workspace."""
+    return f"{base}queries?{urlencode({'workspace': workspace, 'member': member})}"
+
+
+def budget_spaces(state: Any, base: str = "") -> list[dict[str, Any]]:
     """Every workspace with its members' balances and their chart."""
     spaces = Workspaces(state)
     out = []
     for rec in spaces.all():
         ledger = spaces.ledger(rec)
         balances = [(m, ledger.balance(m)) for m in rec.members]
-        out.append({"rec": rec, "balances": balances, "chart": budget_chart(
-            [(m, b.epsilon_spent, b.epsilon_total) for m, b in balances])})
+        link = functools.partial(queries_link, base, rec.name)
+        out.append({"rec": rec, "balances": balances,
+                    "links": [link(m) for m, _ in balances], "chart": budget_chart(
+                        [(m, b.epsilon_spent, b.epsilon_total) for m, b in balances], link)})
+    return out
+
+
+def page_link(path: str, form: dict[str, str], **cursor: int) -> str:
+    """The query log with the same filters, at another page."""
+    args = {k: v for k, v in form.items() if v} | {k: str(v) for k, v in cursor.items()}
+    return f"{path}?{urlencode(args)}" if args else path
+
+
+LOG_FORM = ("workspace", "member", "kind", "since", "until", "text")
+
+
+def log_context(base: str, form: dict[str, str], pg: audit_pages.Page,
+                charges: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What ``console/queries.html`` shows besides the workspace names: the form as typed,
+    the page's rows and the links to the newest, newer and older pages."""
+    form = {k: form.get(k, "") for k in LOG_FORM}
+    link = functools.partial(page_link, base + "queries", form)
+    return {"kinds": QUERY_KINDS[1:], "form": form, "page": pg,
+            "per_page": audit_pages.PAGE_ROWS, "rows": log_rows(pg.records, charges),
+            "newest": link() if pg.newer is not None else None,
+            "newer": link(after=pg.newer) if pg.newer is not None else None,
+            "older": link(before=pg.older) if pg.older is not None else None}
+
+
+OUTCOME_FIELDS = ("release_id", "rows", "rule", "error_code", "dummy", "charge_id", "delta")
+
+
+def log_rows(records: Sequence[dict[str, Any]],
+             charges: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the query log shows of each record: long text folded (``audit_pages.fold``),
+    the SQL of an outcome taken from its charge record (and which record that is)."""
+    out = []
+    for r in records:
+        charge = charges.get(str(r.get("charge_id"))) if not r.get("sql") else None
+        out.append({
+            "seq": r.get("seq"), "time": r.get("time"), "kind": str(r.get("kind")),
+            "workspace": r.get("workspace"), "member": r.get("member"),
+            "actor": r.get("actor"), "epsilon": r.get("epsilon"),
+            **{k: r.get(k) for k in OUTCOME_FIELDS},
+            "sql": audit_pages.fold(r.get("sql") or (charge or {}).get("sql")),
+            "sql_from": charge.get("seq") if charge and charge.get("seq") != r.get("seq")
+            else None,
+            "message": audit_pages.fold(r.get("message")),
+            "rewritten": audit_pages.fold(r.get("rewritten_sql"), inline=0)})
     return out
 
 
@@ -377,49 +433,82 @@ class DecideHandler(ConsoleHandler):
 
 
 class QueriesHandler(ConsoleHandler):
+    """The query log, one page at a time: the filters narrow the query, pages follow seq."""
+
     async def get(self) -> None:
+        form, f = self.filters()
+        before, after = self.cursor("before"), self.cursor("after")
+
+        def work() -> tuple[list[str], audit_pages.Page, dict[str, Any]]:
+            state = self.service.state()
+            names = Workspaces(state).names()
+            pg = audit_pages.page(state.con, f, before=before, after=after)
+            charges = audit_pages.charge_records(state.con, pg.records)
+            state.record("audit.read", actor=self.reviewer, workspace=f.workspace, what="log",
+                         filters={**f.to_record(), "before": before, "after": after})
+            return names, pg, charges
+
+        names, pg, charges = await self.run(work)
+        self.show("console/queries.html", "Query log", "queries", names=names,
+                  **log_context(self.base, form, pg, charges))
+
+    def filters(self) -> tuple[dict[str, str], audit_pages.Filters]:
+        """The form's values as typed, and as the query's conditions (or InputError)."""
         from ..audit import parse_when
 
-        ws, member = self.arg("workspace"), self.arg("member")
-        kind = self.arg("kind") or "query."
-        since_text, until_text = self.arg("since"), self.arg("until")
+        form = {k: self.arg(k) for k in ("workspace", "member", "kind", "since", "until")}
+        form["text"] = self.arg("text", MAX_TEXT_FILTER)
+        kind = form["kind"] or "query."
         if kind not in QUERY_KINDS:
             raise InputError(f"unknown query record kind {kind!r}",
                              f"use one of {', '.join(QUERY_KINDS)}")
-        since = parse_when(since_text, "since") if since_text else None
-        until = parse_when(until_text, "until", end=True) if until_text else None
+        since = parse_when(form["since"], "since") if form["since"] else None
+        until = parse_when(form["until"], "until", end=True) if form["until"] else None
         if since and until and since >= until:
             raise InputError("'since' is not before 'until'", "swap them, or widen the range")
-        filters = {"workspace": ws or None, "member": member or None, "kind": kind,
-                   "since": since, "until": until}
+        return form, audit_pages.Filters(
+            workspace=form["workspace"] or None, member=form["member"] or None, kind=kind,
+            since=since, until=until, text=form["text"] or None)
 
-        def work() -> tuple[list[str], list[dict[str, Any]], int]:
+    def cursor(self, name: str) -> int | None:
+        value = self.arg(name, 12)
+        if not value:
+            return None
+        if not (value.isascii() and value.isdigit()):
+            raise InputError(f"{name!r} must be a record number", "use the page's links")
+        return int(value)
+
+
+class QueryRecordHandler(ConsoleHandler):
+    """One query record whole: all of its SQL, its fields, the other records of its charge."""
+
+    async def get(self, seq_text: str) -> None:
+        seq = int(seq_text)
+
+        def work() -> tuple[dict[str, Any], list[dict[str, Any]]]:
             state = self.service.state()
-            names = Workspaces(state).names()
-            records = state.records(**filters)
-            total, last = 0, collections.deque(maxlen=MAX_LOG_ROWS)
-            try:
-                for r in records:
-                    total += 1
-                    last.append(r)
-            finally:
-                records.close()  # end the read, then record it (as `sandbox audit log` does)
-            state.record("audit.read", actor=self.reviewer, workspace=ws or None, what="log",
-                         filters=filters)
-            return names, list(reversed(last)), total
+            rec = audit_pages.one(state.con, seq)
+            if rec is None:
+                raise not_found(f"query record #{seq}")
+            others = audit_pages.related(state.con, rec)
+            state.record("audit.read", actor=self.reviewer, workspace=rec.get("workspace"),
+                         what="record", filters={"seq": seq})
+            return rec, others
 
-        names, recs, total = await self.run(work)
-        self.show("console/queries.html", "Query log", "queries", names=names, recs=recs,
-                  total=total, sql=sql_by_charge(recs), kinds=QUERY_KINDS[1:],
-                  rewritten=[detail_text({"rewritten_sql": r.get("rewritten_sql")}
-                                         if r.get("rewritten_sql") else None) for r in recs],
-                  workspace=ws, member=member, kind="" if kind == "query." else kind,
-                  since=since_text, until=until_text)
+        rec, others = await self.run(work)
+        charge = next((r for r in others if r.get("kind") == "query.charged"), None)
+        asked = rec.get("sql") or (charge or {}).get("sql") or ""
+        self.show("console/record.html", f"Query record #{seq}", None, rec=rec, others=others,
+                  asked=asked, asked_in=None if rec.get("sql") or charge is None
+                  else charge.get("seq"), truncated=str(asked).endswith(audit.TRUNCATED),
+                  rewritten=rec.get("rewritten_sql") or (charge or {}).get("rewritten_sql"),
+                  stored=json.dumps(rec, indent=1, ensure_ascii=False, sort_keys=True),
+                  log=self.base + "queries")
 
 
 class BudgetsHandler(ConsoleHandler):
     async def get(self) -> None:
-        spaces = await self.run(lambda: budget_spaces(self.service.state()))
+        spaces = await self.run(lambda: budget_spaces(self.service.state(), self.base))
         self.show("console/budgets.html", "Budgets", "budgets", spaces=spaces)
 
 
@@ -483,6 +572,7 @@ def routes(prefix: str, kwargs: dict[str, Any]) -> list[tuple[str, Any, dict[str
         (base, QueueHandler, args),
         (base + "history", HistoryHandler, args),
         (base + "queries", QueriesHandler, args),
+        (base + r"queries/([0-9]{1,12})", QueryRecordHandler, args),
         (base + "budgets", BudgetsHandler, args),
         (base + "audit", AuditHandler, args),
         (export, ExportHandler, args),

@@ -27,7 +27,8 @@ def environment() -> Environment:
                       autoescape=select_autoescape(["html", "svg"]),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                       finalize=_blank_none, extensions=["jinja2.ext.do"])
-    env.filters.update(eps=report.fmt_eps, delta=report.fmt_delta, time=report.short_time)
+    env.filters.update(eps=report.fmt_eps, delta=report.fmt_delta, time=report.short_time,
+                       fold=report.fold_text)
     env.globals.update(FLAGGED=FLAGGED)  # the reviewers' marker of a flagged request
     return env
 
