@@ -15,7 +15,18 @@ import click
 from .. import __version__
 from ..errors import SandboxError
 from ..settings import Paths
-from . import audit, budget, datasets, demo, exports, keys, query, scenarios, workspaces
+from . import (
+    audit,
+    budget,
+    datasets,
+    demo,
+    exports,
+    keys,
+    query,
+    scenarios,
+    state,
+    workspaces,
+)
 from .common import EXIT_ERROR, Context, SandboxGroup, echo_error, home_source
 
 __all__ = ["main"]
@@ -52,6 +63,7 @@ COMMANDS: tuple[click.Command, ...] = (
     scenarios.scenario,
     workspaces.workspace,
     exports.export_group,
+    state.state_group,
 )
 for _command in COMMANDS:
     main.add_command(_command)
