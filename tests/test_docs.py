@@ -61,7 +61,8 @@ SETTINGS_MD = DOCS / "settings.md"
 POLICY_MD = DOCS / "policy.md"
 SCHEMA = DOCS / "policy.schema.json"
 SPEC_MD = DOCS / "dataset-spec.md"
-OWN_DOCS = (GATE_MD, SETTINGS_MD, POLICY_MD, SPEC_MD)
+KEYS_MD = DOCS / "keys.md"
+OWN_DOCS = (GATE_MD, SETTINGS_MD, POLICY_MD, SPEC_MD, KEYS_MD)
 QUERY_START = re.compile(r"^(SELECT|WITH|FROM)\b", re.IGNORECASE)
 
 
@@ -499,6 +500,50 @@ def test_dataset_spec_md_examples_load(tmp_path: Path) -> None:
         path.write_text(body, encoding="utf-8")
         spec = spec_module.load_spec(path)
         assert spec.columns
+
+
+# -- walk-throughs that run as written -----------------------------------------------------------
+WALKTHROUGH_DOCS = (KEYS_MD,)
+
+
+def walkthroughs() -> list[tuple[str, int, str]]:
+    """(doc, line, body) of every ```bash walkthrough``` block."""
+    out = []
+    for path in WALKTHROUGH_DOCS:
+        md = text(path)
+        for m in FENCE.finditer(md):
+            if m.group("info").split() == ["bash", "walkthrough"]:
+                out.append((path.name, md.count("\n", 0, m.start()) + 1, m.group("body")))
+    return out
+
+
+def test_keys_md_has_a_walkthrough() -> None:
+    assert [doc for doc, _, _ in walkthroughs()] == ["keys.md"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("doc", "line", "body"), walkthroughs(),
+                         ids=lambda v: str(v)[:20] if not isinstance(v, int) else f"L{v}")
+def test_walkthrough_runs_as_written_on_a_fresh_home(doc: str, line: int, body: str,
+                                                     tmp_path: Path) -> None:
+    """The block runs in bash (stopping at the first failing command) in an empty directory
+    that holds only the checkout's policies/, as an operator would run it."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "policies").symlink_to(ROOT / "policies")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOX_")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env["HOME"] = str(tmp_path / "user")
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", body], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{doc}:{line}: {proc.stderr[-2000:]}"
+    assert "Traceback" not in proc.stderr and "error [" not in proc.stderr, proc.stderr
+    if doc == "keys.md":
+        assert "and the identifier index key" in proc.stdout
+        assert re.search(r"master key mk-\S+ destroyed", proc.stdout)
+        assert "added loans version 1" in proc.stdout and "epsilon spent" in proc.stdout
 
 
 # -- links between the docs -----------------------------------------------------------------
