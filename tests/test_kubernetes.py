@@ -45,7 +45,7 @@ from dockerfile_parse import DockerfileParser
 from sandbox.service.__main__ import bind_address
 from sandbox.service.config import load_config
 from sandbox.service.handlers import ROUTES, HealthHandler
-from sandbox.settings import Paths
+from sandbox.settings import SETTINGS, Paths
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
@@ -228,6 +228,27 @@ def test_the_gate_is_replicated_and_spread() -> None:
     assert volumes["shared-home"]["persistentVolumeClaim"]["readOnly"] is True
     assert all(m.get("readOnly") for c in containers(GATE) for m in c["volumeMounts"]
                if m["name"] in ("shared-home", "master-key", "config"))
+
+
+def test_every_pod_uses_the_shared_state(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica on a state database of its own would let each replica spend a member's
+    whole budget: the URL comes from the Secret (required, not optional) and nothing in the
+    config map overrides it."""
+    names = {s.env for s in SETTINGS}
+    for pod_name, pod in pods():
+        for c in containers(pod):
+            for var in env_of(c):
+                assert not var.startswith("SANDBOX_") or var in names, (pod_name, var)
+        main = pod["spec"]["containers"][0]
+        ref = env_of(main)["SANDBOX_STATE"]["secretKeyRef"]
+        assert ref == {"name": "sandbox-state", "key": "url"}, pod_name
+    url = "postgresql://sandbox@db:5432/sandbox"
+    monkeypatch.setenv("SANDBOX_STATE", url)
+    (tmp_path / "service.yaml").write_text(SERVICE_CM["data"]["service.yaml"])
+    config = load_config(tmp_path / "service.yaml")
+    assert config.state is None
+    assert Paths.resolve(config.home, config.keystore, config.state).state_db == url
 
 
 def test_probes_hit_the_health_route() -> None:
