@@ -6,6 +6,9 @@
 # Safe to re-run; Ctrl-C stops the hub, its proxy, the services and every server.
 #   DEMO_SIZE=tiny|small|large   size of the synthetic data (default small)
 #   DEMO_HUB=0                   stop after the first query (no hub, no system users)
+#   DEMO_EGRESS=0                run the hub without the egress rules (deploy/egress.sh)
+# While the hub runs, the developers' processes reach only the proxy and the gate
+# (nftables rules applied at start, removed at stop; docs/deployment.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=deploy/setup-env.sh
@@ -95,13 +98,37 @@ export SANDBOX_HUB_AUDITORS="$AUDITORS" SANDBOX_HUB_OPERATORS="$OPERATORS"
 export SANDBOX_HUB_SERVICE=on
 unset SANDBOX_HOME SANDBOX_KEYSTORE   # the service reads them from its configuration
 
+HUB_PID=""
+EGRESS_SH="$PWD/deploy/egress.sh"
+export SANDBOX_HUB_EGRESS=off
+stop_hub() {   # safe to call twice
+    if [ -n "$HUB_PID" ]; then
+        kill -TERM "$HUB_PID" 2>/dev/null || true
+        wait "$HUB_PID" 2>/dev/null || true
+        HUB_PID=""
+    fi
+    if [ "$SANDBOX_HUB_EGRESS" = on ]; then
+        bash "$EGRESS_SH" remove || true
+        SANDBOX_HUB_EGRESS=off
+    fi
+}
+trap 'stop_hub; exit 130' INT TERM
+trap 'stop_hub' EXIT   # a failed step below must not leave the hub or the rules behind
+
+# Egress: the developers (group sandbox-devs) may reach only the proxy and the gate; the
+# hub also adds each developer it starts a server for (deploy/egress.sh add-developer).
+if [ "${DEMO_EGRESS:-1}" != 0 ]; then
+    export SANDBOX_EGRESS_GROUP=sandbox-devs
+    getent group "$SANDBOX_EGRESS_GROUP" >/dev/null || groupadd --system "$SANDBOX_EGRESS_GROUP"
+    for u in ${DEVELOPERS//,/ }; do usermod -aG "$SANDBOX_EGRESS_GROUP" "$u"; done
+    SANDBOX_HUB_EGRESS=on   # before apply: a failed apply is still undone
+    bash "$EGRESS_SH" apply
+fi
+
 cd "$HUB_DIR"
 "$HUB_VENV/bin/jupyterhub" -f "$OLDPWD/deploy/jupyterhub_config.py" &
 HUB_PID=$!
 cd "$OLDPWD"
-stop_hub() { kill -TERM "$HUB_PID" 2>/dev/null || true; wait "$HUB_PID" 2>/dev/null || true; }
-trap 'stop_hub; exit 130' INT TERM
-trap 'stop_hub' EXIT   # a failed step below must not leave the hub running
 for _ in $(seq 1 120); do
     if "$HUB_VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
         "http://127.0.0.1:${SANDBOX_HUB_API_PORT:-8081}/hub/api/" 2>/dev/null; then break; fi
@@ -145,6 +172,9 @@ while IFS=: read -r u pw; do
     printf '   %-8s %-16s (%s)\n' "$u" "$pw" "$role"
 done < "$PASSWORDS"
 echo " Developers start with getting-started.ipynb and one walk-through per workspace."
+if [ "$SANDBOX_HUB_EGRESS" = on ]; then
+    echo " Egress: developers reach only the proxy and the gate (bash deploy/egress.sh status)"
+fi
 echo " Operator CLI (as root): runuser -u sandbox -- $HUB_VENV/bin/sandbox --home $DEMO_DIR/home --keystore $DEMO_DIR/keystore workspace list"
 echo "=================================================================="
 wait "$HUB_PID"

@@ -13,6 +13,10 @@
 - one hub group per workspace (made by `sandbox workspace create`); the custom scope
   ``custom:sandbox:query`` is granted to every user (the service checks workspace
   membership itself) and put into the single-user servers' tokens.
+- egress (``SANDBOX_HUB_EGRESS=on``, set by deploy/demo.sh): a developer's server starts
+  only after deploy/egress.sh has put their user under the nftables rules that let them
+  reach nothing but the proxy and the gate; servers talk to the hub through the proxy and
+  to their kernels over Unix sockets, so they need no other port.
 
 Every setting comes from the environment (see docs/deployment.md for the table), so the
 tests run a hub in a temporary directory on loopback with the same file.
@@ -25,6 +29,7 @@ import os
 import pwd
 import shutil
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -68,6 +73,9 @@ TEMPLATES = Path(env("SANDBOX_HUB_TEMPLATES", str(REPO / "notebooks_template")))
 IDLE_TIMEOUT = int(env("SANDBOX_HUB_IDLE_TIMEOUT", "3600"))
 CULL_EVERY = int(env("SANDBOX_HUB_CULL_EVERY", "300"))
 ENABLE_SERVICE = env("SANDBOX_HUB_SERVICE", "auto")  # auto | on | off
+EGRESS = env("SANDBOX_HUB_EGRESS", "off")  # on: developers reach only proxy and gate
+if EGRESS not in ("on", "off"):
+    raise SystemExit(f"SANDBOX_HUB_EGRESS={EGRESS} must be on or off (docs/deployment.md)")
 
 STATE_DIR.mkdir(parents=True, exist_ok=True)
 os.chmod(STATE_DIR, 0o700)  # hub database, cookie secret: root only
@@ -126,6 +134,11 @@ c.Spawner.notebook_dir = "~"
 c.Spawner.ip = "127.0.0.1"
 c.Spawner.start_timeout = 60
 c.Spawner.http_timeout = 60
+# Servers reach the hub API through the proxy's /hub/ route and their kernels over Unix
+# sockets (not loopback TCP ports), so the egress rules need to allow only the proxy and
+# the gate (deploy/egress.sh).
+c.Spawner.hub_connect_url = f"http://{HUB_IP}:{HUB_PORT}"
+c.Spawner.args = ["--KernelManager.transport=ipc"]
 SERVICE_URL = f"http://{HUB_IP}:{HUB_PORT}/services/sandbox/"
 c.Spawner.environment = {
     # the notebook client (sandbox.client) calls the gate through the hub's proxy
@@ -179,7 +192,27 @@ def copy_templates(spawner) -> None:  # type: ignore[no-untyped-def]
                 spawner.log.info("copied template %s to %s", src.name, home)
 
 
-c.Spawner.pre_spawn_hook = copy_templates
+def enforce_egress(spawner) -> None:  # type: ignore[no-untyped-def]
+    """Put a developer under the egress rules before their server starts; refuse the
+    server when that fails (fail closed). Auditors and operators are staff, not limited."""
+    name = spawner.user.name
+    if EGRESS != "on" or name in AUDITORS or name in OPERATORS:
+        return
+    out = subprocess.run(["bash", str(REPO / "deploy" / "egress.sh"), "add-developer", name],
+                         capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        spawner.log.error("egress rules for %s: %s", name, (out.stderr or out.stdout).strip())
+        raise RuntimeError(f"the server of {name} is not started: its egress rules could "
+                           "not be applied (see the hub's log)")
+    spawner.log.info("%s", out.stdout.strip())
+
+
+def pre_spawn(spawner) -> None:  # type: ignore[no-untyped-def]
+    enforce_egress(spawner)
+    copy_templates(spawner)
+
+
+c.Spawner.pre_spawn_hook = pre_spawn
 
 # --- scopes and roles -------------------------------------------------------------------
 c.JupyterHub.custom_scopes = {

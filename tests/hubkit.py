@@ -284,7 +284,8 @@ def provision(hub: Hub) -> None:
 
 
 @contextlib.contextmanager
-def running_hub() -> Iterator[Hub]:
+def running_hub(extra_env: dict[str, str] | None = None) -> Iterator[Hub]:
+    """``extra_env`` adds to or overrides the hub's settings (e.g. SANDBOX_HUB_EGRESS)."""
     assert os.geteuid() == 0, "the hub tests create system users: run them as root"
     ensure_hub_env()
     base = Path(tempfile.mkdtemp(prefix="sbx-hub-", dir="/tmp"))
@@ -321,6 +322,7 @@ def running_hub() -> Iterator[Hub]:
             "SANDBOX_HUB_AUDITORS": auditor,
             "SANDBOX_HUB_SERVICE": "on",
         })
+        env.update(extra_env or {})
         log = base / "hub.log"
         with log.open("wb") as fh:
             proc = subprocess.Popen(
