@@ -313,3 +313,17 @@ def test_migrate_refuses_a_log_that_fails_and_keeps_nothing(
         assert pg.execute("SELECT count(*) FROM audit_records").fetchone() == (0,)
     bad = _cli(sqlite_home, "state", "migrate", "--to", "/tmp/x.sqlite")
     assert bad.returncode == 2 and "not a postgresql:// URL" in bad.stderr
+
+
+def test_placeholders_are_translated_outside_quotes_only(pg_url: str) -> None:
+    from sandbox.statedb.postgres import translate
+
+    assert translate("SELECT ? || '?' || \"a?\" || '50%' WHERE x LIKE ? ESCAPE '\\'") == \
+        "SELECT %s || '?' || \"a?\" || '50%%' WHERE x LIKE %s ESCAPE '\\'"
+    con = PgConnection(pg_url, read_only=True)
+    try:
+        row = con.execute("SELECT ? || '?' || '50%', 'a_b' LIKE ? ESCAPE '\\'",
+                          ("x", "a\\_b")).fetchone()
+        assert row == ("x?50%", True)
+    finally:
+        con.close()

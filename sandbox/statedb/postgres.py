@@ -38,13 +38,13 @@ _names_lock = threading.Lock()
 
 
 def translate(sql: str) -> str:
-    """``?`` placeholders to psycopg's ``%s`` (and a literal ``%`` to ``%%``), outside
-    quoted literals and names."""
+    """``?`` placeholders to psycopg's ``%s`` outside quoted literals and names; every
+    literal ``%`` to ``%%`` (psycopg reads them anywhere)."""
     out = _translated.get(sql)
     if out is None:
         def sub(m: re.Match[str]) -> str:
             t = m.group(0)
-            return "%s" if t == "?" else "%%" if t == "%" else t
+            return "%s" if t == "?" else t.replace("%", "%%")
         out = _translated[sql] = _TOKEN_RE.sub(sub, sql)
     return out
 
