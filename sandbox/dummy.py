@@ -315,8 +315,9 @@ class DummyLedger:
     def _record(self, kind: str, member: str, **fields: Any) -> None:
         with self._lock:
             self.records.append({"kind": kind, "member": member, **fields})
-        if self.state is not None:
-            self.state.record(kind, workspace=self.workspace, member=member, **fields)
+        if self.state is not None:  # attributed as the real ledger's records are
+            self.state.record(kind, workspace=self.workspace, member=member,
+                              **getattr(self.real, "attribution", {}), **fields)
 
     def balance(self, member: str) -> Balance:
         if self.real is None:

@@ -162,6 +162,11 @@ CODES: dict[str, Code] = {
     "scenario.not_found": Code(None, "No scenario (version) of that id."),
     "workspace.error": Code(None, "A workspace operation is not possible (operators' "
                                   "commands)."),
+    "workspace.unknown_member": Code(None, "A budget change names someone who is not a member "
+                                           "of the workspace (operators' commands)."),
+    "workspace.policy_mismatch": Code(None, "A command-line query would charge a reviewed "
+                                            "scenario's ledger under a policy text that was "
+                                            "never reviewed."),
     "hub.error": Code(None, "The hub refused or failed a mirroring step."),
     "auth.operator_required": Code(None, "The command needs a hub token with the operator's "
                                          "(or auditor's) role."),

@@ -32,7 +32,9 @@ never contain data values, key material or engine internals.
 
 from __future__ import annotations
 
+import difflib
 import sys
+from collections.abc import Iterable
 from typing import TextIO
 
 from .display import caret, printable
@@ -163,6 +165,14 @@ class ProofInvalidError(SandboxError):
     """An inclusion proof does not prove its record."""
 
     code = "audit.proof_invalid"
+
+
+def suggest(name: str, known: Iterable[str], what: str) -> str:
+    """A hint for an unknown name: the closest known one, then what is known."""
+    names = sorted(set(known))
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    listed = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "") or "none yet"
+    return (f"did you mean {close[0]!r}? " if close else "") + f"known {what}: {listed}"
 
 
 def error_lines(exc: SandboxError, sql: str | None = None) -> list[str]:

@@ -153,6 +153,14 @@ def replay_key(sql: str, epsilon: float, policy_id: str, policy_hash: str,
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
+def attribution(actor: str, policy_id: str, sha256: str,
+                reviewed: int | None) -> dict[str, Any]:
+    """Who asks and under which policy text, for every query record: the actor (the hub
+    user of a service request, the OS user of a CLI command) and the policy's id, SHA-256
+    and reviewed scenario version (None: a policy nobody reviewed, answered ad hoc)."""
+    return {"actor": actor, "policy": {"id": policy_id, "version": reviewed, "sha256": sha256}}
+
+
 def exceeded(cost: Cost, b: Balance) -> BudgetExceededError:
     refresh = f"; it refreshes on {b.refreshes_on}" if b.refreshes_on else ""
     return BudgetExceededError(

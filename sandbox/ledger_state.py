@@ -88,16 +88,26 @@ def released_answers(con, workspace: str) -> list[ReleasedAnswer]:  # type: igno
 
 
 class StateLedger:
-    """The durable ledger of one workspace, in the state database (``sandbox.state``)."""
+    """The durable ledger of one workspace, in the state database (``sandbox.state``).
+
+    ``attribution`` (``attribution``: who asks, under which policy text) goes into every
+    query record it writes, so the audit log says who did what under which policy.
+    """
 
     def __init__(self, state, workspace: str, default: BudgetPolicy,  # type: ignore[no-untyped-def]
-                 clock: Callable[[], dt.datetime] | None = None) -> None:
+                 clock: Callable[[], dt.datetime] | None = None,
+                 attribution: dict[str, Any] | None = None) -> None:
         self.state, self.workspace, self.default = state, workspace, default
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self.attribution = dict(attribution or {})
+
+    def _append(self, con, kind: str, member: str, **fields: Any) -> int:  # type: ignore[no-untyped-def]
+        return int(self.state.append(con, kind, workspace=self.workspace, member=member,
+                                     **self.attribution, **fields))
 
     @classmethod
     def open(cls, state, workspace: str, policy_id: str,  # type: ignore[no-untyped-def]
-             default: BudgetPolicy) -> StateLedger:
+             default: BudgetPolicy, attribution: dict[str, Any] | None = None) -> StateLedger:
         """The ledger of ``workspace``, remembering its scenario and default member budget."""
         with state.transaction() as con:
             row = con.execute("SELECT policy_id, state FROM workspaces WHERE name = ?",
@@ -111,7 +121,7 @@ class StateLedger:
                         "excluded.policy_id, epsilon = excluded.epsilon, delta = "
                         "excluded.delta, refresh = excluded.refresh",
                         (workspace, policy_id, default.epsilon, default.delta, default.refresh))
-        return cls(state, workspace, default)
+        return cls(state, workspace, default, attribution=attribution)
 
     @classmethod
     def existing(cls, state, workspace: str) -> StateLedger:  # type: ignore[no-untyped-def]
@@ -174,18 +184,15 @@ class StateLedger:
             if not fits(compose([*charges, cost], b.delta_total), b.epsilon_total,
                         b.delta_total):
                 refusal = exceeded(cost, b)
-                self.state.append(con, "query.refused", workspace=self.workspace, member=member,
-                                  sql=asked.text, sql_sha256=asked.sha256,
-                                  sql_length=asked.length, rule=refusal.code,
-                                  message=cap_text(refusal.message).text)
+                self._append(con, "query.refused", member, sql=asked.text,
+                             sql_sha256=asked.sha256, sql_length=asked.length,
+                             rule=refusal.code, message=cap_text(refusal.message).text)
             else:
                 cid = uuid.uuid4().hex
-                seq = self.state.append(con, "query.charged", workspace=self.workspace,
-                                        member=member, charge_id=cid, sql=asked.text,
-                                        sql_sha256=asked.sha256, sql_length=asked.length,
-                                        rewritten_sql=cap_text(rewritten).text,
-                                        epsilon=cost.epsilon,
-                                        delta=cost.delta, rho=cost.rho)
+                seq = self._append(con, "query.charged", member, charge_id=cid, sql=asked.text,
+                                   sql_sha256=asked.sha256, sql_length=asked.length,
+                                   rewritten_sql=cap_text(rewritten).text,
+                                   epsilon=cost.epsilon, delta=cost.delta, rho=cost.rho)
                 con.execute("INSERT INTO charges (id, workspace, member, period, epsilon, "
                             "delta, rho, zcdp_epsilon, zcdp_delta, pure_epsilon, pure_rho, "
                             "state, created, opened_seq) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -235,10 +242,10 @@ class StateLedger:
             self._check_new_request(con, member, request_id, request_digest)
             response = {**json.loads(row[1]), "replayed": True}
             asked = cap_text(sql)
-            self.state.append(con, "query.replayed", workspace=self.workspace, member=member,
-                              charge_id=row[0], release_id=response.get("release_id"),
-                              sql=asked.text, sql_sha256=asked.sha256,
-                              sql_length=asked.length, epsilon=0.0, delta=0.0)
+            self._append(con, "query.replayed", member, charge_id=row[0],
+                         release_id=response.get("release_id"), sql=asked.text,
+                         sql_sha256=asked.sha256, sql_length=asked.length, epsilon=0.0,
+                         delta=0.0)
             if request_id is not None:
                 con.execute("INSERT INTO requests (workspace, member, request_id, charge_id, "
                             "request_digest, response) VALUES (?,?,?,?,?,?)",
@@ -259,9 +266,8 @@ class StateLedger:
                 state, kind, fields = "failed", "query.failed", {
                     "error_code": "budget.not_refundable", "epsilon": reservation.epsilon,
                     "delta": reservation.delta}
-            seq = self.state.append(con, kind, workspace=self.workspace,
-                                    member=reservation.member, charge_id=reservation.id,
-                                    **fields)
+            seq = self._append(con, kind, reservation.member, charge_id=reservation.id,
+                               **fields)
             con.execute("UPDATE charges SET state = ?, closed_seq = ? WHERE id = ?",
                         (state, seq, reservation.id))
             if response is not None and state == "committed":
@@ -311,8 +317,8 @@ class StateLedger:
         length."""
         asked = cap_text(sql)
         self.state.record("query.refused", workspace=self.workspace, member=member,
-                          sql=asked.text, sql_sha256=asked.sha256, sql_length=asked.length,
-                          rule=rule, message=cap_text(message).text)
+                          **self.attribution, sql=asked.text, sql_sha256=asked.sha256,
+                          sql_length=asked.length, rule=rule, message=cap_text(message).text)
 
     # -- operators -------------------------------------------------------------------------
     def set_budget(self, member: str, *, epsilon: float | None = None,

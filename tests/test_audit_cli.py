@@ -29,7 +29,7 @@ from sandbox.report import render
 
 SANDBOX = pathlib.Path(sys.executable).with_name("sandbox")
 POLICY = str(pathlib.Path(__file__).resolve().parents[1] / "policies" / "credit_underwriting.yaml")
-WS = "credit-underwriting"
+WS = "adhoc:credit-underwriting"  # the ad-hoc ledger of `sandbox query` without --workspace
 ERROR_LINE = re.compile(r"^error \[[a-z_]+(\.[a-z_]+)+\]: \S.*$")
 XSS = "<script>alert(1)</script>"
 QUERIES = [
@@ -285,12 +285,12 @@ def test_refusals_show_rule_position_and_a_caret(sandbox: Home) -> None:
 
 def test_budget_show_grant_set(sandbox: Home) -> None:
     table = sandbox.ok("budget", "show").splitlines()
-    assert table[0].split() == ["WORKSPACE", "MEMBER", "EPS_TOTAL", "EPS_SPENT", "EPS_REMAINING",
-                                "DELTA_TOTAL", "DELTA_SPENT", "DELTA_REMAINING", "REFRESHES_ON",
-                                "ACCOUNTING"]
-    assert re.match(rf"^{WS}\s+alice\s+10\s+1\s+9\s+1e-05\s+0\s+1e-05\s+\d{{4}}-\d\d-01"
+    assert table[0].split() == ["WORKSPACE", "KIND", "MEMBER", "EPS_TOTAL", "EPS_SPENT",
+                                "EPS_REMAINING", "DELTA_TOTAL", "DELTA_SPENT", "DELTA_REMAINING",
+                                "REFRESHES_ON", "ACCOUNTING"]
+    assert re.match(rf"^{WS}\s+ad-hoc\s+alice\s+10\s+1\s+9\s+1e-05\s+0\s+1e-05\s+\d{{4}}-\d\d-01"
                     r"\s+basic$", table[1]), table
-    assert re.match(rf"^{WS}\s+bob\s+10\s+0\.5\s+9\.5\s", table[2]), table
+    assert re.match(rf"^{WS}\s+ad-hoc\s+bob\s+10\s+0\.5\s+9\.5\s", table[2]), table
 
     out = sandbox.ok("budget", "grant", "--workspace", WS, "--member", "alice", "--epsilon", "5",
                      "--delta", "1e-6")
@@ -302,7 +302,12 @@ def test_budget_show_grant_set(sandbox: Home) -> None:
     assert alice["delta_total"] == pytest.approx(1.1e-5)
     assert alice["refreshes_on"] == _next_month()
 
-    sandbox.ok("budget", "set", "--workspace", WS, "--member", "carol", "--epsilon", "2")
+    # a name the ledger has never seen is a typo unless --new-member says it is meant
+    err = _error(sandbox("budget", "set", "--workspace", WS, "--member", "alicia",
+                         "--epsilon", "2"), "workspace.unknown_member")
+    assert "did you mean 'alice'?" in err and "--new-member" in err
+    sandbox.ok("budget", "set", "--workspace", WS, "--member", "carol", "--epsilon", "2",
+               "--new-member")
     sandbox.ok("budget", "set", "--workspace", WS, "--member", "bob", "--delta", "2e-5")
     shown = {r["member"]: r for r in json.loads(sandbox.ok("budget", "show", "--format", "json"))}
     assert sorted(shown) == ["alice", "bob", "carol"]
@@ -344,9 +349,10 @@ def test_budget_changes_refuse_bad_amounts(sandbox: Home) -> None:
 @pytest.mark.parametrize(
     ("args", "code", "fragment"),
     [
-        (["budget", "show", "--workspace", "nope"], "sandbox.error", "known workspaces: " + WS),
-        (["budget", "grant", "--workspace", "nope", "--member", "a", "--epsilon", "1"],
-         "sandbox.error", "unknown workspace 'nope'"),
+        (["budget", "show", "--workspace", "nope"], "workspace.not_found",
+         "known workspaces and ledgers: " + WS),
+        (["budget", "grant", "--workspace", "adhoc:credit-underwritting", "--member", "a",
+          "--epsilon", "1"], "workspace.not_found", f"did you mean {WS!r}?"),
         (["audit", "log", "--workspace", "nope"], "sandbox.error", "known workspaces: " + WS),
         (["audit", "report", "--workspace", "nope", "--period", "2026-11", "--out", "{tmp}/r.html"],
          "sandbox.error", "unknown workspace"),
@@ -441,8 +447,8 @@ def test_log_filters_and_formats(base: Home) -> None:
 
     table = base.ok("audit", "log", "--workspace", WS, "--kind", "query.").splitlines()
     assert table[0].split() == ["SEQ", "TIME", "KIND", "WORKSPACE", "MEMBER", "SUMMARY"]
-    assert re.search(r"query\.refused\s+credit-underwriting\s+alice\s+gate\.unknown_column · "
-                     r"SELECT name FROM persons$", "\n".join(table), re.M)
+    assert re.search(r"query\.refused\s+adhoc:credit-underwriting\s+alice\s+by \S+ · "
+                     r"gate\.unknown_column · SELECT name FROM persons$", "\n".join(table), re.M)
     assert re.search(r"query\.answered .* release [0-9a-f]{32} · eps 0\.5 · 6 row\(s\)$",
                      "\n".join(table), re.M)
     assert table[-1] == "(7 record(s))"
@@ -635,7 +641,8 @@ def _this_month() -> str:
 
 
 def test_report_is_a_self_contained_escaped_page(sandbox: Home, tmp_path: pathlib.Path) -> None:
-    sandbox.ok("budget", "set", "--workspace", WS, "--member", "eve", "--epsilon", "3")
+    sandbox.ok("budget", "set", "--workspace", WS, "--member", "eve", "--epsilon", "3",
+               "--new-member")
     out_file = tmp_path / "report.html"
     out = sandbox.ok("audit", "report", "--workspace", WS, "--period", _this_month(), "--out",
                      str(out_file))

@@ -448,6 +448,11 @@ def test_the_same_question_with_a_new_request_id_is_replayed_free(service: Svc, 
     rec = json.loads(rows[0][0])
     assert rec["member"] == "alice" and rec["sql"] == sql and rec["epsilon"] == 0
     assert rec["release_id"] == body["release_id"]
+    # attributed: the member's hub user, and the reviewed policy text it was answered under
+    assert rec["actor"] == "alice"
+    assert set(rec["policy"]) == {"id", "version", "sha256"}
+    assert rec["policy"]["id"] == "credit-underwriting" and rec["policy"]["version"] >= 1
+    assert len(rec["policy"]["sha256"]) == 64
     # the same SQL at another epsilon is another question: fresh noise, charged
     r3 = service.call("POST", f"workspaces/{WS}/query", alice,
                       json={"sql": sql, "epsilon": 0.25, "request_id": rid()})
@@ -473,6 +478,7 @@ def test_refused_sql_is_stored_capped_with_its_hash_and_length(service: Svc, ali
         con.close()
     rec = json.loads(body)
     assert rec["rule"] == "gate.too_large" and rec["member"] == "alice"
+    assert rec["actor"] == "alice" and rec["policy"]["id"] == "credit-underwriting"
     assert rec["sql"] == long_sql[:2000] + "… [truncated]"
     assert rec["sql_sha256"] == hashlib.sha256(long_sql.encode()).hexdigest()
     assert rec["sql_length"] == len(long_sql)

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from ..errors import InputError, SandboxError
-from .common import EXIT_ERROR, Context, echo_error, member_option, pass_ctx
+from ..errors import InputError, SandboxError, suggest
+from .common import EXIT_ERROR, Context, current_actor, echo_error, member_option, pass_ctx
 from .release import print_release
 
 if TYPE_CHECKING:
@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from ..engine import Engine
     from ..gate import Release
     from ..ledger import Ledger
+    from ..ledger_state import StateLedger
     from ..policy import Policy
+    from ..state import State
 
 
 def load_policy_of(c: Context, path: Path) -> Policy:
@@ -127,7 +129,9 @@ def read_sql_file(name: str) -> str:
 @policy_option
 @member_option(True, "Member whose budget is charged.")
 @click.option("--workspace", default=None,
-              help="Workspace whose ledger is charged (default: the policy's id).")
+              help="Ad-hoc ledger to charge: an existing one, or a new one named adhoc:NAME "
+                   "(default: adhoc:<policy id>). Provisioned workspaces are queried through "
+                   "the service.")
 @epsilon_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
               show_default=True,
@@ -162,7 +166,6 @@ def query_cmd(c: Context, policy_path: Path, member: str, workspace: str | None,
     from .. import dummy as dummymod
     from ..engine import Engine
     from ..gate import Gate
-    from ..ledger import SqliteLedger
     from ..sql.refusal import Refusal
 
     if batch and (sql is not None or sql_file is not None):
@@ -186,7 +189,7 @@ def query_cmd(c: Context, policy_path: Path, member: str, workspace: str | None,
     gate = Gate(pol)
     state = c.state()
     state.recover()
-    ledger: Any = SqliteLedger.open(state, workspace or pol.id, pol.id, pol.budget)
+    ledger: Any = _adhoc_ledger(state, workspace, pol)
     if dummy:
         ledger = dummymod.DummyLedger(ledger.workspace, state, ledger)
 
@@ -226,6 +229,43 @@ def query_cmd(c: Context, policy_path: Path, member: str, workspace: str | None,
     except SandboxError as exc:
         fail(exc)
     print_release(release, fmt)
+
+
+ADHOC = "adhoc:"  # the names of command-line ledgers, apart from provisioned workspaces
+
+
+class PolicyMismatchError(SandboxError):
+    code = "workspace.policy_mismatch"
+
+
+def _adhoc_ledger(state: State, workspace: str | None, pol: Policy) -> StateLedger:
+    """The ledger a command-line query charges, attributed to the OS user and the policy
+    text. It is visibly ad hoc (``adhoc:NAME``), or an older ledger named by ``--workspace``;
+    an unknown name that is not ``adhoc:...`` is a typo, not a new ledger with a full
+    budget. A ledger named after a reviewed scenario (from before ad-hoc names) is charged
+    only under a reviewed version of that scenario's policy text."""
+    from ..ledger import attribution
+    from ..ledger_state import StateLedger
+    from ..scenarios import Scenarios
+    from ..workspaces import WorkspaceNotFoundError
+
+    scenarios = Scenarios(state)
+    reviewed = next((v.version for v in scenarios.versions(pol.id)
+                     if v.content_hash == pol.content_hash), None)
+    known = [r[0] for r in state.con.execute("SELECT name FROM workspaces")]
+    name = workspace or ADHOC + pol.id
+    if name not in known and not name.startswith(ADHOC):
+        raise WorkspaceNotFoundError(
+            f"there is no ledger {name!r}",
+            suggest(name, known, "ledgers") + f"; a new ad-hoc ledger is named {ADHOC}NAME, "
+            f"and without --workspace the query charges {ADHOC}{pol.id}")
+    if name in known and name in scenarios.ids() and (pol.id != name or reviewed is None):
+        raise PolicyMismatchError(
+            f"the ledger {name!r} belongs to the reviewed scenario {name!r}, and this policy "
+            "text was never reviewed for it", "use the reviewed policy file, or leave out "
+            f"--workspace to charge the ad-hoc ledger {ADHOC}{pol.id}")
+    return StateLedger.open(state, name, pol.id, pol.budget, attribution=attribution(
+        current_actor(), pol.id, pol.content_hash, reviewed))
 
 
 BATCH_FIELDS = ("id", "sql", "epsilon")

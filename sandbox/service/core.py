@@ -34,7 +34,7 @@ from ..exports.errors import ExportNotFoundError
 from ..gate import Gate
 from ..identifier_index import IdentifierIndex
 from ..keys import Kms, load_kms
-from ..ledger import DuplicateRequestError, request_digest
+from ..ledger import DuplicateRequestError, attribution, request_digest
 from ..ledger_state import StateLedger
 from ..policy import Policy
 from ..scenarios import Scenarios, load_approved
@@ -278,8 +278,12 @@ class Service:
                 self._states.append(s)
         return s
 
-    def ledger(self, ws: Workspace) -> StateLedger:
-        return StateLedger(self.state(), ws.name, ws.record.budget_policy())
+    def ledger(self, ws: Workspace, member: str | None = None) -> StateLedger:
+        """The workspace's ledger; with ``member``, its query records name that hub user as
+        the actor, and the reviewed policy they are answered under."""
+        who = None if member is None else attribution(
+            member, ws.policy.id, ws.policy.content_hash, ws.record.scenario_version)
+        return StateLedger(self.state(), ws.name, ws.record.budget_policy(), attribution=who)
 
     # -- operations (run in worker threads) ----------------------------------------------
     def _gate(self, rec: WorkspaceRecord) -> tuple[Policy, Gate]:
@@ -362,7 +366,7 @@ class Service:
         """
         if dummy:
             return self.query_dummy(ws, member, sql, epsilon), False
-        ledger = self.ledger(ws)
+        ledger = self.ledger(ws, member)
         digest = request_digest(sql, epsilon)
         prior = ledger.prior(member, request_id)
         if prior is not None:
@@ -396,7 +400,7 @@ class Service:
         noise and shape, nothing charged or kept (a retry is answered afresh, also free).
         The answer is a ``query.dummy`` audit record, a refusal a ``query.refused`` record
         marked dummy; ``budget`` is the member's real balance, unchanged."""
-        real = self.ledger(ws)
+        real = self.ledger(ws, member)
         ledger = dummymod.DummyLedger(ws.name, self.state(), real)
         try:
             self._check_size(sql)
