@@ -38,9 +38,9 @@ echo
 sandbox policy check policies/credit_underwriting.yaml
 sandbox policy check policies/population_livelihood.yaml
 echo
-echo "$ sandbox query --policy policies/credit_underwriting.yaml --member demo --workspace cli-demo \\"
+echo "$ sandbox query --policy policies/credit_underwriting.yaml --member demo --workspace adhoc:cli-demo \\"
 echo "    \"SELECT district, count(*) AS people, avg(income) AS avg_income FROM persons GROUP BY district\""
-sandbox query --policy policies/credit_underwriting.yaml --member demo --workspace cli-demo \
+sandbox query --policy policies/credit_underwriting.yaml --member demo --workspace adhoc:cli-demo \
     "SELECT district, count(*) AS people, avg(income) AS avg_income FROM persons GROUP BY district"
 echo
 echo "State: $SANDBOX_HOME (encrypted data, catalog); keys: $SANDBOX_KEYSTORE"

@@ -162,6 +162,9 @@ CODES: dict[str, Code] = {
     "scenario.not_found": Code(None, "No scenario (version) of that id."),
     "workspace.error": Code(None, "A workspace operation is not possible (operators' "
                                   "commands)."),
+    "ledger.error": Code(None, "A ledger operation is not possible: an unknown ledger, a "
+                               "provisioned workspace's ledger asked from the command line, or "
+                               "a closed workspace's frozen ledger."),
     "workspace.unknown_member": Code(None, "A budget change names someone who is not a member "
                                            "of the workspace (operators' commands)."),
     "workspace.policy_mismatch": Code(None, "A command-line query would charge a reviewed "

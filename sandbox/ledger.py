@@ -32,6 +32,13 @@ class BudgetExceededError(SandboxError):
     code = "budget.exhausted"
 
 
+class LedgerError(SandboxError):
+    """A ledger operation that is not possible: an unknown ledger, a provisioned
+    workspace's ledger asked from the command line, a closed workspace's frozen ledger."""
+
+    code = "ledger.error"
+
+
 class DuplicateRequestError(SandboxError):
     """A request id was seen before: the first request was charged, never a second time."""
 

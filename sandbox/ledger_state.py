@@ -19,10 +19,11 @@ from typing import Any
 
 from .audit import cap_text
 from .dp import Cost, compose
-from .errors import SandboxError
+from .errors import InputError, SandboxError, suggest
 from .ledger import (
     Balance,
     DuplicateRequestError,
+    LedgerError,
     PriorRequest,
     RequestConflictError,
     Reservation,
@@ -113,7 +114,7 @@ class StateLedger:
             row = con.execute("SELECT policy_id, state FROM workspaces WHERE name = ?",
                               (workspace,)).fetchone()
             if row is not None and row[1] != "ad-hoc":
-                raise SandboxError(
+                raise LedgerError(
                     f"{workspace!r} is a provisioned workspace; its ledger is the service's",
                     "query it through the service, or pass another --workspace name")
             con.execute("INSERT INTO workspaces (name, policy_id, epsilon, delta, refresh) "
@@ -129,8 +130,8 @@ class StateLedger:
                                 (workspace,)).fetchone()
         if row is None:
             known = [r[0] for r in state.con.execute("SELECT name FROM workspaces ORDER BY 1")]
-            raise SandboxError(f"unknown workspace {workspace!r}",
-                               f"known workspaces: {', '.join(known) or 'none yet'}")
+            raise LedgerError(f"unknown workspace {workspace!r}",
+                              suggest(workspace, known, "workspaces"))
         return cls(state, workspace, BudgetPolicy(float(row[0]), float(row[1]), str(row[2])))
 
     # -- reading ---------------------------------------------------------------------------
@@ -327,15 +328,15 @@ class StateLedger:
         for name, value in (("epsilon", epsilon), ("delta", delta)):
             if value is not None and (value != value or value < 0 or value == float("inf")
                                       or (name == "delta" and not add and value >= 1)):
-                raise SandboxError(f"{name} must be a finite number >= 0"
-                                   + (" and below 1" if name == "delta" else ""),
-                                   "e.g. --epsilon 5 --delta 1e-5")
+                raise InputError(f"{name} must be a finite number >= 0"
+                                 + (" and below 1" if name == "delta" else ""),
+                                 "e.g. --epsilon 5 --delta 1e-5")
         with self.state.transaction() as con:
             row = con.execute("SELECT state FROM workspaces WHERE name = ?",
                               (self.workspace,)).fetchone()
             if row is not None and row[0] == "closed":
-                raise SandboxError(f"workspace {self.workspace!r} is closed; its ledger is "
-                                   "frozen", "provision a new workspace")
+                raise LedgerError(f"workspace {self.workspace!r} is closed; its ledger is "
+                                  "frozen", "provision a new workspace")
             eps0, delta0, refresh = self._limits(con, member)
             eps1 = (eps0 + (epsilon or 0)) if add else (epsilon if epsilon is not None else eps0)
             delta1 = (delta0 + (delta or 0)) if add else (delta if delta is not None else delta0)

@@ -333,9 +333,9 @@ def test_budget_changes_refuse_bad_amounts(sandbox: Home) -> None:
     alice = ["--workspace", WS, "--member", "alice"]
     for args, code, fragment in (
         (["set", *alice], "input.invalid", "nothing to set"),
-        (["set", *alice, "--delta", "1"], "sandbox.error", "delta must be"),
-        (["grant", *alice, "--epsilon", "-1"], "sandbox.error", "epsilon must be"),
-        (["grant", *alice, "--epsilon", "nan"], "sandbox.error", "epsilon must be"),
+        (["set", *alice, "--delta", "1"], "input.invalid", "delta must be"),
+        (["grant", *alice, "--epsilon", "-1"], "input.invalid", "epsilon must be"),
+        (["grant", *alice, "--epsilon", "nan"], "input.invalid", "epsilon must be"),
         (["grant", *alice, "--epsilon", "1", "--delta", "0.99999"], "input.invalid",
          "delta total would reach 1"),
     ):
@@ -353,9 +353,9 @@ def test_budget_changes_refuse_bad_amounts(sandbox: Home) -> None:
          "known workspaces and ledgers: " + WS),
         (["budget", "grant", "--workspace", "adhoc:credit-underwritting", "--member", "a",
           "--epsilon", "1"], "workspace.not_found", f"did you mean {WS!r}?"),
-        (["audit", "log", "--workspace", "nope"], "sandbox.error", "known workspaces: " + WS),
+        (["audit", "log", "--workspace", "nope"], "ledger.error", "known workspaces: " + WS),
         (["audit", "report", "--workspace", "nope", "--period", "2026-11", "--out", "{tmp}/r.html"],
-         "sandbox.error", "unknown workspace"),
+         "ledger.error", "unknown workspace"),
         (["budget", "grant", "--workspace", WS, "--member", "a b", "--epsilon", "1"],
          "input.invalid", "invalid member name 'a b'"),
         (["budget", "set", "--workspace", WS, "--member", "", "--epsilon", "1"],
