@@ -230,7 +230,8 @@ def replicas(hub, paths: Path, kms, tmp: Path, token: str,  # type: ignore[no-un
             config = tmp / f"service-{backend}.yaml"
             config.write_text(f"home: {paths.home}\nkeystore: {paths.keystore}\n"
                               f"state: {location}\nlimits: {{per_member_concurrency: "
-                              f"{clients * 2}, workers: {WORKERS}}}\n")
+                              f"{clients * 2}, workers: {WORKERS}, queries_per_minute: "
+                              "1000000}\n")
             groups[backend] = []
             for _ in range(1 if backend == "sqlite" else most):
                 svc = start_service(hub, config, free_port())
