@@ -150,10 +150,16 @@ operator() {
         "$HUB_VENV/bin/sandbox" --home "$DEMO_DIR/home" --keystore "$DEMO_DIR/keystore" "$@"
 }
 EXPIRES="$(date -u -d '+1 year' +%F)"
+# the core columns (数据分类分级) each policy exposes, accepted by name in its review
+declare -A CORE=(
+    [credit_underwriting]="--accept-core persons.income --accept-core persons.credit_score --accept-core loans.amount"
+    [population_livelihood]="--accept-core persons.income"
+)
 for scenario in credit_underwriting population_livelihood; do
     ws="${scenario//_/-}"
+    # shellcheck disable=SC2086  # the options are meant to split
     operator scenario review "$DEMO_DIR/policies/$scenario.yaml" \
-        --reviewer "demo data review board" --reference "DEMO-$scenario"
+        --reviewer "demo data review board" --reference "DEMO-$scenario" ${CORE[$scenario]}
     if operator workspace show "$ws" >/dev/null 2>&1; then
         operator workspace sync "$ws"
     else

@@ -54,7 +54,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "dataset.removed": ("dataset", "versions"),
     "audit.read": ("what", "filters"),
     "scenario.approved": ("scenario", "version", "content_hash", "title", "reviewer",
-                          "reference", "datasets", "source"),
+                          "reference", "datasets", "source", "grades", "accepted_core"),
     "workspace.created": ("scenario", "scenario_version", "content_hash", "members", "epsilon",
                           "delta", "refresh", "expires"),
     "workspace.member_added": (),

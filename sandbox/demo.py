@@ -187,7 +187,7 @@ _PERSONS_COLUMNS: tuple[_Column, ...] = (
      "Date the person was registered with the bureau."),
 )  # fmt: skip
 _LOANS_COLUMNS: tuple[_Column, ...] = (
-    ("loan_id", "string", "identifier", "important", "Loan contract number."),
+    ("loan_id", "string", "identifier", "core", "Loan contract number."),
     ("person_id", "string", "privacy_unit", "important",
      "Borrower; references persons.person_id."),
     ("amount", "int64", "sensitive", "core", "Principal in yuan."),

@@ -159,6 +159,9 @@ CODES: dict[str, Code] = {
                                         "expected."),
     "policy.invalid": Code(None, "A scenario policy is invalid (file:line named)."),
     "scenario.error": Code(None, "A scenario operation is not possible in its state."),
+    "scenario.grading": Code(None, "The grades of the columns a policy exposes do not allow "
+                                   "it: a core column not accepted by name, or a floor of the "
+                                   "grade not met (docs/workspaces.md)."),
     "scenario.not_found": Code(None, "No scenario (version) of that id."),
     "workspace.error": Code(None, "A workspace operation is not possible (operators' "
                                   "commands)."),

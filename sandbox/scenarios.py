@@ -12,13 +12,14 @@ import datetime as dt
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError, SandboxError
 from .fsutil import atomic_write_bytes
+from .grading import DEFAULT_RULES, GradeRule, grade
 from .policy import Policy, load_policy
 from .spec import DatasetSpec
 from .state import State
@@ -29,6 +30,17 @@ TEXT_RE = re.compile(r"^\S(.{0,198}\S)?$")
 
 class ScenarioError(SandboxError):
     code = "scenario.error"
+
+
+class GradingError(InputError):
+    """The grades of the columns a policy exposes do not allow it (``sandbox.grading``);
+    ``problems`` lists every reason."""
+
+    code = "scenario.grading"
+
+    def __init__(self, message: str, hint: str, problems: list[str]) -> None:
+        super().__init__(message, hint)
+        self.problems = problems
 
 
 class ScenarioNotFoundError(ScenarioError):
@@ -93,15 +105,24 @@ class Scenarios:
         self.state = state
 
     def review(self, path: Path, resolve: Resolver, *, reviewer: str, reference: str,
-               actor: str) -> tuple[ScenarioVersion, bool]:
+               actor: str, accept_core: Iterable[str] = (),
+               rules: dict[str, GradeRule] | None = None) -> tuple[ScenarioVersion, bool]:
         """Validate the policy against the catalog and store it as the next approved version.
 
-        Returns (version, stored): a file identical to the newest approved version is not
-        stored again (re-running a review script is safe)."""
+        The grades of the columns it exposes must allow it (``sandbox.grading``: every core
+        column accepted by name in ``accept_core``, the floors of ``rules``). Returns
+        (version, stored): a file identical to the newest approved version is not stored
+        again (re-running a review script is safe)."""
         reviewer, reference = _text_arg("reviewer", reviewer), _text_arg("reference", reference)
         path = Path(path).absolute()
         raw = path.read_bytes() if path.is_file() else b""
         policy = load_policy(path, resolve)  # names every problem, or a missing file
+        graded = grade(policy, resolve, DEFAULT_RULES if rules is None else rules, accept_core)
+        if graded.problems:
+            raise GradingError(f"{path}: the grades of the data it exposes do not allow this "
+                               "policy as it is", "accept core columns by name, or change the "
+                               "policy to meet the floors (docs/workspaces.md, grading)",
+                               problems=graded.problems)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -124,7 +145,8 @@ class Scenarios:
             seq = self.state.append(con, "scenario.approved", actor=actor, scenario=policy.id,
                                     version=version, content_hash=digest, title=policy.title,
                                     reviewer=reviewer, reference=reference, datasets=datasets,
-                                    source=str(path))
+                                    source=str(path), grades=graded.by_grade(),
+                                    accepted_core=graded.accepted_core)
             con.execute(f"INSERT INTO scenarios ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                         (policy.id, version, policy.title, digest, text,
                          json.dumps(datasets, sort_keys=True), reviewer, reference, now,

@@ -32,7 +32,10 @@ ARROW_TYPES: dict[str, pa.DataType] = {
 }
 NUMERIC_TYPES = frozenset({"int16", "int32", "int64", "float64"})
 ROLES = ("identifier", "privacy_unit", "quasi_identifier", "sensitive", "attribute")
-GRADES = ("general", "important", "core")
+GRADES = ("general", "important", "core")  # in order: a later grade is stricter
+# The least grade a role allows: whatever identifies a person directly is core data, and
+# the unit's pseudonym and sensitive values are at least important.
+MIN_GRADE = {"identifier": "core", "privacy_unit": "important", "sensitive": "important"}
 SPEC_KEYS = {"spec_version", "dataset", "title", "description", "owner", "source", "public",
              "columns"}
 COLUMN_KEYS = {"name", "type", "role", "grade", "description"}
@@ -178,6 +181,10 @@ def load_spec(path: Path, name_override: str | None = None) -> DatasetSpec:
         if not isinstance(desc, str):
             bad(line_of(col, "description"), f"column '{cname}': description must be text")
             desc = ""
+        if role in MIN_GRADE and grade in GRADES and \
+                GRADES.index(grade) < GRADES.index(MIN_GRADE[role]):
+            bad(line_of(col, "grade"), f"column '{cname}': a {role} column is graded at least "
+                f"{MIN_GRADE[role]}, not {grade} (数据分类分级)")
         if ctype in ARROW_TYPES and role in ROLES and grade in GRADES:
             columns.append(ColumnSpec(cname, ctype, role, grade, desc))
 

@@ -45,3 +45,15 @@ class SpyExecutor:
 
     def column_range(self, table: str, column: str) -> tuple[float, float] | None:
         return self.engine.column_range(table, column)
+
+
+# The core columns (数据分类分级) each shipped policy exposes: its review must accept them.
+CORE_COLUMNS = {
+    "credit_underwriting": ("loans.amount", "persons.credit_score", "persons.income"),
+    "population_livelihood": ("persons.income",),
+}
+
+
+def accept_core(policy_stem: str) -> list[str]:
+    """The `scenario review` options that accept the shipped policy's core columns."""
+    return [arg for col in CORE_COLUMNS[policy_stem] for arg in ("--accept-core", col)]

@@ -31,6 +31,8 @@ from typing import Any
 
 import requests
 
+from gatekit import accept_core
+
 ROOT = Path(__file__).resolve().parent.parent
 HUB_VENV = Path(os.environ.get("SANDBOX_HUB_VENV", "/opt/sandbox-hub/venv"))
 WORKSPACES = {"credit-underwriting": "credit_underwriting",
@@ -277,7 +279,8 @@ def provision(hub: Hub) -> None:
     """The operator reviews both example scenarios and makes one workspace for each."""
     for ws, policy in WORKSPACES.items():
         hub.sandbox("scenario", "review", str(hub.service_dir / "policies" / f"{policy}.yaml"),
-                    "--reviewer", "e2e review board", "--reference", f"E2E-{policy}")
+                    "--reviewer", "e2e review board", "--reference", f"E2E-{policy}",
+                    *accept_core(policy))
         hub.sandbox("workspace", "create", ws, "--scenario", ws, "--members",
                     ",".join(hub.groups[ws]), "--budget-epsilon", "10",
                     "--expires", (dt.date.today() + dt.timedelta(days=30)).isoformat())

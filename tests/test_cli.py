@@ -309,13 +309,13 @@ def bad_inputs(tmp_path: pathlib.Path) -> dict[str, pathlib.Path]:
     spec = tmp_path / "t.yaml"
     spec.write_text(
         "dataset: t\ncolumns:\n"
-        "  - {name: pid, type: string, role: privacy_unit, grade: general}\n"
+        "  - {name: pid, type: string, role: privacy_unit, grade: important}\n"
         "  - {name: n, type: int32, role: sensitive, grade: core}\n"
     )
     bad_spec = tmp_path / "bad.yaml"
     bad_spec.write_text(
         "dataset: t\ncolour: red\ncolumns:\n"
-        "  - {name: pid, type: text, role: privacy_unit, grade: general}\n"
+        "  - {name: pid, type: text, role: privacy_unit, grade: important}\n"
     )
     malformed = tmp_path / "malformed.csv"
     malformed.write_text("pid,n\nP1,1\nP2,2,3\n")

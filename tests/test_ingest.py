@@ -324,7 +324,7 @@ def test_other_type_mismatches_in_csv(
             textwrap.dedent(f"""\
         dataset: t
         columns:
-          - {{name: pid, type: string, role: privacy_unit, grade: general}}
+          - {{name: pid, type: string, role: privacy_unit, grade: important}}
           - {{name: v, type: {ctype}, role: attribute, grade: general}}
         """),
         )

@@ -179,8 +179,8 @@ def test_verify_with_a_group_readable_key_file_says_chmod(cli_env, paths: Paths,
 # -- ingest: spreadsheet CSV, rows without a unit --------------------------------------------
 SPEC = """dataset: t
 columns:
-  - {name: pid, type: string, role: privacy_unit, grade: general}
-  - {name: n, type: int32, role: sensitive, grade: general}
+  - {name: pid, type: string, role: privacy_unit, grade: important}
+  - {name: n, type: int32, role: sensitive, grade: important}
 """
 
 
@@ -245,16 +245,16 @@ def test_null_privacy_units_in_parquet_and_integer_units_are_refused(
 # -- the dataset spec: flow mappings cut at commas --------------------------------------------
 def test_a_flow_mapping_cut_at_a_comma_says_to_quote(tmp_path: pathlib.Path) -> None:
     path = _spec(tmp_path, SPEC.replace(
-        "grade: general}\n  - {name: n",
-        "grade: general, description: Person key, stable across years}\n  - {name: n"))
+        "grade: important}\n  - {name: n",
+        "grade: important, description: Person key, stable across years}\n  - {name: n"))
     with pytest.raises(SpecError) as info:
         load_spec(path)
     (problem,) = info.value.problems
     assert problem.startswith(f"{path}:3: unknown column key 'stable across years'")
     assert "a comma ends the value" in problem and 'description: "a, b"' in problem
     quoted = _spec(tmp_path, SPEC.replace(
-        "grade: general}\n  - {name: n",
-        'grade: general, description: "Person key, stable across years"}\n  - {name: n'))
+        "grade: important}\n  - {name: n",
+        'grade: important, description: "Person key, stable across years"}\n  - {name: n'))
     assert load_spec(quoted).column("pid").description == "Person key, stable across years"
 
 

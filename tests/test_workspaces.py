@@ -17,7 +17,7 @@ from conftest import make_vault
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatekit import ROOT
+from gatekit import CORE_COLUMNS, ROOT
 from sandbox.catalog import Catalog
 from sandbox.errors import InputError, SandboxError
 from sandbox.keys import FileKeyStore
@@ -33,6 +33,7 @@ from sandbox.workspaces import (
 )
 
 POLICY = ROOT / "policies" / "credit_underwriting.yaml"
+CORE = CORE_COLUMNS["credit_underwriting"]
 FUTURE = "2099-12-31"
 
 
@@ -49,7 +50,7 @@ def env(paths, keystore: FileKeyStore, catalog: Catalog, ingest_demo,
 
 def approve(state: State, catalog: Catalog, policy: Path) -> int:
     sv, _ = Scenarios(state).review(policy, catalog.resolve, reviewer="board",
-                                    reference="DRB-1", actor="oscar")
+                                    reference="DRB-1", actor="oscar", accept_core=CORE)
     return sv.version
 
 
@@ -77,7 +78,8 @@ def kinds(state: State) -> list[str]:
 def test_review_stores_version_hash_reviewer_and_audit_record(env) -> None:
     state, catalog, policy = env
     sv, stored = Scenarios(state).review(policy, catalog.resolve, reviewer="Data board",
-                                         reference="DRB-2026-014", actor="oscar")
+                                         reference="DRB-2026-014", actor="oscar",
+                                         accept_core=CORE)
     assert stored and sv.version == 1 and sv.id == "credit-underwriting"
     assert sv.text == policy.read_text() and sv.file_status() == "file matches the review"
     assert sv.datasets == {"persons": 1, "loans": 1, "districts": 1}
@@ -86,7 +88,7 @@ def test_review_stores_version_hash_reviewer_and_audit_record(env) -> None:
     assert rec["reference"] == "DRB-2026-014" and rec["content_hash"] == sv.content_hash
     # the same file again is not a new version and writes nothing
     again, stored = Scenarios(state).review(policy, catalog.resolve, reviewer="x",
-                                            reference="y", actor="oscar")
+                                            reference="y", actor="oscar", accept_core=CORE)
     assert not stored and again.version == 1 and kinds(state).count("scenario.approved") == 1
 
 
@@ -94,15 +96,15 @@ def test_edited_file_is_reported_and_not_served_until_re_reviewed(env, paths) ->
     state, catalog, policy = env
     approve(state, catalog, policy)
     text = policy.read_text()
-    policy.write_text(text.replace("epsilon_max: 2.0", "epsilon_max: 9.0"))
-    assert "epsilon_max: 9.0" in policy.read_text()
+    policy.write_text(text.replace("epsilon_max: 2.0", "epsilon_max: 1.5"))
+    assert "epsilon_max: 1.5" in policy.read_text()
     sv1 = Scenarios(state).get("credit-underwriting")
     assert sv1.file_status() == "policy changed since review; re-review required"
     served = load_approved(sv1, catalog.resolve, paths.home / "scenarios")
     assert served.privacy.epsilon_max == 2.0  # the approved text, not the edited file
     assert approve(state, catalog, policy) == 2
     sv2 = Scenarios(state).get("credit-underwriting")
-    assert load_approved(sv2, catalog.resolve, paths.home / "scenarios").privacy.epsilon_max == 9
+    assert load_approved(sv2, catalog.resolve, paths.home / "scenarios").privacy.epsilon_max == 1.5
     # a workspace stays on its version until the operator upgrades it
     store = create(state, version=1)
     assert store.get("ws").scenario_version == 1

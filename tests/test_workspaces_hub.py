@@ -33,6 +33,7 @@ from test_service import (  # noqa: F401  (fixtures)
     write_config,
 )
 
+from gatekit import accept_core
 from sandbox.settings import Paths
 
 SANDBOX = Path(sys.executable).parent / "sandbox"  # the command installed beside pytest
@@ -86,7 +87,7 @@ class Cli:
 def cli(hub: Hub, home: Paths, oscar: str) -> Cli:  # noqa: F811
     c = Cli(hub, home, oscar)
     c("scenario", "review", str(home.home.parent / "credit.yaml"), "--reviewer", "data board",
-      "--reference", "DRB-7")
+      "--reference", "DRB-7", *accept_core("credit_underwriting"))
     return c
 
 
@@ -273,7 +274,12 @@ def test_edited_policy_is_reported_and_not_served(cli: Cli, hub: Hub, service: S
     r = service.call("POST", "workspaces/team-e/explain", alice,
                      json={"sql": SIMPLE, "epsilon": 2.5})
     assert r.status_code == 400  # over the approved epsilon_max
-    out = cli("scenario", "review", str(policy), "--reviewer", "board", "--reference", "DRB-8")
+    out = cli("scenario", "review", str(policy), "--reviewer", "board", "--reference", "DRB-8",
+              *accept_core("credit_underwriting"), ok=False)
+    assert out.returncode == 2 and "above 2, the ceiling for core data" in out.stderr
+    (home.home / "grading.yaml").write_text("grades:\n  core: {epsilon_max: 3}\n")
+    out = cli("scenario", "review", str(policy), "--reviewer", "board", "--reference", "DRB-8",
+              *accept_core("credit_underwriting"))
     assert "version 2" in out.stdout
     assert service.call("GET", "workspaces/team-e/schema", alice).json()[
         "privacy"]["epsilon_max"] == 2.0  # moves only when the operator says so

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from ..grading import DEFAULT_RULES, grade, load_rules
 from ..policy import PolicyError, load_policy
 from ..scenarios import Scenarios
 from ..workspaces import Workspaces
@@ -38,21 +39,33 @@ def scenario() -> None:
 @click.argument("policy_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--reviewer", required=True, help="Who reviewed the policy (person or board).")
 @click.option("--reference", required=True, help="Reference of the review document.")
+@click.option("--accept-core", "accept_core", multiple=True, metavar="TABLE.COLUMN",
+              help="Accept that the policy exposes this core column (核心数据); every core "
+                   "column must be named. Repeat for each.")
 @hub_url_option
 @hub_token_option
 @pass_ctx
 def scenario_review(c: Context, policy_file: Path, reviewer: str, reference: str,
-                    hub_url: str | None, hub_token_file: Path | None) -> None:
-    """Check POLICY_FILE against the catalog and store it as the next approved version."""
+                    accept_core: tuple[str, ...], hub_url: str | None,
+                    hub_token_file: Path | None) -> None:
+    """Check POLICY_FILE against the catalog and store it as the next approved version.
+
+    The grades of the columns it exposes must allow it: each core column accepted with
+    --accept-core, and the floors of the highest grade met (per-query epsilon ceiling,
+    export minimum group count and approvals; stricter ones in $SANDBOX_HOME/grading.yaml).
+    """
     _hub, actor = hub_operator(hub_url, hub_token_file)
     catalog = c.catalog()
     try:
         with contextlib.suppress(PolicyError):  # the review itself names every problem
-            echo_warnings(load_policy(policy_file, catalog.resolve))
+            pol = load_policy(policy_file, catalog.resolve)
+            echo_warnings(pol)
+            _echo_grades(grade(pol, catalog.resolve, DEFAULT_RULES).by_grade())
         with opened_state(c) as state:
-            sv, stored = Scenarios(state).review(policy_file, catalog.resolve,
-                                                 reviewer=reviewer, reference=reference,
-                                                 actor=actor)
+            sv, stored = Scenarios(state).review(
+                policy_file, catalog.resolve, reviewer=reviewer, reference=reference,
+                actor=actor, accept_core=accept_core,
+                rules=load_rules(c.paths.home / "grading.yaml"))
     finally:
         catalog.close()
     if not stored:
@@ -62,6 +75,13 @@ def scenario_review(c: Context, policy_file: Path, reviewer: str, reference: str
     click.echo(f"approved {sv.id} version {sv.version} (sha256 {sv.content_hash[:16]}…, "
                f"datasets {', '.join(f'{k} v{v}' for k, v in sv.datasets.items())}); "
                f"recorded in the audit log as #{sv.seq}")
+
+
+def _echo_grades(by_grade: dict[str, list[str]], indent: str = "") -> None:
+    """The columns a policy exposes, by grade (数据分类分级), for the reviewer to see."""
+    for g in ("core", "important", "general"):
+        if by_grade.get(g):
+            click.echo(f"{indent}{g + ' columns':<17} {', '.join(by_grade[g])}", err=not indent)
 
 
 @scenario.command("list")
@@ -91,6 +111,11 @@ def scenario_show(c: Context, scenario_id: str, version: int | None, fmt: str) -
         rows = []
         for v in versions:
             d = v.to_dict()
+            row = state.con.execute("SELECT body FROM audit_records WHERE seq = ?",
+                                    (v.seq,)).fetchone()
+            approval = json.loads(row[0]) if row else {}
+            d["grades"] = approval.get("grades") or {}
+            d["accepted_core"] = approval.get("accepted_core") or []
             d["workspaces"] = [w.name for w in using
                                if w.scenario == v.id and w.scenario_version == v.version]
             rows.append(d)
@@ -104,4 +129,9 @@ def scenario_show(c: Context, scenario_id: str, version: int | None, fmt: str) -
         click.echo(f"  {'datasets':<13} "
                    + ", ".join(f"{k} v{n}" for k, n in d["datasets"].items()))
         click.echo(f"  {'workspaces':<13} {', '.join(d['workspaces']) or '-'}")
+        for g in ("core", "important", "general"):
+            if d["grades"].get(g):
+                click.echo(f"  {g:<13} {', '.join(d['grades'][g])}")
+        if d["grades"]:
+            click.echo(f"  {'core accepted':<13} {', '.join(d['accepted_core']) or '-'}")
 
