@@ -249,6 +249,12 @@ class Engine:
         return r
 
     # -- querying (after lock) -------------------------------------------------
+    def most_rows_per_unit(self, table: str) -> int | None:
+        """The most rows one privacy unit has in ``table`` (the largest rank given at load);
+        for operators' policy review. None for a table without a unit."""
+        r = self._ranges.get((table, RANK))
+        return None if r is None else int(r[1])
+
     def is_unique(self, table: str, column: str) -> bool:
         """Whether ``column`` is a key of ``table`` (lookup joins must not multiply rows)."""
         if table not in self.tables or column not in dict(self.tables[table].columns):

@@ -3,6 +3,7 @@ far from common practice (``sandbox policy check`` and ``scenario review`` print
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,4 +39,43 @@ def warnings(policy: Policy) -> list[str]:
     if pr.max_groups_per_unit > SANE["max_groups_per_unit"]:
         out.append(f"privacy.max_groups_per_unit {pr.max_groups_per_unit} lets one unit "
                    "touch that many groups of one query")
+    return out
+
+
+@dataclass
+class DataFigures:
+    """What the data itself holds, measured by the operator's command (never shown to
+    developers): the most rows one unit has per table, and each numeric column's range."""
+
+    most_rows: dict[str, int] = field(default_factory=dict)  # engine table -> rows
+    ranges: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+
+
+# A bound this many times what the data needs only adds noise.
+FAR_ABOVE = 2.0
+WIDER = 10.0
+
+
+def data_warnings(policy: Policy, figures: DataFigures) -> list[str]:
+    """Contribution bounds far above the data's own figures: a row bound above twice the
+    most rows any unit has, measure bounds ten times wider than the column's range."""
+    out: list[str] = []
+    for t in policy.tables.values():
+        if t.public:
+            continue
+        most = figures.most_rows.get(t.engine_table)
+        if most and t.max_rows_per_unit > FAR_ABOVE * most:
+            out.append(f"tables.{t.alias}.max_rows_per_unit {t.max_rows_per_unit} is far above "
+                       f"the {most} rows the busiest unit has in {t.dataset} v{t.version}: the "
+                       f"noise of counts and sums grows with the bound for nothing")
+        for name, col in t.columns.items():
+            seen = figures.ranges.get((t.engine_table, name))
+            if col.bounds is None or seen is None or seen[1] <= seen[0]:
+                continue
+            width, data = col.bounds[1] - col.bounds[0], seen[1] - seen[0]
+            if width > WIDER * data:
+                out.append(f"tables.{t.alias}.columns.{name}.bounds [{col.bounds[0]:g}, "
+                           f"{col.bounds[1]:g}] are {width / data:.0f} times as wide as the "
+                           f"data's range [{seen[0]:g}, {seen[1]:g}]: sums and means get that "
+                           "much more noise")
     return out

@@ -213,3 +213,27 @@ def test_values_far_from_common_practice_are_warned_about(tmp_path, resolve) -> 
     for words in ("epsilon_max 1000", "epsilon_default 2", "budget.epsilon 100000",
                   "budget.delta 0.5", "max_rows_per_unit 1000"):
         assert any(words in w for w in found), (words, found)
+
+
+def test_bounds_far_above_the_datas_own_figures_are_warned_about(tiny_vault,  # type: ignore[no-untyped-def]
+                                                                 engine) -> None:
+    from sandbox.policy_review import DataFigures, data_warnings
+
+    credit = POLICIES / "credit_underwriting.yaml"
+    pol = load_policy(credit, tiny_vault.catalog.resolve)
+    loans, persons = pol.tables["loans"].engine_table, pol.tables["persons"].engine_table
+    most = engine.most_rows_per_unit(loans)
+    assert most is not None and most >= 2  # the demo has persons with several loans
+    assert engine.most_rows_per_unit(pol.tables["districts"].engine_table) is None  # public
+    figures = DataFigures({loans: most}, {(persons, "income"): (0.0, 1000.0)})
+    found = data_warnings(pol, figures)
+    # income bounds [0, 2e6] are 2000 times the range; the loans bound of 10 is not far above
+    assert found == ["tables.persons.columns.income.bounds [0, 2e+06] are 2000 times as wide "
+                     "as the data's range [0, 1000]: sums and means get that much more noise"]
+    figures.most_rows[loans] = 3
+    assert any("max_rows_per_unit 10 is far above the 3 rows" in w
+               for w in data_warnings(pol, figures))
+    # the shipped policy on its own demo data warns about nothing
+    real = DataFigures({loans: most}, {(persons, "income"): engine.column_range(persons,
+                                                                                "income")})
+    assert data_warnings(pol, real) == []

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..ledger import Ledger
     from ..ledger_state import StateLedger
     from ..policy import Policy
+    from ..policy_review import DataFigures
     from ..state import State
 
 
@@ -37,24 +38,59 @@ def policy() -> None:
     """Scenario policies (场景策略): what one reviewed kind of use may ask."""
 
 
+no_data_option = click.option(
+    "--no-data", is_flag=True,
+    help="Do not read the data to compare the policy's bounds with it (the comparison "
+         "decrypts the policy's tables in this process).")
+
+
 @policy.command("check")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@no_data_option
 @pass_ctx
-def policy_check(c: Context, file: Path) -> None:
-    """Validate a policy file against the catalog; report every problem with file:line."""
+def policy_check(c: Context, file: Path, no_data: bool) -> None:
+    """Validate a policy file against the catalog; report every problem with file:line.
+
+    Warnings name values far from common practice and, unless --no-data, contribution
+    bounds far above what the data itself holds."""
     pol = load_policy_of(c, file)  # policy.invalid lists every problem, sorted by line
     tables = ", ".join(f"{a} -> {t.dataset}@{t.version}" for a, t in pol.tables.items())
     click.echo(f"{file}: ok ({pol.id}: {tables}; epsilon per query {pol.privacy.epsilon_default}"
                f" default, {pol.privacy.epsilon_max} max; budget {pol.budget.epsilon})")
-    echo_warnings(pol)
+    echo_warnings(pol, None if no_data else c)
 
 
-def echo_warnings(pol: Policy) -> None:
-    """Values far from common practice, for the reviewer (stderr; nothing is refused)."""
-    from ..policy_review import warnings
+def echo_warnings(pol: Policy, c: Context | None = None) -> None:
+    """Values far from common practice, and with ``c`` bounds far above the data's own
+    figures, for the reviewer (stderr; nothing is refused)."""
+    from ..policy_review import data_warnings, warnings
 
-    for w in warnings(pol):
+    found = warnings(pol)
+    if c is not None:
+        found += data_warnings(pol, data_figures(c, pol))
+    for w in found:
         click.echo(f"warning: {w}", err=True)
+
+
+def data_figures(c: Context, pol: Policy) -> DataFigures:
+    """The most rows per unit and the column ranges of the policy's tables, read from the
+    vault by this operator's process (never shown to developers)."""
+    from ..engine import Engine
+    from ..policy_review import DataFigures
+
+    engine = Engine.from_catalog(c.catalog(), c.kms(),
+                                 [(t.dataset, t.version) for t in pol.tables.values()],
+                                 memory_limit="2GB")
+    figures = DataFigures()
+    for t in pol.tables.values():
+        most = engine.most_rows_per_unit(t.engine_table)
+        if most is not None:
+            figures.most_rows[t.engine_table] = most
+        for name in t.columns:
+            seen = engine.column_range(t.engine_table, name)
+            if seen is not None:
+                figures.ranges[(t.engine_table, name)] = seen
+    return figures
 
 
 policy_option = click.option("--policy", "policy_path", required=True,

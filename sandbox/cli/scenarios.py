@@ -59,7 +59,7 @@ def scenario_review(c: Context, policy_file: Path, reviewer: str, reference: str
     try:
         with contextlib.suppress(PolicyError):  # the review itself names every problem
             pol = load_policy(policy_file, catalog.resolve)
-            echo_warnings(pol)
+            echo_warnings(pol, c)
             _echo_grades(grade(pol, catalog.resolve, DEFAULT_RULES).by_grade())
         with opened_state(c) as state:
             sv, stored = Scenarios(state).review(
