@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import getpass
+import hashlib
 import json
 import re
 import unicodedata
@@ -503,7 +505,7 @@ def test_dataset_spec_md_examples_load(tmp_path: Path) -> None:
 
 
 # -- walk-throughs that run as written -----------------------------------------------------------
-WALKTHROUGH_DOCS = (KEYS_MD,)
+WALKTHROUGH_DOCS = (KEYS_MD, DOCS / "workspaces.md")
 
 
 def walkthroughs() -> list[tuple[str, int, str]]:
@@ -517,8 +519,8 @@ def walkthroughs() -> list[tuple[str, int, str]]:
     return out
 
 
-def test_keys_md_has_a_walkthrough() -> None:
-    assert [doc for doc, _, _ in walkthroughs()] == ["keys.md"]
+def test_the_operator_guides_have_walkthroughs() -> None:
+    assert [doc for doc, _, _ in walkthroughs()] == ["keys.md", "workspaces.md"]
 
 
 @pytest.mark.slow
@@ -544,6 +546,11 @@ def test_walkthrough_runs_as_written_on_a_fresh_home(doc: str, line: int, body: 
         assert "and the identifier index key" in proc.stdout
         assert re.search(r"master key mk-\S+ destroyed", proc.stdout)
         assert "added loans version 1" in proc.stdout and "epsilon spent" in proc.stdout
+    if doc == "workspaces.md":
+        sha = hashlib.sha256((ROOT / "policies" / "credit_underwriting.yaml").read_bytes())
+        assert f" query.answered {getpass.getuser()} credit-underwriting {sha.hexdigest()}" \
+            in proc.stdout
+        assert re.search(r"adhoc:credit-underwriting\s+ad-hoc\s+alice", proc.stdout)
 
 
 # -- links between the docs -----------------------------------------------------------------
