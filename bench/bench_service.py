@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from common import demo_data, demo_vault
 from test_service import HUB_CONFIG, POLICY, WS, free_port, start_service, stop, wait_http
 
+from gatekit import CORE_COLUMNS
 from sandbox.catalog import Catalog
 from sandbox.engine import Engine
 from sandbox.gate import Gate
@@ -224,7 +225,8 @@ def replicas(hub, paths: Path, kms, tmp: Path, token: str,  # type: ignore[no-un
             state = State(location, kms.audit_signing_key())
             catalog = Catalog(paths.catalog_db, paths.vault_dir)
             provision_local(state, catalog.resolve, POLICY, WS, ["alice"], epsilon=1e9,
-                            delta=0.5, expires="2099-12-31", actor="bench")
+                            delta=0.5, expires="2099-12-31", actor="bench",
+                            accept_core=CORE_COLUMNS["credit_underwriting"])
             catalog.close()
             state.close()
             config = tmp / f"service-{backend}.yaml"

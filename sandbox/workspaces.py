@@ -390,11 +390,13 @@ class Workspaces:
 
 def provision_local(state: State, resolve: Any, policy_path: Any, name: str,
                     members: list[str], *, epsilon: float, expires: str, actor: str,
-                    delta: float | None = None) -> WorkspaceRecord:
+                    delta: float | None = None,
+                    accept_core: Iterable[str] = ()) -> WorkspaceRecord:
     """Approve a policy (unless this text is the newest approved version) and make an active
-    workspace without a hub: for benchmarks and tests that run the service on its own."""
+    workspace without a hub: for benchmarks and tests that run the service on its own.
+    ``accept_core`` names the core columns the review accepts (``Scenarios.review``)."""
     sv, _ = Scenarios(state).review(policy_path, resolve, reviewer="local",
-                                    reference="local", actor=actor)
+                                    reference="local", actor=actor, accept_core=accept_core)
     store = Workspaces(state)
     store.create(name, scenario=sv.id, version=sv.version, members=members, epsilon=epsilon,
                  delta=delta, expires=expires, actor=actor)

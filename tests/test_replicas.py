@@ -41,6 +41,7 @@ from test_service import (  # noqa: F401  (fixtures)
     wait_http,
 )
 
+from gatekit import CORE_COLUMNS
 from sandbox.ledger import SqliteLedger
 from sandbox.settings import Paths
 from sandbox.state import State
@@ -116,7 +117,8 @@ def cluster(hub: Hub, pg_server: PgServer, demo_dir: Path,  # noqa: F811
     state = State(url, vault.kms.audit_signing_key())
     try:
         provision_local(state, vault.catalog.resolve, POLICY, WS, ["alice", "carol", "rita"],
-                        epsilon=50, expires="2099-12-31", actor="test")
+                        epsilon=50, expires="2099-12-31", actor="test",
+                        accept_core=CORE_COLUMNS["credit_underwriting"])
         ledger = SqliteLedger.existing(state, WS)
         ledger.set_budget("alice", epsilon=BUDGET, actor="test")
         ledger.set_budget("rita", epsilon=1e6, actor="test")  # the load test's member
