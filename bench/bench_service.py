@@ -337,7 +337,8 @@ def main() -> None:
             state = State(paths.state_db, kms.audit_signing_key())
             catalog = Catalog(paths.catalog_db, paths.vault_dir)
             provision_local(state, catalog.resolve, POLICY, WS, ["alice", "carol"], epsilon=1e9,
-                            delta=0.5, expires="2099-12-31", actor="bench")
+                            delta=0.5, expires="2099-12-31", actor="bench",
+                            accept_core=CORE_COLUMNS["credit_underwriting"])
             catalog.close()
             state.close()
             config = tmp / "service.yaml"

@@ -36,6 +36,7 @@ from test_service import (  # noqa: F401  (fixtures)
     write_config,
 )
 
+from gatekit import CORE_COLUMNS
 from sandbox.exports import normalise
 from sandbox.settings import Paths
 from sandbox.state import State
@@ -61,7 +62,8 @@ def home(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Paths:
     try:
         for ws, policy in ((WS, POLICY), (WS2, two)):
             provision_local(state, catalog.resolve, policy, ws, ["alice", "carol", "rita"],
-                            epsilon=50, expires="2099-12-31", actor="test")
+                            epsilon=50, expires="2099-12-31", actor="test",
+                            accept_core=CORE_COLUMNS["credit_underwriting"])
     finally:
         catalog.close()
         state.close()

@@ -27,6 +27,7 @@ import pytest
 import requests
 from conftest import make_vault
 
+from gatekit import CORE_COLUMNS
 from sandbox.ledger import SqliteLedger
 from sandbox.settings import Paths
 from sandbox.state import State
@@ -188,7 +189,8 @@ def vault_home(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Path
     state = State(paths.state_db, vault.kms.audit_signing_key())
     try:
         provision_local(state, catalog.resolve, POLICY, WS, ["alice", "eve"], epsilon=10,
-                        expires="2099-12-31", actor="test")
+                        expires="2099-12-31", actor="test",
+                        accept_core=CORE_COLUMNS["credit_underwriting"])
     finally:
         catalog.close()
         state.close()

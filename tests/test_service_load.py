@@ -36,6 +36,7 @@ from test_service import (  # noqa: F401  (fixtures)
     write_config,
 )
 
+from gatekit import CORE_COLUMNS
 from sandbox.settings import Paths
 from sandbox.state import State
 from sandbox.workspaces import provision_local
@@ -54,7 +55,8 @@ def home(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Paths:
     state = State(vault.paths.state_db, vault.kms.audit_signing_key())
     try:
         provision_local(state, vault.catalog.resolve, POLICY, WS, ["alice", "carol", "rita"],
-                        epsilon=1000, expires="2099-12-31", actor="test")
+                        epsilon=1000, expires="2099-12-31", actor="test",
+                        accept_core=CORE_COLUMNS["credit_underwriting"])
     finally:
         vault.catalog.close()
         state.close()
