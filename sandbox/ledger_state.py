@@ -88,6 +88,11 @@ def released_answers(con, workspace: str) -> list[ReleasedAnswer]:  # type: igno
 
 
 
+_REPLAYABLE = ("SELECT r.charge_id, r.response FROM releases r JOIN charges c ON c.id = "
+               "r.charge_id WHERE r.workspace = ? AND r.member = ? AND r.replay_key = ? AND "
+               "c.state = 'committed'")
+
+
 class StateLedger:
     """The durable ledger of one workspace, in the state database (``sandbox.state``).
 
@@ -232,12 +237,11 @@ class StateLedger:
         Returning a release already paid for is post-processing: it reveals nothing new.
         The request id, if any, is kept so that its retries get the same answer.
         """
+        args = (self.workspace, member, replay_key)
+        if self.state.con.execute(_REPLAYABLE, args).fetchone() is None:
+            return None  # the common case: no writer lock taken (a release is never undone)
         with self.state.transaction() as con:
-            row = con.execute(
-                "SELECT r.charge_id, r.response FROM releases r JOIN charges c ON "
-                "c.id = r.charge_id WHERE r.workspace = ? AND r.member = ? AND "
-                "r.replay_key = ? AND c.state = 'committed'",
-                (self.workspace, member, replay_key)).fetchone()
+            row = con.execute(_REPLAYABLE, args).fetchone()
             if row is None:
                 return None
             self._check_new_request(con, member, request_id, request_digest)

@@ -98,13 +98,13 @@ class State:
                                actor=actor, **fields)
         text = audit.canonical(body).decode()
         leaf = audit.record_leaf(body)
-        con.execute("INSERT INTO audit_records VALUES (?,?,?,?,?,?,?)",
-                    (seq, body["time"], kind, workspace, member, text, leaf.hex()))
         head.frontier.append(leaf)
-        con.execute("INSERT INTO meta VALUES (?, ?), (?, ?), (?, ?) ON CONFLICT (key) DO "
-                    "UPDATE SET value = excluded.value",
-                    ("head_seq", str(seq), "head_leaf", leaf.hex(),
-                     "frontier", json.dumps(head.frontier.to_list())))
+        con.execute_batch([
+            ("INSERT INTO audit_records VALUES (?,?,?,?,?,?,?)",
+             (seq, body["time"], kind, workspace, member, text, leaf.hex())),
+            ("INSERT INTO meta VALUES (?, ?), (?, ?), (?, ?) ON CONFLICT (key) DO UPDATE SET "
+             "value = excluded.value", ("head_seq", str(seq), "head_leaf", leaf.hex(),
+                                        "frontier", json.dumps(head.frontier.to_list())))])
         if seq % self.checkpoint_every == 0:
             self._store_checkpoint(con, seq, head.frontier.root())
         return seq

@@ -12,6 +12,7 @@ import sqlite3
 import pytest
 from test_audit_cli import POLICY, Home, _error
 
+from gatekit import CORE_COLUMNS
 from sandbox.catalog import Catalog
 from sandbox.keys import FileKeyStore
 from sandbox.scenarios import Scenarios
@@ -35,7 +36,8 @@ def _review(h: Home) -> None:
     state = State(h.db, keystore.audit_signing_key())
     try:
         Scenarios(state).review(pathlib.Path(POLICY), catalog.resolve, reviewer="board",
-                                reference="R-1", actor="oscar")
+                                reference="R-1", actor="oscar",
+                                accept_core=CORE_COLUMNS["credit_underwriting"])
     finally:
         state.close()
         catalog.close()

@@ -109,6 +109,15 @@ class PgConnection:
             return self._outside(translate(sql), tuple(params))  # type: ignore[no-any-return]
         return self._run(lambda: self._con.execute(translate(sql), tuple(params)))  # type: ignore[no-any-return]
 
+    def execute_batch(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Statements whose results are not needed, sent in one round trip (psycopg's
+        pipeline mode) inside the caller's transaction; an error is raised here."""
+        def run() -> None:
+            with self._con.pipeline():
+                for sql, params in statements:
+                    self._con.execute(translate(sql), tuple(params))
+        self._run(run)
+
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         cur = self._con.cursor()
         self._run(lambda: cur.executemany(translate(sql), [tuple(r) for r in rows]))

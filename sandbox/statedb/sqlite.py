@@ -28,6 +28,11 @@ class SqliteConnection(sqlite3.Connection):
         except sqlite3.IntegrityError as exc:
             raise IntegrityError(str(exc)) from exc
 
+    def execute_batch(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Statements whose results are not needed, in order (one process: no round trips)."""
+        for sql, params in statements:
+            self.execute(sql, params)
+
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]  # type: ignore[override]
                     ) -> sqlite3.Cursor:
         try:
