@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .audit import cap_text
 from .dp import Cost, compose
@@ -35,6 +35,10 @@ from .ledger import (
     refundable,
 )
 from .policy import BudgetPolicy
+
+if TYPE_CHECKING:  # the state is passed in: the ledger never opens one
+    from .state import State
+    from .statedb import Connection
 
 # A charge's cost as stored; pure_epsilon and pure_rho are NULL in charges made before
 # pure parts were accounted in zCDP (then Cost derives them: all pure if delta and rho are 0)
@@ -72,7 +76,7 @@ def _released(member: str, response: str, body: str | None) -> ReleasedAnswer | 
     return ReleasedAnswer(member, d, sql)
 
 
-def released_answer(con, workspace: str,  # type: ignore[no-untyped-def]
+def released_answer(con: Connection, workspace: str,
                     release_id: str) -> ReleasedAnswer | None:
     """The answer of ``workspace`` that carries ``release_id`` (None: no such release, or
     one of another workspace)."""
@@ -81,7 +85,7 @@ def released_answer(con, workspace: str,  # type: ignore[no-untyped-def]
     return None if row is None else _released(*row)
 
 
-def released_answers(con, workspace: str) -> list[ReleasedAnswer]:  # type: ignore[no-untyped-def]
+def released_answers(con: Connection, workspace: str) -> list[ReleasedAnswer]:
     """Every stored answer of ``workspace`` that carries a release id."""
     return [a for row in con.execute(_RELEASED, (workspace,))
             if (a := _released(*row)) is not None]
@@ -100,19 +104,19 @@ class StateLedger:
     query record it writes, so the audit log says who did what under which policy.
     """
 
-    def __init__(self, state, workspace: str, default: BudgetPolicy,  # type: ignore[no-untyped-def]
+    def __init__(self, state: State, workspace: str, default: BudgetPolicy,
                  clock: Callable[[], dt.datetime] | None = None,
                  attribution: dict[str, Any] | None = None) -> None:
         self.state, self.workspace, self.default = state, workspace, default
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.attribution = dict(attribution or {})
 
-    def _append(self, con, kind: str, member: str, **fields: Any) -> int:  # type: ignore[no-untyped-def]
+    def _append(self, con: Connection, kind: str, member: str, **fields: Any) -> int:
         return int(self.state.append(con, kind, workspace=self.workspace, member=member,
                                      **self.attribution, **fields))
 
     @classmethod
-    def open(cls, state, workspace: str, policy_id: str,  # type: ignore[no-untyped-def]
+    def open(cls, state: State, workspace: str, policy_id: str,
              default: BudgetPolicy, attribution: dict[str, Any] | None = None) -> StateLedger:
         """The ledger of ``workspace``, remembering its scenario and default member budget."""
         with state.transaction() as con:
@@ -130,7 +134,7 @@ class StateLedger:
         return cls(state, workspace, default, attribution=attribution)
 
     @classmethod
-    def existing(cls, state, workspace: str) -> StateLedger:  # type: ignore[no-untyped-def]
+    def existing(cls, state: State, workspace: str) -> StateLedger:
         row = state.con.execute("SELECT epsilon, delta, refresh FROM workspaces WHERE name = ?",
                                 (workspace,)).fetchone()
         if row is None:
@@ -140,21 +144,21 @@ class StateLedger:
         return cls(state, workspace, BudgetPolicy(float(row[0]), float(row[1]), str(row[2])))
 
     # -- reading ---------------------------------------------------------------------------
-    def _limits(self, con, member: str) -> tuple[float, float, str]:  # type: ignore[no-untyped-def]
+    def _limits(self, con: Connection, member: str) -> tuple[float, float, str]:
         row = con.execute("SELECT epsilon_total, delta_total, refresh FROM budgets WHERE "
                           "workspace = ? AND member = ?", (self.workspace, member)).fetchone()
         if row is None:
             return self.default.epsilon, self.default.delta, self.default.refresh
         return float(row[0]), float(row[1]), str(row[2])
 
-    def _spent(self, con, member: str, period: str) -> list[Cost]:  # type: ignore[no-untyped-def]
+    def _spent(self, con: Connection, member: str, period: str) -> list[Cost]:
         rows = con.execute(
             f"SELECT {_COST_COLUMNS} FROM charges WHERE "
             "workspace = ? AND member = ? AND period = ? AND state != 'cancelled'",
             (self.workspace, member, period)).fetchall()
         return [Cost(*r) for r in rows]
 
-    def _balance(self, con, member: str) -> tuple[Balance, str, list[Cost]]:  # type: ignore[no-untyped-def]
+    def _balance(self, con: Connection, member: str) -> tuple[Balance, str, list[Cost]]:
         eps, delta, refresh = self._limits(con, member)
         period, nxt = period_of(refresh, self.clock())
         charges = self._spent(con, member, period)
@@ -213,7 +217,7 @@ class StateLedger:
             raise refusal
         return Reservation(cid, member, cost.epsilon, cost.delta)
 
-    def _check_new_request(self, con, member: str, request_id: str | None,  # type: ignore[no-untyped-def]
+    def _check_new_request(self, con: Connection, member: str, request_id: str | None,
                            digest: str | None) -> None:
         seen = None if request_id is None else con.execute(
             "SELECT request_digest FROM requests WHERE workspace = ? AND member = ? AND "
@@ -307,7 +311,7 @@ class StateLedger:
         the refund would leave the member over budget: then it stands, as a failed query)."""
         self._close(reservation, "cancelled", "query.cancelled")
 
-    def _refundable(self, con, reservation: Reservation, period: str) -> bool:  # type: ignore[no-untyped-def]
+    def _refundable(self, con: Connection, reservation: Reservation, period: str) -> bool:
         eps, delta, _ = self._limits(con, reservation.member)
         rows = con.execute(
             f"SELECT id, {_COST_COLUMNS} FROM charges WHERE "

@@ -374,16 +374,17 @@ def _load_column(alias: str, cname: str, cdoc: Any, parent: LineDict, spec: Data
             p.add(line_of(cdoc, "role"), f"{where}: a measure must be numeric, but the "
                   f"column is {cspec.type}; make it a dimension or a filter")
         b = cdoc.get("bounds")
-        lo_hi = [number(x) for x in b] if isinstance(b, list) and len(b) == 2 else None
-        if lo_hi is None or None in lo_hi:
+        lo, hi = (number(b[0]), number(b[1])) if isinstance(b, list) and len(b) == 2 else \
+            (None, None)
+        if lo is None or hi is None:
             got = "".join(_got(x) for x in b) if isinstance(b, list) else ""
             p.add(line_of(cdoc, "bounds") if "bounds" in cdoc else cdoc.line,
                   f"{where}: a measure needs bounds: [lo, hi] with two numbers{got}")
-        elif lo_hi[0] >= lo_hi[1]:  # type: ignore[operator]
+        elif lo >= hi:
             p.add(line_of(cdoc, "bounds"), f"{where}: bounds are reversed or empty "
-                  f"({b[0]} >= {b[1]}); write [lo, hi] with lo < hi")
+                  f"({lo:g} >= {hi:g}); write [lo, hi] with lo < hi")
         else:
-            bounds = (float(lo_hi[0]), float(lo_hi[1]))  # type: ignore[arg-type]
+            bounds = (float(lo), float(hi))
     elif "bounds" in cdoc:
         p.add(line_of(cdoc, "bounds"), f"{where}: only measures have bounds")
     keys = None

@@ -16,7 +16,7 @@ import json
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,7 +151,11 @@ def bar_chart(items: Sequence[tuple[str, int]], title: str) -> dict[str, Any]:
             "colour": PALETTE[5], "bars": bars}
 
 
-def _step_points(items: Sequence[Charge], x, y, x_end: float) -> str:  # type: ignore[no-untyped-def]
+XScale = Callable[[dt.datetime], float]  # a time to its x on the chart
+YScale = Callable[[float], float]  # an epsilon to its y
+
+
+def _step_points(items: Sequence[Charge], x: XScale, y: YScale, x_end: float) -> str:
     total, pts = 0.0, [(x(items[0].time), y(0.0))]
     for c in items:
         px = x(c.time)
@@ -162,7 +166,7 @@ def _step_points(items: Sequence[Charge], x, y, x_end: float) -> str:  # type: i
     return " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)
 
 
-def _markers(items: Sequence[Charge], x, y) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+def _markers(items: Sequence[Charge], x: XScale, y: YScale) -> list[dict[str, Any]]:
     total, out = 0.0, []
     for c in items:
         total += c.epsilon

@@ -176,7 +176,8 @@ class Scenarios:
             "SELECT DISTINCT id FROM scenarios ORDER BY id")]
 
     def versions(self, scenario: str | None = None) -> list[ScenarioVersion]:
-        sql, args = f"SELECT {_COLUMNS} FROM scenarios", ()
+        sql = f"SELECT {_COLUMNS} FROM scenarios"
+        args: tuple[str, ...] = ()
         if scenario is not None:
             sql, args = sql + " WHERE id = ?", (scenario,)
         return [_row(r) for r in self.state.con.execute(sql + " ORDER BY id, version", args)]
