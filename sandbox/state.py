@@ -56,8 +56,11 @@ class State:
         verifying a copy of the database away from the key store)."""
         self.path, self.checkpoint_every = path, checkpoint_every
         read_only = isinstance(signer, Ed25519PublicKey)
-        self.signer = None if read_only else signer
-        self.public_key = signer if read_only else signer.public_key()  # type: ignore[union-attr]
+        self.signer: Ed25519PrivateKey | None = None
+        if isinstance(signer, Ed25519PrivateKey):
+            self.signer, self.public_key = signer, signer.public_key()
+        else:
+            self.public_key = signer
         self.con: Connection = statedb.connect(
             path, read_only=read_only,
             prepare=lambda con: con.execute("SELECT count(*) FROM audit_records").fetchone())

@@ -22,7 +22,7 @@ class SqliteConnection(sqlite3.Connection):
 
     backend = "sqlite"
 
-    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:  # type: ignore[override]
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
         try:
             return super().execute(sql, params)
         except sqlite3.IntegrityError as exc:
