@@ -14,8 +14,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "sandbox"
 
-CORE = ("sandbox.sql", "sandbox.dp", "sandbox.policy", "sandbox.gate", "sandbox.ledger",
-        "sandbox.audit")
+CORE = ("sandbox.sql", "sandbox.dp", "sandbox.policy", "sandbox.policy_model",
+        "sandbox.policy_keys", "sandbox.policy_review", "sandbox.grading", "sandbox.gate",
+        "sandbox.ledger", "sandbox.audit")
 SERVER_SIDE = ("sandbox.gate", "sandbox.ledger", "sandbox.engine", "sandbox.service",
                "sandbox.keys", "sandbox.vault", "sandbox.state", "sandbox.catalog",
                "sandbox.ingest", "sandbox.sql", "sandbox.cli", "sandbox.workspaces",
