@@ -119,10 +119,11 @@ class Scenarios:
         policy = load_policy(path, resolve)  # names every problem, or a missing file
         graded = grade(policy, resolve, DEFAULT_RULES if rules is None else rules, accept_core)
         if graded.problems:
-            raise GradingError(f"{path}: the grades of the data it exposes do not allow this "
-                               "policy as it is", "accept core columns by name, or change the "
-                               "policy to meet the floors (docs/workspaces.md, grading)",
-                               problems=graded.problems)
+            raise GradingError(f"{path}: " + (graded.problems[0] if len(graded.problems) == 1
+                                              else "the grades of the data it exposes do not "
+                                              "allow this policy as it is"),
+                               "accept core columns by name, or change the policy to meet the "
+                               "floors (docs/workspaces.md, grading)", problems=graded.problems)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:

@@ -306,8 +306,8 @@ def test_bad_value_is_a_type_mismatch_without_the_value(
         ingest(catalog, keystore, source, spec)
     msg = info.value.message
     assert msg == f"{source}:{line}: column '{column}' does not hold a valid {ctype} value"
-    for value in row.split(",")[1:]:
-        assert value not in str(info.value)
+    for value in row.split(",")[1:]:  # beyond the file's own path, which may hold digits
+        assert value not in str(info.value).replace(str(source), "")
     assert catalog.names() == []
 
 
