@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sandbox import audit_pages as ap
 from sandbox.audit_pages import Filters
-from sandbox.service import console
+from sandbox.service import console, console_views
 from sandbox.state import State
 
 KEY = Ed25519PrivateKey.generate()
@@ -162,7 +162,7 @@ def test_a_page_finds_the_sql_of_outcomes_on_their_charge(
         charge = charges[r["charge_id"]]
         assert charge["kind"] == "query.charged" and charge["seq"] < r["seq"]
         assert by_seq[charge["seq"]] == charge and charge["member"] == "bo"
-    rows = console.log_rows(pg.records, charges)
+    rows = console_views.log_rows(pg.records, charges)
     assert all(row["sql"].text.startswith("SELECT district") and row["sql_from"]
                for row in rows)
     # a charge beyond the window is not searched for
@@ -203,7 +203,7 @@ def test_the_first_page_is_small_however_long_the_sql(filled: tuple[State, list[
         assert any(r.get("sql") == BIG for r in pg.records)
         html = console.show_page(
             "console/queries.html", "/services/sandbox/", "Query log", "auditor", "queries",
-            names=["ws-a", "ws-b"], **console.log_context(
+            names=["ws-a", "ws-b"], **console_views.log_context(
                 "/services/sandbox/console/", {}, pg, ap.charge_records(state.con,
                                                                          pg.records)))
         size = len(html.encode())

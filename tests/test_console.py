@@ -361,7 +361,7 @@ def test_untrusted_text_is_escaped_in_every_piece() -> None:
 
     from sandbox import audit_pages
     from sandbox.exports.model import Event, ExportRequest, StoredItem
-    from sandbox.service import console
+    from sandbox.service import console, console_views
 
     item = StoredItem(0, EVIL, "file", "text/csv", 3, EVIL, True,
                       {"release_ids": [EVIL], "postprocessing": [EVIL]})
@@ -382,7 +382,7 @@ def test_untrusted_text_is_escaped_in_every_piece() -> None:
             for i, k in enumerate(console.QUERY_KINDS[1:])]
     answered = {"kind": "query.answered", "charge_id": "c", "seq": 99, "member": EVIL}
     charges = {"c": {"kind": "query.charged", "sql": EVIL, "seq": 98}}
-    form = dict.fromkeys(console.LOG_FORM, EVIL)
+    form = dict.fromkeys(console_views.LOG_FORM, EVIL)
     space = {"rec": SimpleNamespace(name=EVIL, effective_state=lambda: EVIL, scenario=EVIL,
                                     scenario_version=EVIL, expires=EVIL, epsilon=1.0,
                                     delta=0.0, refresh=EVIL),
@@ -398,7 +398,7 @@ def test_untrusted_text_is_escaped_in_every_piece() -> None:
                           detail_texts=[console.detail_text({"x": EVIL})], reviewer="r",
                           items=[(item, p) for p in previews], xsrf="", notice=EVIL),
         console.show_page("console/queries.html", "/p/", EVIL, EVIL, names=[EVIL],
-                          **console.log_context(EVIL, form, audit_pages.Page(
+                          **console_views.log_context(EVIL, form, audit_pages.Page(
                               [*recs, answered], 3, 5, 9, False), charges)),
         console.show_page("console/record.html", "/p/", EVIL, EVIL, rec=recs[1],
                           others=[answered], asked=EVIL, asked_in=EVIL, truncated=True,

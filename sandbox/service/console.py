@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -38,9 +38,10 @@ from tornado.ioloop import IOLoop
 from .. import audit, audit_pages
 from ..errors import InputError, SandboxError
 from ..exports.store import STATES, ExportRequest, ExportStore, StoredItem
-from ..report import PALETTE, key_fingerprint
+from ..report import key_fingerprint
 from ..templates import render
 from ..workspaces import Workspaces
+from .console_views import QUERY_KINDS, budget_chart, log_context, queries_link
 from .errors import error_body
 
 log = logging.getLogger("sandbox.service")
@@ -50,7 +51,6 @@ PAGE_CSP = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
             "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 IMAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 IMAGES = {"image/png": "png", "image/svg+xml": "svg"}
-QUERY_KINDS = ("query.", *sorted(k for k in audit.KINDS if k.startswith("query.")))
 MAX_PREVIEW_ROWS, MAX_PREVIEW_CHARS, MAX_DETAIL_CHARS, MAX_TEXT_FILTER = 200, 20_000, 6_000, 200
 NAV = (("", "Queue"), ("history", "History"), ("queries", "Query log"),
        ("budgets", "Budgets"), ("audit", "Audit log"))
@@ -157,31 +157,6 @@ def export_context(base: str, store: ExportStore, req: ExportRequest) -> dict[st
             "items": [(it, preview(base, store, req, it)) for it in req.items]}
 
 
-def budget_chart(rows: Sequence[tuple[str, float, float]],
-                 link: Callable[[str], str] | None = None) -> dict[str, Any]:
-    """Horizontal bars: epsilon spent of each member's total (red from 90 %); each bar
-    links to the member's queries when ``link`` is given. Names are never cut: the label
-    column is as wide as the longest (member names have at most 32 characters)."""
-    row, bar_w, top = 26, 420, 8
-    label_w = max(120, round(7.3 * max((len(m) for m, _, _ in rows), default=0)) + 16)
-    bars = []
-    for i, (member, spent, total) in enumerate(rows):
-        frac = min(spent / total, 1.0) if total > 0 else 1.0
-        bars.append({"y": top + i * row + 4, "text_y": top + i * row + 17,
-                     "w": f"{bar_w * frac:.1f}",
-                     "colour": PALETTE[5] if frac >= 0.9 else PALETTE[0],
-                     "member": member, "spent": spent, "total": total,
-                     "href": link(member) if link else None})
-    return {"width": label_w + bar_w + 190, "height": top * 2 + row * len(rows),
-            "label_x": label_w - 8, "bar_x": label_w, "bar_w": bar_w, "bar_h": row - 8,
-            "value_x": label_w + bar_w + 8, "bars": bars}
-
-
-def queries_link(base: str, workspace: str, member: str) -> str:
-    """The query log narrowed to one member of one workspace."""
-    return f"{base}queries?{urlencode({'workspace': workspace, 'member': member})}"
-
-
 def budget_spaces(state: Any, base: str = "") -> list[dict[str, Any]]:
     """Every workspace with its members' balances and their chart."""
     spaces = Workspaces(state)
@@ -193,51 +168,6 @@ def budget_spaces(state: Any, base: str = "") -> list[dict[str, Any]]:
         out.append({"rec": rec, "balances": balances,
                     "links": [link(m) for m, _ in balances], "chart": budget_chart(
                         [(m, b.epsilon_spent, b.epsilon_total) for m, b in balances], link)})
-    return out
-
-
-def page_link(path: str, form: dict[str, str], **cursor: int) -> str:
-    """The query log with the same filters, at another page."""
-    args = {k: v for k, v in form.items() if v} | {k: str(v) for k, v in cursor.items()}
-    return f"{path}?{urlencode(args)}" if args else path
-
-
-LOG_FORM = ("workspace", "member", "kind", "since", "until", "text")
-
-
-def log_context(base: str, form: dict[str, str], pg: audit_pages.Page,
-                charges: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """What ``console/queries.html`` shows besides the workspace names: the form as typed,
-    the page's rows and the links to the newest, newer and older pages."""
-    form = {k: form.get(k, "") for k in LOG_FORM}
-    link = functools.partial(page_link, base + "queries", form)
-    return {"kinds": QUERY_KINDS[1:], "form": form, "page": pg,
-            "per_page": audit_pages.PAGE_ROWS, "rows": log_rows(pg.records, charges),
-            "newest": link() if pg.newer is not None else None,
-            "newer": link(after=pg.newer) if pg.newer is not None else None,
-            "older": link(before=pg.older) if pg.older is not None else None}
-
-
-OUTCOME_FIELDS = ("release_id", "rows", "rule", "error_code", "dummy", "charge_id", "delta")
-
-
-def log_rows(records: Sequence[dict[str, Any]],
-             charges: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """What the query log shows of each record: long text folded (``audit_pages.fold``),
-    the SQL of an outcome taken from its charge record (and which record that is)."""
-    out = []
-    for r in records:
-        charge = charges.get(str(r.get("charge_id"))) if not r.get("sql") else None
-        out.append({
-            "seq": r.get("seq"), "time": r.get("time"), "kind": str(r.get("kind")),
-            "workspace": r.get("workspace"), "member": r.get("member"),
-            "actor": r.get("actor"), "epsilon": r.get("epsilon"),
-            **{k: r.get(k) for k in OUTCOME_FIELDS},
-            "sql": audit_pages.fold(r.get("sql") or (charge or {}).get("sql")),
-            "sql_from": charge.get("seq") if charge and charge.get("seq") != r.get("seq")
-            else None,
-            "message": audit_pages.fold(r.get("message")),
-            "rewritten": audit_pages.fold(r.get("rewritten_sql"), inline=0)})
     return out
 
 
