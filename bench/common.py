@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import resource
 import subprocess
 import sys
@@ -13,12 +14,17 @@ OUT = ROOT / "bench" / "out"
 
 
 def demo_data(size: str) -> Path:
-    """Generate (once) the demo data of ``size`` under bench/out/."""
+    """Generate (once per version of the generator) the demo data of ``size`` under
+    bench/out/: a change to sandbox/demo.py (its data or its specs) makes it again."""
     path = OUT / f"demo-{size}"
-    if not (path / "loans.parquet").exists():
+    made_by = hashlib.sha256((ROOT / "sandbox" / "demo.py").read_bytes()).hexdigest()
+    stamp = path / ".generator-sha256"
+    if not (path / "loans.parquet").exists() or not stamp.exists() or \
+            stamp.read_text() != made_by:
         path.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "sandbox.cli", "demo-data", "--size", size,
                         "--out", str(path)], check=True, stdout=subprocess.DEVNULL)
+        stamp.write_text(made_by)
     return path
 
 
