@@ -172,6 +172,15 @@ class Scenarios:
                 "--reference ...`")
         return _row(row)
 
+    def grading(self, sv: ScenarioVersion) -> tuple[dict[str, list[str]], list[str]]:
+        """The grades the version exposes (grade -> columns) and the core columns its
+        reviewer accepted, from its approval record (empty for reviews made before
+        grading)."""
+        row = self.state.con.execute("SELECT body FROM audit_records WHERE seq = ?",
+                                     (sv.seq,)).fetchone()
+        approval = json.loads(row[0]) if row else {}
+        return approval.get("grades") or {}, approval.get("accepted_core") or []
+
     def ids(self) -> list[str]:
         return [r[0] for r in self.state.con.execute(
             "SELECT DISTINCT id FROM scenarios ORDER BY id")]

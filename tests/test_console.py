@@ -347,6 +347,11 @@ def test_budgets_and_the_audit_log_status(hub: Hub, dev: str,
     assert "<svg" in r.text and "Epsilon spent" in r.text
     spent = hub.budget(WS, dev)["epsilon_spent"]
     assert f"{spent:.4g} of 10" in r.text
+    # the grades each workspace's scenario exposes, as its review recorded them
+    assert "<dt>Core columns</dt><dd>loans.amount, persons.credit_score, persons.income</dd>" \
+        in r.text
+    assert "<dt>Core accepted at review</dt><dd>loans.amount, persons.credit_score, " \
+        "persons.income</dd>" in r.text
     r = get(auditor, hub, "audit")
     assert r.status_code == 200, r.text
     assert "badge ok" in r.text and "every record" in r.text and "SHA256:" in r.text
@@ -361,7 +366,7 @@ def test_untrusted_text_is_escaped_in_every_piece() -> None:
 
     from sandbox import audit_pages
     from sandbox.exports.model import Event, ExportRequest, StoredItem
-    from sandbox.service import console, console_views
+    from sandbox.service import console, console_previews, console_views
 
     item = StoredItem(0, EVIL, "file", "text/csv", 3, EVIL, True,
                       {"release_ids": [EVIL], "postprocessing": [EVIL]})
@@ -371,9 +376,9 @@ def test_untrusted_text_is_escaped_in_every_piece() -> None:
     checks = {"outcome": EVIL, "rules_version": EVIL, "releases": [
         {"release_id": EVIL, "epsilon": 1.0, "delta": 0.0}],
         "results": [{"rule": EVIL, "outcome": EVIL, "message": EVIL}]}
-    previews = [console.csv_preview(f"col,{EVIL}\n{EVIL},1\n".encode()),
-                console.text_preview(json.dumps({"k": EVIL}).encode(), "application/json"),
-                {**console.text_preview(EVIL.encode(), "image/svg+xml"), "kind": "image",
+    previews = [console_previews.csv_preview(f"col,{EVIL}\n{EVIL},1\n".encode()),
+                console_previews.text_preview(json.dumps({"k": EVIL}).encode(), "application/json"),
+                {**console_previews.text_preview(EVIL.encode(), "image/svg+xml"), "kind": "image",
                  "src": EVIL, "alt": EVIL}]
     recs = [{"kind": k, "sql": EVIL * (1 + 100 * (i % 2)), "member": EVIL, "rule": EVIL,
              "message": EVIL * (1 + 100 * (i % 2)), "error_code": EVIL, "release_id": EVIL,
@@ -389,13 +394,13 @@ def test_untrusted_text_is_escaped_in_every_piece() -> None:
              "balances": [(EVIL, SimpleNamespace(
                  epsilon_spent=1.0, epsilon_total=2.0, epsilon_remaining=1.0, delta_spent=0.0,
                  delta_total=0.0, refreshes_on=EVIL))],
-             "links": [EVIL],
+             "links": [EVIL], "grade_rows": [(EVIL, EVIL)],
              "chart": console.budget_chart([(EVIL, 1.0, 2.0)], lambda m: EVIL + m)}
     html = "".join([
         console.show_page("console/error.html", "/p/", EVIL, EVIL, status=400,
                           error={"code": EVIL, "message": EVIL, "hint": EVIL}),
         console.show_page("console/export.html", "/p/", EVIL, EVIL, req=req, checks=checks,
-                          detail_texts=[console.detail_text({"x": EVIL})], reviewer="r",
+                          detail_texts=[console_previews.detail_text({"x": EVIL})], reviewer="r",
                           items=[(item, p) for p in previews], xsrf="", notice=EVIL),
         console.show_page("console/queries.html", "/p/", EVIL, EVIL, names=[EVIL],
                           **console_views.log_context(EVIL, form, audit_pages.Page(

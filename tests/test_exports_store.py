@@ -573,7 +573,7 @@ def test_the_quota_is_checked_again_in_the_transaction(world: World,
 
 def test_withdrawing_and_rejecting_free_the_quota_and_the_space(world: World) -> None:
     from sandbox.exports import ExportQuotaError
-    from sandbox.service.console import preview
+    from sandbox.service.console_previews import preview
 
     n = len(world.frame().data)
     s = world.store = ExportStore(world.state, quota_bytes=2 * n)

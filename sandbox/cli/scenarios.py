@@ -111,11 +111,7 @@ def scenario_show(c: Context, scenario_id: str, version: int | None, fmt: str) -
         rows = []
         for v in versions:
             d = v.to_dict()
-            row = state.con.execute("SELECT body FROM audit_records WHERE seq = ?",
-                                    (v.seq,)).fetchone()
-            approval = json.loads(row[0]) if row else {}
-            d["grades"] = approval.get("grades") or {}
-            d["accepted_core"] = approval.get("accepted_core") or []
+            d["grades"], d["accepted_core"] = store.grading(v)
             d["workspaces"] = [w.name for w in using
                                if w.scenario == v.id and w.scenario_version == v.version]
             rows.append(d)

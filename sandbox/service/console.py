@@ -13,15 +13,12 @@ service's pool, where each worker thread has its own state connection.
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import functools
-import io
 import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -37,10 +34,12 @@ from tornado.ioloop import IOLoop
 
 from .. import audit, audit_pages
 from ..errors import InputError, SandboxError
-from ..exports.store import STATES, ExportRequest, ExportStore, StoredItem
+from ..exports.store import STATES, ExportRequest
 from ..report import key_fingerprint
+from ..scenarios import Scenarios
 from ..templates import render
 from ..workspaces import Workspaces
+from .console_previews import export_context
 from .console_views import QUERY_KINDS, budget_chart, log_context, queries_link
 from .errors import error_body
 
@@ -51,7 +50,7 @@ PAGE_CSP = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
             "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 IMAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 IMAGES = {"image/png": "png", "image/svg+xml": "svg"}
-MAX_PREVIEW_ROWS, MAX_PREVIEW_CHARS, MAX_DETAIL_CHARS, MAX_TEXT_FILTER = 200, 20_000, 6_000, 200
+MAX_TEXT_FILTER = 200
 NAV = (("", "Queue"), ("history", "History"), ("queries", "Query log"),
        ("budgets", "Budgets"), ("audit", "Audit log"))
 NOTICES = {"approve": "Your approval was recorded in the audit log.",
@@ -79,93 +78,20 @@ def show_page(template: str, prefix: str, title: str, user: str = "",
                   nav=NAV, **context)
 
 
-def _take(it: Iterable[Any], n: int) -> Iterable[Any]:
-    for i, x in enumerate(it):
-        if i >= n:
-            return
-        yield x
-
-
-def csv_preview(data: bytes) -> dict[str, Any]:
-    reader = csv.reader(io.StringIO(data.decode("utf-8", errors="replace")))
-    rows = list(_take(reader, MAX_PREVIEW_ROWS + 1))
-    if not rows:
-        return {"kind": "table", "head": None}
-    total = sum(1 for _ in reader) + len(rows) - 1
-    return {"kind": "table", "head": rows[0], "rows": rows[1:], "total": total}
-
-
-def parquet_preview(data: bytes) -> dict[str, Any]:
-    import pyarrow.parquet as pq
-
-    t = pq.read_table(io.BytesIO(data))
-    rows = t.slice(0, MAX_PREVIEW_ROWS).to_pylist()
-    return {"kind": "table", "head": t.column_names,
-            "rows": [[r[c] for c in t.column_names] for r in rows], "total": t.num_rows}
-
-
-def text_preview(data: bytes, media_type: str) -> dict[str, Any]:
-    text = data.decode("utf-8", errors="replace")
-    if media_type == "application/json":
-        with contextlib.suppress(ValueError):
-            text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-    return {"kind": "text", "src": None, "text": text[:MAX_PREVIEW_CHARS],
-            "cut": len(text) > MAX_PREVIEW_CHARS, "length": len(text)}
-
-
-def preview(base: str, store: ExportStore, req: ExportRequest,
-            item: StoredItem) -> dict[str, Any]:
-    """What the item holds, for a person to read; content is never run."""
-    if not item.kept:
-        why = {"withdrawn": "its requester withdrew the request",
-               "rejected": "the request was rejected"}.get(req.state,
-                                                           "the checks blocked the request")
-        return {"kind": "gone", "why": why}
-    image = {"kind": "image", "src": f"{base}exports/{req.id}/items/{item.position}",
-             "alt": item.name, "text": None}
-    if item.media_type == "image/png":
-        return image
-    data = store.item_data(req.id, item.position)
-    if item.media_type == "image/svg+xml":  # the markup too: hidden text does not show
-        source = text_preview(data, item.media_type)
-        return {**source, **image, "text": source["text"]}
-    try:
-        if item.media_type == "text/csv":
-            return csv_preview(data)
-        if item.media_type == "application/vnd.apache.parquet":
-            return parquet_preview(data)
-        return text_preview(data, item.media_type)
-    except Exception:  # damaged content is the checks' business: say it, do not fail
-        log.info("no preview of export %s item %d", req.id, item.position)
-        return {"kind": "broken"}
-
-
-def detail_text(value: Any) -> str:
-    """A check's (or a record's) details as indented JSON, cut to ``MAX_DETAIL_CHARS``."""
-    if not value:
-        return ""
-    text = json.dumps(value, indent=1, ensure_ascii=False, default=str)
-    return text[:MAX_DETAIL_CHARS] + "\n…" if len(text) > MAX_DETAIL_CHARS else text
-
-
-def export_context(base: str, store: ExportStore, req: ExportRequest) -> dict[str, Any]:
-    """What the request page shows besides the request: check results, item previews."""
-    checks = None if req.report is None else req.report.to_dict("reviewer")
-    return {"req": req, "checks": checks,
-            "detail_texts": [detail_text(r.get("details")) for r in
-                             (checks or {}).get("results", [])],
-            "items": [(it, preview(base, store, req, it)) for it in req.items]}
-
-
 def budget_spaces(state: Any, base: str = "") -> list[dict[str, Any]]:
     """Every workspace with its members' balances and their chart."""
-    spaces = Workspaces(state)
+    spaces, scenarios = Workspaces(state), Scenarios(state)
     out = []
     for rec in spaces.all():
         ledger = spaces.ledger(rec)
+        grades, accepted = scenarios.grading(scenarios.get(rec.scenario, rec.scenario_version))
         balances = [(m, ledger.balance(m)) for m in rec.members]
         link = functools.partial(queries_link, base, rec.name)
-        out.append({"rec": rec, "balances": balances,
+        grade_rows = [(f"{g.capitalize()} columns", ", ".join(grades[g]))
+                      for g in ("core", "important") if grades.get(g)]
+        if grades:
+            grade_rows.append(("Core accepted at review", ", ".join(accepted) or "-"))
+        out.append({"rec": rec, "balances": balances, "grade_rows": grade_rows,
                     "links": [link(m) for m, _ in balances], "chart": budget_chart(
                         [(m, b.epsilon_spent, b.epsilon_total) for m, b in balances], link)})
     return out
