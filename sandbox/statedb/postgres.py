@@ -10,11 +10,12 @@ Reads outside a transaction see the latest committed state. Commits are synchron
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg.errors
@@ -33,6 +34,7 @@ _TYPES = {"REAL": "DOUBLE PRECISION", "BLOB": "BYTEA", "INTEGER": "BIGINT"}
 _TYPE_RE = re.compile(r"\b(REAL|BLOB|INTEGER)\b")
 _TOKEN_RE = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\?|%")
 _translated: dict[str, str] = {}
+T = TypeVar("T")
 _names = itertools.count()
 _names_lock = threading.Lock()
 
@@ -80,7 +82,7 @@ class PgConnection:
             self._con = self._connect()
         return self._con
 
-    def _run(self, call: Callable[[], Any]) -> Any:
+    def _run(self, call: Callable[[], T]) -> T:
         try:
             return call()
         except psycopg.errors.IntegrityError as exc:
@@ -92,13 +94,13 @@ class PgConnection:
         except psycopg.OperationalError as exc:
             raise _unavailable(self.url, exc) from None
 
-    def _outside(self, sql: str, params: Sequence[Any] | None) -> Any:
+    def _outside(self, sql: str, params: Sequence[Any] | None) -> psycopg.Cursor[Any]:
         """A statement outside a transaction: on a lost connection, tried once more on a
         new one (nothing was done by the first try)."""
         for attempt in (1, 2):
             con = self._live()
             try:
-                return self._run(lambda c=con: c.execute(sql, params))
+                return self._run(functools.partial(con.execute, sql, params))
             except StateError:
                 if attempt == 2 or not (con.closed or con.broken):
                     raise
@@ -106,8 +108,8 @@ class PgConnection:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         if not self.in_transaction:
-            return self._outside(translate(sql), tuple(params))  # type: ignore[no-any-return]
-        return self._run(lambda: self._con.execute(translate(sql), tuple(params)))  # type: ignore[no-any-return]
+            return self._outside(translate(sql), tuple(params))
+        return self._run(functools.partial(self._con.execute, translate(sql), tuple(params)))
 
     def execute_batch(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         """Statements whose results are not needed, sent in one round trip (psycopg's
@@ -194,8 +196,8 @@ class PgConnection:
 
     def schema_version(self) -> int:
         """Kept in the table ``state_schema`` (0 before it exists)."""
-        (exists,) = self.execute("SELECT to_regclass('state_schema') IS NOT NULL").fetchone()
-        if not exists:
+        row = self.execute("SELECT to_regclass('state_schema') IS NOT NULL").fetchone()
+        if row is None or not row[0]:
             return 0
         row = self.execute("SELECT version FROM state_schema WHERE id = 1").fetchone()
         return 0 if row is None else int(row[0])
