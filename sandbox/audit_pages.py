@@ -59,8 +59,9 @@ class Filters:
             conds.append("time < ?")
             args.append(self.until)
         if self.text:
-            conds.append("LOWER(body) LIKE ? ESCAPE '\\'")
-            args.append("%" + like_escape(as_stored(self.text).lower()) + "%")
+            # the database folds both sides, with one LOWER whatever its locale
+            conds.append("LOWER(body) LIKE LOWER(?) ESCAPE '\\'")
+            args.append("%" + like_escape(as_stored(self.text)) + "%")
         return conds, args
 
     def to_record(self) -> dict[str, Any]:

@@ -92,21 +92,31 @@ def grade(policy: Policy, resolve: Resolver, rules: dict[str, GradeRule],
             g.problems.append(f"{name} is core data (核心数据): accept it explicitly with "
                               f"--accept-core {name}")
     exposed = [gr for gr in GRADES if gr in g.grades.values()]
-    if not exposed:
-        return g
-    top = exposed[-1]
-    rule = rules.get(top, GradeRule())
     pr, ex = policy.privacy, policy.export
-    if rule.epsilon_max is not None and pr.epsilon_max > rule.epsilon_max:
-        g.problems.append(f"privacy.epsilon_max {pr.epsilon_max:g} is above {rule.epsilon_max:g}, "
-                          f"the ceiling for {top} data; lower it")
-    if rule.min_group_count is not None and ex.min_group_count < rule.min_group_count:
-        g.problems.append(f"export.min_group_count {ex.min_group_count} is below "
-                          f"{rule.min_group_count}, the floor for {top} data; raise it")
-    if rule.approvals is not None and ex.approvals < rule.approvals:
-        g.problems.append(f"export.approvals {ex.approvals} is below {rule.approvals}, the "
-                          f"floor for {top} data; raise it")
+    # every grade's floors hold: a core column never loosens what important ones need
+    ceiling = _strictest(rules, exposed, "epsilon_max", min)
+    if ceiling is not None and pr.epsilon_max > ceiling[0]:
+        g.problems.append(f"privacy.epsilon_max {pr.epsilon_max:g} is above {ceiling[0]:g}, "
+                          f"the ceiling for {ceiling[1]} data; lower it")
+    for key, value, what in (("min_group_count", ex.min_group_count, "export.min_group_count"),
+                             ("approvals", ex.approvals, "export.approvals")):
+        floor = _strictest(rules, exposed, key, max)
+        if floor is not None and value < floor[0]:
+            g.problems.append(f"{what} {value} is below {floor[0]:g}, the floor for "
+                              f"{floor[1]} data; raise it")
     return g
+
+
+def _strictest(rules: dict[str, GradeRule], grades: list[str], key: str,
+               pick: Callable[..., Any]) -> tuple[float, str] | None:
+    """The strictest value of one floor over the grades exposed, and the grade it is
+    from (the highest such grade when several agree); None when no grade sets it."""
+    found = [(float(v), gr) for gr in reversed(grades)
+             if (v := getattr(rules.get(gr, GradeRule()), key)) is not None]
+    if not found:
+        return None
+    best = pick(v for v, _ in found)
+    return best, next(gr for v, gr in found if v == best)
 
 
 def load_rules(path: Path) -> dict[str, GradeRule]:
@@ -120,10 +130,14 @@ def load_rules(path: Path) -> dict[str, GradeRule]:
     if not path.is_file():
         return rules
     doc = load_yaml(path, "grading")
+    if doc is None:
+        doc = {}
     if not isinstance(doc, dict) or set(doc) - {"grades"}:
         raise ConfigError(f"{path}: expected one mapping 'grades' of grade -> floors",
                           "e.g. grades: {core: {epsilon_max: 0.5, min_group_count: 50}}")
-    grades = doc.get("grades") or {}
+    grades = doc.get("grades")
+    if grades is None:  # "grades:" with nothing under it
+        grades = {}
     if not isinstance(grades, dict):
         raise ConfigError(f"{path}:{line_of(doc, 'grades')}: 'grades' must be a mapping",
                           f"keys: {', '.join(GRADES)}")

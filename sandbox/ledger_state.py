@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -57,6 +58,7 @@ class ReleasedAnswer:
 
 # The ledger owns requests and charges, and wrote the query.charged record that holds the
 # SQL: other modules ask for released answers here instead of joining these tables.
+_RELEASE_ID = re.compile(r"[0-9a-f]{32}")
 _RELEASED = """
 SELECT r.member, r.response, a.body FROM requests r
 LEFT JOIN charges c ON c.id = r.charge_id
@@ -80,9 +82,16 @@ def released_answer(con: Connection, workspace: str,
                     release_id: str) -> ReleasedAnswer | None:
     """The answer of ``workspace`` that carries ``release_id`` (None: no such release, or
     one of another workspace)."""
-    row = con.execute(_RELEASED + f" AND {con.json_text('r.response', 'release_id')} = ?",
-                      (workspace, release_id)).fetchone()
-    return None if row is None else _released(*row)
+    if not _RELEASE_ID.fullmatch(release_id):  # ids are the gate's uuid4 hex
+        return None
+    # matched on the stored text, then read in Python: no JSON parsing in the database,
+    # which (PostgreSQL's json and jsonb) refuses a whole answer that holds a \u0000
+    for row in con.execute(_RELEASED + " AND r.response LIKE ?",
+                           (workspace, f'%"release_id": "{release_id}"%')):
+        answer = _released(*row)
+        if answer is not None and answer.response.get("release_id") == release_id:
+            return answer
+    return None
 
 
 def released_answers(con: Connection, workspace: str) -> list[ReleasedAnswer]:
@@ -126,22 +135,30 @@ class StateLedger:
                 raise LedgerError(
                     f"{workspace!r} is a provisioned workspace; its ledger is the service's",
                     "query it through the service, or pass another --workspace name")
-            con.execute("INSERT INTO workspaces (name, policy_id, epsilon, delta, refresh) "
-                        "VALUES (?,?,?,?,?) ON CONFLICT (name) DO UPDATE SET policy_id = "
-                        "excluded.policy_id, epsilon = excluded.epsilon, delta = "
-                        "excluded.delta, refresh = excluded.refresh",
-                        (workspace, policy_id, default.epsilon, default.delta, default.refresh))
-        return cls(state, workspace, default, attribution=attribution)
+            if row is not None and row[0] != policy_id:
+                raise LedgerError(f"the ledger {workspace!r} belongs to the policy "
+                                  f"{row[0]!r}, not {policy_id!r}",
+                                  f"charge adhoc:{policy_id} (leave out --workspace) or "
+                                  "another ad-hoc ledger")
+            if row is None:  # the budget defaults are the first policy's: an edited
+                # policy file never raises them (operators change budgets with budget set)
+                con.execute("INSERT INTO workspaces (name, policy_id, epsilon, delta, "
+                            "refresh) VALUES (?,?,?,?,?)", (workspace, policy_id,
+                                                           default.epsilon, default.delta,
+                                                           default.refresh))
+        return cls.existing(state, workspace, attribution=attribution)
 
     @classmethod
-    def existing(cls, state: State, workspace: str) -> StateLedger:
+    def existing(cls, state: State, workspace: str,
+                 attribution: dict[str, Any] | None = None) -> StateLedger:
         row = state.con.execute("SELECT epsilon, delta, refresh FROM workspaces WHERE name = ?",
                                 (workspace,)).fetchone()
         if row is None:
             known = [r[0] for r in state.con.execute("SELECT name FROM workspaces ORDER BY 1")]
             raise LedgerError(f"unknown workspace {workspace!r}",
                               suggest(workspace, known, "workspaces"))
-        return cls(state, workspace, BudgetPolicy(float(row[0]), float(row[1]), str(row[2])))
+        return cls(state, workspace, BudgetPolicy(float(row[0]), float(row[1]), str(row[2])),
+                   attribution=attribution)
 
     # -- reading ---------------------------------------------------------------------------
     def _limits(self, con: Connection, member: str) -> tuple[float, float, str]:

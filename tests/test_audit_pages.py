@@ -130,7 +130,7 @@ def test_filters_are_conditions_of_the_query(filled: tuple[State, list[dict]]) -
     conds, args = Filters(workspace="w", member="m", kind="query.", since="a", until="b",
                           text='50%_"x"').where()
     assert conds == ["workspace = ?", "member = ?", "kind LIKE ? ESCAPE '\\'", "time >= ?",
-                     "time < ?", "LOWER(body) LIKE ? ESCAPE '\\'"]
+                     "time < ?", "LOWER(body) LIKE LOWER(?) ESCAPE '\\'"]
     assert args == ["w", "m", "query.%", "a", "b", '%50\\%\\_\\\\"x\\\\"%']
 
 

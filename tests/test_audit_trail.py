@@ -100,3 +100,14 @@ def test_a_reviewed_scenarios_ledger_takes_only_its_reviewed_text(home: Home,
             "credit-underwriting", SQL)
     (charged, answered) = _queries(home, "credit-underwriting")
     assert charged["policy"]["version"] == answered["policy"]["version"] == 1
+
+
+def test_an_adhoc_ledger_keeps_its_policy_and_a_sane_name(home: Home) -> None:
+    home.ok("query", "--policy", POLICY, "--member", "ana", SQL)  # adhoc:credit-underwriting
+    other = str(pathlib.Path(POLICY).with_name("population_livelihood.yaml"))
+    err = _error(home("query", "--policy", other, "--member", "ana", "--workspace",
+                      "adhoc:credit-underwriting", SQL), "ledger.error")
+    assert "belongs to the policy 'credit-underwriting'" in err
+    err = _error(home("query", "--policy", POLICY, "--member", "ana", "--workspace",
+                      "adhoc:" + "x" * 300, SQL), "input.invalid")
+    assert "invalid ad-hoc ledger name" in err and "x" * 100 not in err

@@ -7,9 +7,9 @@ Group modules import from here and never from ``sandbox.cli`` itself, so the pac
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
+import pwd
 import re
 import sys
 import traceback
@@ -209,11 +209,13 @@ format_option = click.option("--format", "fmt", type=click.Choice(["table", "jso
 
 # -- the state database and its audit records ---------------------------------------
 def current_actor() -> str:
-    """The OS user running this command: the actor of the audit records it writes."""
+    """The OS user running this command: the actor of the audit records it writes. Read
+    from the password database by the effective uid, never from $LOGNAME or $USER (which
+    anyone can set to another name)."""
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (containers)
-        return f"uid:{os.getuid()}"
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # no passwd entry (containers)
+        return f"uid:{os.geteuid()}"
 
 
 @contextmanager

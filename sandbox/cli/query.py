@@ -283,7 +283,7 @@ def _adhoc_ledger(state: State, workspace: str | None, pol: Policy) -> StateLedg
     from ..ledger import attribution
     from ..ledger_state import StateLedger
     from ..scenarios import Scenarios
-    from ..workspaces import WorkspaceNotFoundError
+    from ..workspaces import NAME_RE, WorkspaceNotFoundError
 
     scenarios = Scenarios(state)
     reviewed = next((v.version for v in scenarios.versions(pol.id)
@@ -292,9 +292,13 @@ def _adhoc_ledger(state: State, workspace: str | None, pol: Policy) -> StateLedg
     name = workspace or ADHOC + pol.id
     if name not in known and not name.startswith(ADHOC):
         raise WorkspaceNotFoundError(
-            f"there is no ledger {name!r}",
+            f"there is no ledger {name[:80]!r}",
             suggest(name, known, "ledgers") + f"; a new ad-hoc ledger is named {ADHOC}NAME, "
             f"and without --workspace the query charges {ADHOC}{pol.id}")
+    if name not in known and not NAME_RE.match(name.removeprefix(ADHOC)):
+        raise InputError(f"invalid ad-hoc ledger name {name[:80]!r}",
+                         f"{ADHOC}NAME with NAME 1-64 lower-case letters, digits, '.', '_' or "
+                         "'-', starting with a letter or digit")
     if name in known and name in scenarios.ids() and (pol.id != name or reviewed is None):
         raise PolicyMismatchError(
             f"the ledger {name!r} belongs to the reviewed scenario {name!r}, and this policy "

@@ -68,6 +68,17 @@ def log_context(base: str, form: dict[str, str], pg: audit_pages.Page,
 OUTCOME_FIELDS = ("release_id", "rows", "rule", "error_code", "dummy", "charge_id", "delta")
 
 
+NAME_SHOWN = 80  # names are short by rule; an older or hostile one is cut on the page
+
+
+def _name(value: Any) -> Any:
+    """A workspace, member or actor name as the log page shows it (the record page shows
+    it whole)."""
+    if isinstance(value, str) and len(value) > NAME_SHOWN:
+        return value[:NAME_SHOWN - 1] + "…"
+    return value
+
+
 def log_rows(records: Sequence[dict[str, Any]],
              charges: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """What the query log shows of each record: long text folded (``audit_pages.fold``),
@@ -77,8 +88,8 @@ def log_rows(records: Sequence[dict[str, Any]],
         charge = charges.get(str(r.get("charge_id"))) if not r.get("sql") else None
         out.append({
             "seq": r.get("seq"), "time": r.get("time"), "kind": str(r.get("kind")),
-            "workspace": r.get("workspace"), "member": r.get("member"),
-            "actor": r.get("actor"), "epsilon": r.get("epsilon"),
+            "workspace": _name(r.get("workspace")), "member": _name(r.get("member")),
+            "actor": _name(r.get("actor")), "epsilon": r.get("epsilon"),
             **{k: r.get(k) for k in OUTCOME_FIELDS},
             "sql": audit_pages.fold(r.get("sql") or (charge or {}).get("sql")),
             "sql_from": charge.get("seq") if charge and charge.get("seq") != r.get("seq")

@@ -75,8 +75,6 @@ class Connection(Protocol):
     def stream(self, sql: str, params: Sequence[Any] = (), batch: int = 10_000
                ) -> Iterator[Any]:
         """Rows of a large result, fetched ``batch`` at a time."""
-    def json_text(self, column: str, key: str) -> str:
-        """SQL for the text of a top-level ``key`` of a JSON text column."""
     def raw_text(self, column: str) -> str:
         """SQL reading a text column as stored (bytes on SQLite: it may not be UTF-8)."""
     def ddl(self, statement: str) -> str:

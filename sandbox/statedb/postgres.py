@@ -93,6 +93,11 @@ class PgConnection:
                              "the state's writer lock (pg_locks)") from None
         except psycopg.OperationalError as exc:
             raise _unavailable(self.url, exc) from None
+        except psycopg.DataError as exc:  # e.g. a NUL in text: never a raw driver error
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid data"
+            raise StateError(f"the state database refused a value ({first})",
+                             "the request held a value PostgreSQL cannot store; it was not "
+                             "recorded") from None
 
     def _outside(self, sql: str, params: Sequence[Any] | None) -> psycopg.Cursor[Any]:
         """A statement outside a transaction: on a lost connection, tried once more on a
@@ -179,9 +184,6 @@ class PgConnection:
         finally:
             if own and self.in_transaction:
                 self.rollback()  # read only: nothing to keep
-
-    def json_text(self, column: str, key: str) -> str:
-        return f"({column}::jsonb ->> '{key}')"
 
     def raw_text(self, column: str) -> str:
         return column  # PostgreSQL text is always valid UTF-8

@@ -69,9 +69,6 @@ class SqliteConnection(sqlite3.Connection):
         while rows := cur.fetchmany(batch):
             yield from rows
 
-    def json_text(self, column: str, key: str) -> str:
-        return f"json_extract({column}, '$.{key}')"
-
     def raw_text(self, column: str) -> str:
         return f"CAST({column} AS BLOB)"
 
