@@ -2,8 +2,9 @@
 
 Each dataset column has a grade in its spec: general, important or core (一般 / 重要 /
 核心数据). A policy exposes the columns it declares, apart from the privacy unit (which the
-gate never releases). At review the highest grade exposed sets floors the policy must meet
-(a per-query ε ceiling, a minimum group count and number of approvals for exports), and
+gate never releases). At review the floors of every grade exposed hold, the strictest
+of each winning (a per-query ε ceiling, a minimum group count and number of approvals for
+exports), and
 every core column must be accepted by name (``scenario review --accept-core``). Operators
 may make the floors stricter per grade in ``$SANDBOX_HOME/grading.yaml``.
 """
@@ -78,8 +79,9 @@ def exposure(policy: Policy, resolve: Resolver) -> dict[str, str]:
 
 def grade(policy: Policy, resolve: Resolver, rules: dict[str, GradeRule],
           accept_core: Iterable[str] = ()) -> Grading:
-    """Check ``policy`` against the floors of the highest grade it exposes and the core
-    columns accepted by name; every problem is listed (nothing is raised here)."""
+    """Check ``policy`` against the floors of every grade it exposes (the strictest of
+    each) and the core columns accepted by name; every problem is listed (nothing is
+    raised here)."""
     g = Grading(exposure(policy, resolve))
     accepted = sorted(set(accept_core))
     g.accepted_core = [c for c in accepted if c in g.core]

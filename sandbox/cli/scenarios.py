@@ -51,7 +51,7 @@ def scenario_review(c: Context, policy_file: Path, reviewer: str, reference: str
     """Check POLICY_FILE against the catalog and store it as the next approved version.
 
     The grades of the columns it exposes must allow it: each core column accepted with
-    --accept-core, and the floors of the highest grade met (per-query epsilon ceiling,
+    --accept-core, and the floors of every grade it exposes met (per-query epsilon ceiling,
     export minimum group count and approvals; stricter ones in $SANDBOX_HOME/grading.yaml).
     """
     _hub, actor = hub_operator(hub_url, hub_token_file)
